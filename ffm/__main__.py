@@ -1,0 +1,3 @@
+from ffm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]`` and ``ffm config``: the user's entry points.
+
+User errors (FfmError) print one line and exit with code 2; nothing already written is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job
+from ffm.errors import FfmError
+from ffm.run_dir import RunDirectory
+
+__all__ = ["main"]
+
+
+def _key_table() -> str:
+    rows = describe_keys()
+    width = max(len(key) for key, *_ in rows)
+    return "\n".join(f"  {key:<{width}}  {kind:<9} {default:<14} {text}" for key, kind, default, text in rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffm", description="Federated foundation models on Flower.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run a job (federated, centralized or local baseline)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML or as key=value):\n" + _key_table(),
+    )
+    run.add_argument("config", nargs="?", help="YAML job file (optional with --resume)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4 federation.rounds=3")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines")
+    config = sub.add_parser("config", help="list every config key, or print a resolved job")
+    config.add_argument("config", nargs="?", help="YAML job file to resolve and print")
+    config.add_argument("overrides", nargs="*", help="dotted overrides")
+    return parser
+
+
+def _split_positionals(args: argparse.Namespace) -> None:
+    """``ffm run a=b`` (no file) parses 'a=b' as the config; move it to the overrides."""
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+
+def _resolve(args: argparse.Namespace) -> JobConfig:
+    if args.resume:
+        raw = apply_overrides(RunDirectory.read_config(args.resume), args.overrides)
+        raw.update(run_dir=str(args.resume), resume=True)
+        return job_from_dict(raw)
+    if args.config is None:
+        raise FfmError("ffm run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
+    job = load_job(args.config, args.overrides)
+    if not job.run_dir:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        job.run_dir = str(Path("runs") / f"{Path(args.config).stem}-{job.mode}-{stamp}")
+    return job
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    import datasets
+    import transformers
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def _print_summary(summary: dict) -> None:
+    acc = summary["final_test_accuracy"]
+    mb_up, mb_down = summary["bytes_up"] / 1e6, summary["bytes_down"] / 1e6
+    print(f"\n{summary['mode']} run finished: {summary['rounds']} rounds in {summary['wall_time_s']:.0f} s")
+    print(f"  test accuracy  final {acc:.4f}  best {summary['best_test_accuracy']:.4f}")
+    print(f"  trainable      {summary['trainable_params']:,} of {summary['total_params']:,} parameters travel")
+    print(f"  traffic        {mb_up:.2f} MB up, {mb_down:.2f} MB down; {summary['rejected_updates']} updates rejected")
+    print(f"  run directory  {summary['run_dir']}  (metrics.jsonl, checkpoints/, final/, summary.json)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    _split_positionals(args)
+    job = _resolve(args)
+    _quiet_libraries(args.verbose)
+    from ffm.runtime import run_local  # heavy imports (torch, flwr) only once the input is known good
+
+    print(f"ffm: {job.mode} job, {job.federation.num_clients} clients, {job.federation.rounds} rounds -> {job.run_dir}")
+    summary, _ = run_local(job)
+    _print_summary(summary)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    _split_positionals(args)
+    if args.config is None and not args.overrides:
+        print("config keys (set in a YAML job file or as key=value):\n" + _key_table())
+        return 0
+    import yaml
+
+    from ffm.config import job_to_dict
+
+    print(yaml.safe_dump(job_to_dict(load_job(args.config, args.overrides)), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args) if args.command == "run" else _config(args)
+    except FfmError as exc:
+        print(f"ffm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ffm: interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130

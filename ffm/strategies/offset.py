@@ -1,0 +1,54 @@
+"""Continue round numbering after a resume, and make each round's client sampling depend on its number alone.
+
+``Strategy.start`` always counts rounds from 1. A run resumed after round k must tell clients the true
+round (their seeds derive from it) and sample the same clients as an uninterrupted run would, so that the
+resumed run ends bit-identical. Flower samples with the global ``random`` module
+(``strategy_utils.sample_nodes``), so each round re-seeds it from (seed, true round).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from ffm.strategies.wrapper import StrategyWrapper
+
+__all__ = ["RoundOffset", "round_seed"]
+
+
+def round_seed(seed: int, server_round: int, salt: int = 0) -> int:
+    """A seed for one round (and optionally one party), independent of what ran before it."""
+    return (seed * 1_000_003 + server_round * 10_007 + salt) % (2**31 - 1)
+
+
+class RoundOffset(StrategyWrapper):
+    """Shift round numbers by ``offset`` and seed sampling per true round."""
+
+    def __init__(self, inner: Strategy, *, offset: int, seed: int) -> None:
+        super().__init__(inner)
+        self.offset = offset
+        self.seed = seed
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        random.seed(round_seed(self.seed, server_round + self.offset, salt=1))
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        random.seed(round_seed(self.seed, server_round + self.offset, salt=2))
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)

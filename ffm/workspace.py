@@ -1,0 +1,94 @@
+"""What one process holds for a job: ONE frozen backbone and the data, shared by every virtual client.
+
+A Flower ClientApp is called with only ``(message, context)``, so the ClientApp finds its model and data
+through :func:`workspace_for`, a per-process cache keyed by the parts of the config that shape them. In
+simulation all virtual nodes (and the server's evaluation) share one Workspace; on a real SuperNode the
+long-lived ClientApp process keeps its own between rounds. Nothing else is cached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ffm.config import JobConfig, job_to_dict
+from ffm.data import FederatedData, load_source, pooled, split_federated
+from ffm.models import apply_method, load_classifier, load_tokenizer, trainable_state
+from ffm.tasks import Examples, steps_per_epoch, tokenize
+
+__all__ = ["Workspace", "build_workspace", "workspace_for"]
+
+
+@dataclass
+class Workspace:
+    job: JobConfig
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    data: FederatedData
+    initial_state: dict[str, torch.Tensor]
+    _examples: dict[tuple[str, int], Examples] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_parties(self) -> int:
+        """Parties that train: the clients, or one data holder in centralized mode."""
+        return 1 if self.job.mode == "centralized" else len(self.data.clients)
+
+    def _party(self) -> FederatedData:
+        return pooled(self.data) if self.job.mode == "centralized" else self.data
+
+    def examples(self, split: str, party: int = 0) -> Examples:
+        """Tokenized ``train`` / ``val`` of a party, or the global ``test``; tokenized once, then reused."""
+        key = (split, party if split != "test" else -1)
+        if key not in self._examples:
+            ds = self.data.test if split == "test" else getattr(self._party().clients[party], split)
+            self._examples[key] = tokenize(ds, self.tokenizer, self.job.model.max_length)
+        return self._examples[key]
+
+    def local_steps(self, party: int) -> int:
+        """Optimizer steps a party takes per round; centralized gets the federation's whole round budget."""
+        train = self.job.train
+        fed = self.job.federation
+        if self.job.mode != "centralized":
+            if train.local_steps:
+                return train.local_steps
+            return train.local_epochs * steps_per_epoch(len(self.data.clients[party].train), train.batch_size)
+        sampled = max(1, int(len(self.data.clients) * fed.fraction_train))
+        if train.local_steps:
+            return train.local_steps * sampled
+        per_epoch = sum(steps_per_epoch(len(c.train), train.batch_size) for c in self.data.clients)
+        return max(1, round(train.local_epochs * per_epoch * sampled / len(self.data.clients)))
+
+
+def build_workspace(job: JobConfig) -> Workspace:
+    """Load data and model for ``job``: the data split first, so bad data fails before a model loads."""
+    data = split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
+    tokenizer = load_tokenizer(job.model)
+    model = apply_method(load_classifier(job.model, len(data.label_names), job.seed), job.method)
+    # The round-0 global state: the model is shared and mutated by training, so keep a pristine copy.
+    return Workspace(job=job, model=model, tokenizer=tokenizer, data=data, initial_state=trainable_state(model))
+
+
+def _shaping_key(job: JobConfig) -> str:
+    """The config keys that shape model and data (not rounds, paths or progress)."""
+    raw = job_to_dict(job)
+    shaping = {k: raw[k] for k in ("mode", "seed", "model", "method", "data", "train")}
+    shaping["num_clients"] = job.federation.num_clients
+    shaping["fraction_train"] = job.federation.fraction_train
+    return json.dumps(shaping, sort_keys=True)
+
+
+# One slot: a process serves one job at a time; a new job's workspace replaces the old (frees its model).
+_SLOT: dict[str, Workspace] = {}
+
+
+def workspace_for(job: JobConfig) -> Workspace:
+    """The process's Workspace for ``job`` (built on first use, then shared)."""
+    key = _shaping_key(job)
+    if key not in _SLOT:
+        _SLOT.clear()
+        _SLOT[key] = build_workspace(job)
+    return _SLOT[key]
