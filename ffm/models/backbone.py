@@ -54,7 +54,10 @@ def load_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> PreTrainedM
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, local_files_only=_offline() or Path(path).exists()
+            path,
+            num_labels=num_labels,
+            ignore_mismatched_sizes=True,  # a saved head for other labels is replaced by a fresh one
+            local_files_only=_offline() or Path(path).exists(),
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load model.name='{cfg.name}': {exc}".splitlines()[0]) from None

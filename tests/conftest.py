@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny random BERT saved to disk (loaded through the real local-directory path) and
+small jobs on real BBC News text. Everything is offline and seeded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
+
+from ffm.config import JobConfig, job_from_dict  # noqa: E402
+from ffm.models import resolve_model_path  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer, saved like any local model folder."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_job(run_dir: Path, model_dir: Path, **overrides: object) -> JobConfig:
+    """A small job: 3 clients, 2 rounds, 2 local steps, 90 BBC News articles, the tiny model."""
+    raw: dict = {
+        "run_dir": str(run_dir),
+        "progress": False,
+        "model": {"name": str(model_dir), "max_length": 32},
+        "data": {"source": "bbc_news", "max_examples": 90, "partitioner": "iid"},
+        "train": {"lr": 0.01, "batch_size": 8, "local_steps": 2, "eval_batch_size": 32},
+        "federation": {"num_clients": 3, "rounds": 2},
+    }
+    for dotted, value in overrides.items():
+        section, _, key = dotted.rpartition("__")
+        (raw.setdefault(section, {}) if section else raw)[key] = value
+    return job_from_dict(raw)
+
+
+@pytest.fixture
+def job_factory(tmp_path: Path, tiny_model_dir: Path):
+    """Build a small job in this test's tmp dir; override keys as section__key=value."""
+
+    def build(name: str = "run", **overrides: object) -> JobConfig:
+        return make_job(tmp_path / name, tiny_model_dir, **overrides)
+
+    return build
