@@ -117,6 +117,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Turn ``value`` (from YAML, the command line or a Flower run_config) into ``kind``."""
     origin = typing.get_origin(kind)
     if origin is list:
+        if isinstance(value, str) and value.strip().startswith("["):
+            value = _yaml_value(key, value)  # the YAML form [a, b] of a command-line override
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
             raise ConfigError(f"{key}: expected a list (or a comma-separated string), got {value!r}")
@@ -145,6 +147,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     return "" if value is None else str(value)
+
+
+def _yaml_value(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: {text!r} is not a valid YAML list; write a,b or [a, b]") from None
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
@@ -209,7 +218,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. federation.rounds=3)")
-        flat[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        # Kept as text: the key's type converts it, so a string such as 'no' or '007' stays as written.
+        flat[key.strip()] = value.strip()
     return _nest(flat)
 
 

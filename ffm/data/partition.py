@@ -62,12 +62,23 @@ def _holdout(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets
     return ds.select(sorted(order[n_held:])), ds.select(sorted(order[:n_held]))
 
 
+def _stratified_split(ds: datasets.Dataset, seed: int, **size: float) -> datasets.DatasetDict:
+    """``train_test_split`` stratified on the label; too few examples per class is a DataError, not a crash."""
+    try:
+        return ds.train_test_split(stratify_by_column="label", seed=seed, **size)
+    except ValueError as exc:
+        raise DataError(
+            f"cannot split {len(ds)} examples stratified by label ({exc}); raise data.max_examples "
+            "or data.test_fraction"
+        ) from None
+
+
 def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, seed: int) -> FederatedData:
     """Global stratified test split, then the rest partitioned across ``num_clients`` clients."""
     label_names = ds.features["label"].names
     if cfg.max_examples and cfg.max_examples < len(ds):
-        ds = ds.train_test_split(train_size=cfg.max_examples, stratify_by_column="label", seed=seed)["train"]
-    split = ds.train_test_split(test_size=cfg.test_fraction, stratify_by_column="label", seed=seed)
+        ds = _stratified_split(ds, seed, train_size=cfg.max_examples)["train"]
+    split = _stratified_split(ds, seed, test_size=cfg.test_fraction)
     pool, test = split["train"], split["test"]
     if num_clients * 2 > len(pool):
         raise DataError(

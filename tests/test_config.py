@@ -1,0 +1,235 @@
+"""Config specification: YAML + dotted overrides, type coercion, clear errors, the Flower run_config map."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ffm.config import (
+    JobConfig,
+    apply_overrides,
+    describe_keys,
+    job_from_dict,
+    job_from_run_config,
+    job_to_run_config,
+    load_job,
+)
+from ffm.errors import ConfigError
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_file_sets_keys_and_leaves_the_rest_at_their_defaults(tmp_path):
+    path = _yaml(tmp_path, "mode: centralized\ntrain:\n  lr: 0.005\nfederation:\n  num_clients: 4\n")
+
+    job = load_job(path)
+
+    assert job.mode == "centralized"
+    assert job.train.lr == 0.005
+    assert job.federation.num_clients == 4
+    assert job.train.batch_size == JobConfig().train.batch_size
+    assert job.data == JobConfig().data
+
+
+def test_overrides_win_over_the_yaml_file(tmp_path):
+    path = _yaml(tmp_path, "train:\n  lr: 0.005\nfederation:\n  rounds: 7\n")
+
+    job = load_job(path, ["train.lr=5e-4"])
+
+    assert job.train.lr == 5e-4
+    assert job.federation.rounds == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "get", "expected"),
+    [
+        ("federation.rounds=3", lambda j: j.federation.rounds, 3),
+        ("train.lr=5e-4", lambda j: j.train.lr, 5e-4),
+        ("data.alpha=2", lambda j: j.data.alpha, 2.0),
+        ("progress=false", lambda j: j.progress, False),
+        ("method.train_head=False", lambda j: j.method.train_head, False),
+        ("resume=yes", lambda j: j.resume, True),
+        ("method.targets=query,key,value", lambda j: j.method.targets, ["query", "key", "value"]),
+        ("method.targets=[query, dense]", lambda j: j.method.targets, ["query", "dense"]),
+        ("data.path=/tmp/x.csv", lambda j: j.data.path, "/tmp/x.csv"),
+    ],
+)
+def test_override_value_is_coerced_to_the_type_of_its_key(override, get, expected):
+    job = load_job(None, [override])
+
+    value = get(job)
+
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("data.label_column=no", "no"), ("data.text_column=007", "007"), ("model.name=on", "on")],
+)
+def test_string_override_is_kept_as_written_even_when_yaml_would_read_it_as_another_type(override, expected):
+    key = override.partition("=")[0]
+
+    job = load_job(None, [override])
+
+    section, _, leaf = key.partition(".")
+    assert getattr(getattr(job, section), leaf) == expected
+
+
+@pytest.mark.parametrize("override", ["train.lrr=0.1", "federation.num_client=3", "colour=blue"])
+def test_unknown_key_is_a_config_error_naming_the_dotted_key(override):
+    key = override.partition("=")[0]
+
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_job(None, [override])
+
+
+def test_unknown_key_in_the_yaml_file_is_a_config_error_naming_the_dotted_key(tmp_path):
+    path = _yaml(tmp_path, "train:\n  learning_rate: 0.1\n")
+
+    with pytest.raises(ConfigError, match="'train.learning_rate'"):
+        load_job(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.lr=abc", "train.lr"),
+        ("federation.rounds=2.5", "federation.rounds"),
+        ("federation.rounds=three", "federation.rounds"),
+        ("progress=maybe", "progress"),
+        ("seed=", "seed"),
+    ],
+)
+def test_value_of_the_wrong_type_is_a_config_error_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}:"):
+        load_job(None, [override])
+
+
+def test_override_without_equals_sign_is_a_config_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_job(None, ["federation.rounds"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.alpha=0", "data.alpha"),
+        ("data.alpha=-1", "data.alpha"),
+        ("federation.fraction_train=0", "federation.fraction_train"),
+        ("federation.fraction_train=1.5", "federation.fraction_train"),
+        ("federation.fraction_evaluate=1.1", "federation.fraction_evaluate"),
+        ("federation.strategy=fedfoo", "federation.strategy"),
+        ("mode=decentralized", "mode"),
+        ("data.partitioner=random", "data.partitioner"),
+        ("data.test_fraction=1", "data.test_fraction"),
+        ("federation.num_clients=0", "federation.num_clients"),
+        ("data.source=csv", "data.path"),
+    ],
+)
+def test_value_out_of_range_is_a_config_error_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_job(None, [override])
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.3])
+def test_fraction_train_accepts_values_in_the_half_open_unit_interval(fraction):
+    assert load_job(None, [f"federation.fraction_train={fraction}"]).federation.fraction_train == fraction
+
+
+def test_unknown_strategy_error_lists_the_registered_strategies():
+    with pytest.raises(ConfigError, match="fedavg"):
+        load_job(None, ["federation.strategy=fedfoo"])
+
+
+def test_missing_config_file_is_a_config_error_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_job(missing)
+
+
+def test_yaml_that_is_not_a_mapping_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_job(_yaml(tmp_path, "- a\n- b\n"))
+
+
+def test_run_config_round_trip_gives_back_the_same_job():
+    job = load_job(
+        None,
+        [
+            "mode=local",
+            "seed=7",
+            "run_dir=runs/x",
+            "progress=false",
+            "model.name=/models/tiny",
+            "method.targets=query,key,value",
+            "method.train_head=false",
+            "method.dropout=0.2",
+            "data.source=csv",
+            "data.path=/data/x.csv",
+            "data.alpha=0.1",
+            "train.lr=3e-4",
+            "federation.strategy=fedmedian",
+            "federation.fraction_train=0.5",
+        ],
+    )
+
+    run_config = job_to_run_config(job)
+
+    assert all(isinstance(v, bool | int | float | str) for v in run_config.values())
+    assert run_config["method.targets"] == "query,key,value"
+    assert job_from_run_config(run_config) == job
+
+
+def test_run_config_round_trip_of_the_default_job():
+    assert job_from_run_config(job_to_run_config(JobConfig())) == JobConfig()
+
+
+def test_run_config_has_one_key_per_leaf_of_the_config_tree():
+    keys = {key for key, *_ in describe_keys()}
+
+    assert set(job_to_run_config(JobConfig())) == keys
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys += _leaf_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def test_describe_keys_lists_every_leaf_key_once_with_type_default_and_help():
+    rows = describe_keys()
+
+    assert [key for key, *_ in rows] == _leaf_keys(JobConfig)
+    defaults = job_to_run_config(JobConfig())
+    for key, kind, default, help_text in rows:
+        assert kind in ("str", "int", "float", "bool", "list[str]"), key
+        value = defaults[key]
+        assert default == repr(value.split(",") if kind == "list[str]" else value), key
+        assert help_text.strip(), f"{key} has no help text"
+
+
+def test_describe_keys_types_match_the_defaults():
+    rows = {key: kind for key, kind, *_ in describe_keys()}
+
+    assert rows["train.lr"] == "float"
+    assert rows["federation.rounds"] == "int"
+    assert rows["progress"] == "bool"
+    assert rows["method.targets"] == "list[str]"
+    assert rows["data.path"] == "str"
+
+
+def test_every_default_is_valid():
+    assert job_from_dict({}) == JobConfig()

@@ -1,0 +1,107 @@
+"""What a run leaves behind and what it promises: resume equality, the saved adapter, the frozen base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+import ffm.client
+from ffm.models import load_classifier
+from ffm.runtime import LocalGrid, run_local
+from ffm.workspace import workspace_for
+
+
+def _checkpoint(run_dir: str, server_round: int) -> dict[str, torch.Tensor]:
+    return torch.load(Path(run_dir) / "checkpoints" / f"round-{server_round:04d}.pt", weights_only=True)["state"]
+
+
+def _lines(run_dir: str) -> list[dict]:
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("wall_time_s", None)
+    return lines
+
+
+def test_round_aggregate_is_the_weighted_mean_of_what_the_clients_sent(job_factory, monkeypatch):
+    replies = []
+    deliver = LocalGrid._deliver
+    monkeypatch.setattr(LocalGrid, "_deliver", lambda self, msg: replies.append(deliver(self, msg)) or replies[-1])
+    job = job_factory(federation__rounds=1, federation__fraction_evaluate=0.0)
+
+    run_local(job)
+
+    weights = [r.content["metrics"]["num-examples"] for r in replies]
+    states = [r.content["arrays"].to_torch_state_dict() for r in replies]
+    aggregate = _checkpoint(job.run_dir, 1)
+    for name, value in aggregate.items():
+        expected = sum(w * s[name] for w, s in zip(weights, states, strict=True)) / sum(weights)
+        torch.testing.assert_close(value, expected)
+
+
+@pytest.mark.parametrize("mode", ["federated", "local"])
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(job_factory, monkeypatch, mode):
+    overrides = {"mode": mode, "federation__rounds": 3, "federation__fraction_train": 0.67}
+    straight = job_factory("straight", **overrides)
+    run_local(straight)
+
+    per_round = 3 if mode == "local" else 2  # local: every client trains; federated: int(3 * 0.67) sampled
+    calls = {"n": 0}
+    real_train_steps = ffm.client.train_steps
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * per_round + 1:  # the first client of round 3: Ctrl-C mid-round
+            raise KeyboardInterrupt
+        return real_train_steps(*args, **kwargs)
+
+    monkeypatch.setattr(ffm.client, "train_steps", interrupted)
+    broken = job_factory("broken", **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(broken)
+    monkeypatch.setattr(ffm.client, "train_steps", real_train_steps)
+    done_before = max(int(p.stem[-4:]) for p in (Path(broken.run_dir) / "checkpoints").glob("round-*.pt"))
+    assert done_before == 2
+
+    broken.resume = True
+    run_local(broken)
+
+    final_a, final_b = _checkpoint(straight.run_dir, 3), _checkpoint(broken.run_dir, 3)
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert _lines(straight.run_dir) == _lines(broken.run_dir)
+
+
+def test_final_state_loads_with_peft_from_pretrained_and_predicts_the_same(job_factory, tiny_model_dir):
+    job = job_factory()
+    run_local(job)
+    workspace = workspace_for(job)
+    final = _checkpoint(job.run_dir, 2)
+
+    base = load_classifier(job.model, num_labels=len(workspace.data.label_names), seed=123)
+    loaded = PeftModel.from_pretrained(base, Path(job.run_dir) / "final").eval()
+
+    restored = {n: p for n, p in loaded.named_parameters() if n in final}
+    assert restored.keys() == final.keys()
+    assert all(torch.equal(restored[n], final[n]) for n in final)
+    batch = {"input_ids": torch.tensor([[101, 2023, 2003, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    workspace.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, workspace.model(**batch).logits)
+
+
+def test_training_leaves_the_frozen_base_bitwise_unchanged_and_shared(job_factory):
+    job = job_factory()
+    workspace = workspace_for(job)
+    frozen = {n: p.detach().clone() for n, p in workspace.model.named_parameters() if not p.requires_grad}
+    pointers = {n: p.data_ptr() for n, p in workspace.model.named_parameters()}
+
+    run_local(job)
+
+    assert workspace_for(job) is workspace  # one backbone for the server and every virtual client
+    after = dict(workspace.model.named_parameters())
+    assert all(torch.equal(after[n], value) for n, value in frozen.items())
+    assert {n: p.data_ptr() for n, p in after.items()} == pointers
+    assert len(frozen) > 0 and all("lora_" not in n for n in frozen)
