@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML job file (optional with --resume)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4 federation.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
-    run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines and library warnings")
     config = sub.add_parser("config", help="list every config key, or print a resolved job")
     config.add_argument("config", nargs="?", help="YAML job file to resolve and print")
     config.add_argument("overrides", nargs="*", help="dotted overrides")
@@ -68,6 +69,9 @@ def _quiet_libraries(verbose: bool) -> None:
     import datasets
     import transformers
 
+    if not verbose:
+        # Libraries' deprecation and resampling notices would bury ffm's own one-line messages.
+        warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     transformers.logging.set_verbosity_error()
