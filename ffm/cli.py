@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 import warnings
+import warnings
 from pathlib import Path
 
 from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job
@@ -73,6 +74,7 @@ def _quiet_libraries(verbose: bool) -> None:
         # Libraries' deprecation and resampling notices would bury ffm's own one-line messages.
         warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes of transformers/peft
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

@@ -85,7 +85,7 @@ def train_steps(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total += float(loss) * len(batch["labels"])
+        total += loss.detach().item() * len(batch["labels"])
         seen += len(batch["labels"])
     model.eval()
     return total / max(seen, 1), seen
