@@ -10,7 +10,6 @@ import logging
 import sys
 import time
 import warnings
-import warnings
 from pathlib import Path
 
 from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job

@@ -37,9 +37,7 @@ MODES = ("federated", "centralized", "local")
 RUNTIMES = ("local",)
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors peft's field(metadata={"help": ...})
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
@@ -55,7 +53,10 @@ class MethodConfig:
     r: int = _f(8, "LoRA rank")
     alpha: int = _f(16, "LoRA scaling alpha")
     dropout: float = _f(0.05, "dropout on the LoRA branch")
-    targets: list[str] = _f(["query", "value"], "module names that get LoRA adapters (comma-separated)")
+    targets: list[str] = field(
+        default_factory=lambda: ["query", "value"],
+        metadata={"help": "module names that get LoRA adapters (comma-separated)"},
+    )
     train_head: bool = _f(True, "train (and send) the classification head with the adapters")
 
 

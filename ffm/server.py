@@ -114,8 +114,8 @@ def build_strategy(job: JobConfig) -> Strategy:
 def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     """Run (or resume) ``job`` over ``grid``; write the run directory; return the summary."""
     run = RunDirectory(job.run_dir)
+    workspace = workspace_for(job)  # bad data or model fails here, before anything is written
     run.start(job)
-    workspace = workspace_for(job)
     core = build_strategy(job)
     checkpoint = run.latest_checkpoint() if job.resume else None
     offset, initial = 0, workspace.initial_state

@@ -10,11 +10,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from ffm.config import JobConfig, job_from_dict  # noqa: E402
-from ffm.models import resolve_model_path  # noqa: E402
+from ffm.config import JobConfig, job_from_dict
+from ffm.models import resolve_model_path
 
 
 @pytest.fixture(scope="session")
