@@ -1,20 +1,21 @@
-"""Benchmark, run by hand: what the federation costs on top of the training it carries.
+"""Benchmark, run by hand (not a test): what the federation costs on top of the training it carries.
 
 One run measures three things and writes ``bench/results/overhead.md`` (also printed):
 
 1. Overhead ratio. The same job is run as simulated federated rounds (ServerApp + LocalGrid + ClientApp,
    i.e. ``ffm.runtime.run_local``) and as a plain PyTorch loop doing the very same local steps: the same
    shared model object, each client's steps from the same round-start state, the same batches and seeds
-   (``round_seed`` and ``_step_batches``, as ``ffm.client`` uses them). Only round time counts on the
-   federated side: the server's ``evaluate_fn`` (global test evaluation, metrics line, checkpoint) is
-   timed separately and left out, and so is the one-time setup (the workspace is built and every
-   client's data tokenized before any clock starts). Bare and federated runs alternate; the minimum of
-   each is kept.
-2. Peak RSS (VmHWM) of separate processes: one that only builds the workspace, and one that runs a round,
-   for 10 and 100 clients.
+   (``round_seed`` and ``_step_batches``, as ``ffm.client`` uses them; the losses must match exactly).
+   Only round time counts on the federated side: the server's ``evaluate_fn`` (global test evaluation,
+   metrics line, checkpoint) is timed apart and left out, and so is the one-time setup (the workspace is
+   built and every client's data tokenized before any clock starts). Bare and federated runs alternate;
+   the minimum of each is kept. A second ratio divides each federated run by the ``train_steps`` time
+   inside it, which machine noise cannot skew.
+2. Peak RSS (VmHWM) for 10 and 100 clients, each in its own process: right after building the workspace
+   (the baseline) and after one round.
 3. Bytes per round of LoRA vs full fine-tuning (method.name=full) for 10 clients.
 
-Launch:  .venv/bin/python bench/overhead.py            (or: make bench; --help lists the sizes)
+Launch:  .venv/bin/python bench/overhead.py          (or `make bench`; --help lists the sizes)
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (0 leaves torch's default: one per core)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def make_job(config: str, overrides: list[str], run_dir: Path) -> Any:
@@ -268,6 +283,25 @@ def measure_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     }
 
 
+def profile_federated(args: argparse.Namespace, scratch: Path, target: Path) -> None:
+    """cProfile one more federated run of the overhead job; keep the ffm/flwr lines by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    from ffm.runtime import run_local
+
+    print("[overhead] profiled federated run ...", flush=True)
+    job = make_job(args.config, overhead_overrides(args), scratch / "fed-profiled")
+    profiler = cProfile.Profile()
+    profiler.runcall(run_local, job)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text).sort_stats("cumulative")
+    stats.print_stats(r"(/ffm/|/flwr/|peft_model|torch/optim|torch/_tensor|module\.py)", 60)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text.getvalue())
+
+
 def overhead_overrides(args: argparse.Namespace) -> list[str]:
     return [
         f"data.max_examples={args.max_examples}",
@@ -288,6 +322,7 @@ def overhead_overrides(args: argparse.Namespace) -> list[str]:
 def child_main(spec: dict[str, Any]) -> None:
     """Build the workspace, note the peak RSS, run the job, note it again; print one RESULT line."""
     quiet_libraries()
+    set_threads(spec["threads"])
     from flwr.app import ArrayRecord
 
     from ffm.models import state_nbytes
@@ -314,7 +349,7 @@ def child_main(spec: dict[str, Any]) -> None:
 
 def run_child(args: argparse.Namespace, scratch: Path, name: str, overrides: list[str]) -> dict:
     print(f"[memory/bytes] {name} (own process) ...", flush=True)
-    spec = {"config": args.config, "overrides": overrides, "run_dir": str(scratch / name)}
+    spec = {"config": args.config, "overrides": overrides, "run_dir": str(scratch / name), "threads": args.threads}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, cwd=REPO
     )
@@ -430,6 +465,9 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
     ratio = fed.rounds / min(b.steps for b in bares)
     cut = min(b.cutting for b in bares)
     inside = [f.rounds / (f.train_steps - cut) for f in feds]
+    calls = sum(len(line["clients"]) for line in o["plan"])
+    per_call = [1000 * (f.rounds - f.train_steps) / calls for f in feds]
+    per_step = [1000 * b.steps / o["steps"] for b in bares]
     return [
         "## 1. Overhead of the federated rounds over the bare local steps",
         "",
@@ -439,7 +477,7 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
         f"targets {','.join(job.method.targets)}, head trained), {job.data.source} with "
         f"`data.max_examples={job.data.max_examples}`, partitioner {job.data.partitioner}, strategy "
         f"{job.federation.strategy}, no client evaluation. Config `{o['config']}` plus "
-        f"`{' '.join(o['overrides'])}`. Flower logging at WARNING.",
+        f"`{' '.join(o['overrides'])}`. Flower logging at WARNING. torch threads: {o['threads']}.",
         "",
         f"Runs alternate federated, bare, federated, bare ({len(feds)} each); 'seconds' is the minimum (for the "
         "breakdown rows: of the fastest federated run), 'every run' lists them in order. Same computation: the "
@@ -453,10 +491,14 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
         f"{_runs([f.rounds / b.steps for f, b in zip(feds, bares, strict=True)], 3)} |",
         f"| same ratio within each federated run = rounds / (`train_steps` - batch cutting) | {min(inside):.3f} "
         f"| {_runs(inside, 3)} |",
+        f"| fixed cost per client call: (rounds - `train_steps`) / {calls} calls, ms | {min(per_call):.1f} "
+        f"| {_runs(per_call, 1)} |",
+        f"| bare cost per optimizer step, ms | {min(per_step):.1f} | {_runs(per_step, 1)} |",
         "",
         "The second ratio divides each federated run by the training it did itself (minus the separately "
         "timed batch cutting), so both sides saw the same machine load; the first compares separate runs, as "
-        "asked, and carries the machine's run-to-run noise.",
+        "asked, and carries the machine's run-to-run noise. The last two rows give the ratio for other sizes: "
+        "about 1 + (fixed cost per call) / (local steps x cost per step).",
         "",
     ]
 
@@ -541,8 +583,7 @@ def report(args: argparse.Namespace, overhead: dict, cases: dict, seconds: float
         f"- command: `{' '.join(['python', *sys.argv])}`; whole benchmark {seconds:.0f} s",
         "",
         *overhead_section(overhead),
-        *memory_section(cases, args),
-        *bytes_section(cases, args),
+        *(memory_section(cases, args) + bytes_section(cases, args) if cases else []),
     ]
     return "\n".join(lines)
 
@@ -553,16 +594,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=10, help="clients of the overhead job and the small RSS case")
     parser.add_argument("--many-clients", type=int, default=100, help="clients of the large RSS case")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the overhead job")
-    parser.add_argument("--local-steps", type=int, default=1, help="train.local_steps of the overhead job")
+    parser.add_argument("--local-steps", type=int, default=2, help="train.local_steps of the overhead job")
     parser.add_argument("--max-examples", type=int, default=500, help="data.max_examples of the overhead job")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="data.test_fraction of the overhead job")
-    parser.add_argument("--repeats", type=int, default=2, help="federated and bare runs each (min is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="federated and bare runs each (min is kept)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides, overhead job")
     parser.add_argument("--full-clients", type=int, default=10, help="clients of the method.name=full run")
     parser.add_argument("--rss-max-examples", type=int, default=1000, help="data.max_examples of RSS/bytes runs")
     parser.add_argument("--rss-test-fraction", type=float, default=0.05, help="data.test_fraction of RSS/bytes runs")
     parser.add_argument("--rss-batch-size", type=int, default=4, help="train.batch_size of RSS/bytes runs")
     parser.add_argument("--rss-max-length", type=int, default=32, help="model.max_length of RSS/bytes runs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0 = torch's default). 1 by default: on a shared 2-core machine two OpenMP threads "
+        "stall each other whenever another process holds a core, which makes timings swing several-fold",
+    )
+    parser.add_argument("--no-processes", action="store_true", help="skip sections 2 and 3 (memory, bytes)")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one federated run (see README)")
     parser.add_argument("--output", default=str(RESULTS), help="where the Markdown table goes")
     parser.add_argument("--keep-runs", action="store_true", help="keep the scratch run directories")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -579,9 +629,12 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ffm-bench-"))
     try:
         quiet_libraries()
+        set_threads(args.threads)
         overhead = measure_overhead(args, scratch)
-        overhead["config"] = args.config
-        cases = measure_processes(args, scratch)
+        overhead["config"], overhead["threads"] = args.config, torch_threads()
+        if args.profile:
+            profile_federated(args, scratch, Path(args.output).with_name("overhead-profile.txt"))
+        cases = {} if args.no_processes else measure_processes(args, scratch)
         text = report(args, overhead, cases, time.perf_counter() - start, load)
     finally:
         if not args.keep_runs:

@@ -73,7 +73,6 @@ def _quiet_libraries(verbose: bool) -> None:
         # Libraries' deprecation and resampling notices would bury ffm's own one-line messages.
         warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes of transformers/peft
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

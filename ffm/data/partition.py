@@ -49,7 +49,7 @@ def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples:
         partition_by="label",
         alpha=cfg.alpha,
         # Every client needs at least one training and one validation example.
-        min_partition_size=min(10, max(2, num_examples // (2 * num_clients))),
+        min_partition_size=min(10, max(2, num_examples // (4 * num_clients))),
         self_balancing=False,
         seed=seed,
     )
