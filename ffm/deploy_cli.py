@@ -32,7 +32,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
     if not args.certs:
         return None
-    folder = Path(args.certs)
+    folder = Path(args.certs).resolve()  # flwr requires absolute certificate paths
     return TlsFiles(folder / "ca.pem", folder / "server.pem", folder / "server.key")
 
 

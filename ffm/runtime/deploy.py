@@ -121,7 +121,13 @@ def _run_config_tree(job: JobConfig) -> dict[str, Any]:
 def app_pyproject(defaults: JobConfig | None = None) -> dict[str, Any]:
     """A Flower app's ``pyproject.toml``: ffm's ServerApp/ClientApp and every job key declared."""
     return {
-        "project": {"name": "ffm-job", "version": "0.1.0", "dependencies": []},
+        "project": {
+            "name": "ffm-job",
+            "version": "0.1.0",
+            "description": "an ffm job: federated fine-tuning with ffm's ServerApp and ClientApp",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
         "tool": {
             "flwr": {
                 "app": {
