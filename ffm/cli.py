@@ -1,4 +1,5 @@
-"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]`` and ``ffm config``: the user's entry points.
+"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]``, ``ffm deploy ...`` and ``ffm config``: the user's
+entry points.
 
 User errors (FfmError) print one line and exit with code 2; nothing already written is removed.
 """
@@ -13,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job
+from ffm.deploy_cli import add_deploy_parser, deploy_main
 from ffm.errors import FfmError
 from ffm.run_dir import RunDirectory
 
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4 federation.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines and library warnings")
+    add_deploy_parser(sub)
     config = sub.add_parser("config", help="list every config key, or print a resolved job")
     config.add_argument("config", nargs="?", help="YAML job file to resolve and print")
     config.add_argument("overrides", nargs="*", help="dotted overrides")
@@ -92,6 +95,11 @@ def _print_summary(summary: dict) -> None:
 def _run(args: argparse.Namespace) -> int:
     _split_positionals(args)
     job = _resolve(args)
+    if job.runtime == "flower":
+        raise FfmError(
+            "runtime: flower runs on a Flower federation; start a SuperLink and SuperNodes, then "
+            f"`ffm deploy run {args.config or 'CONFIG'}` (see docs/deploy.md)"
+        )
     _quiet_libraries(args.verbose)
     from ffm.runtime import run_local  # heavy imports (torch, flwr) only once the input is known good
 
@@ -117,6 +125,8 @@ def _config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "deploy":
+            return deploy_main(args)
         return _run(args) if args.command == "run" else _config(args)
     except FfmError as exc:
         print(f"ffm: error: {exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 MODES = ("federated", "centralized", "local")
-RUNTIMES = ("local",)
+RUNTIMES = ("local", "flower")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -98,7 +98,7 @@ class FederationConfig:
 @dataclass
 class JobConfig:
     mode: str = _f("federated", "federated | centralized (all data pooled) | local (each client alone)")
-    runtime: str = _f("local", "which Grid carries the messages: local (in-process)")
+    runtime: str = _f("local", "which Grid carries the messages: local (in-process) | flower (`ffm deploy run`)")
     seed: int = _f(0, "seed of every random choice: split, partition, init, sampling, shuffling")
     run_dir: str = _f("", "run directory (empty = runs/<config name>-<time>)")
     resume: bool = _f(False, "continue from the last complete round found in run_dir")

@@ -1,0 +1,107 @@
+"""``ffm deploy superlink | supernode | run | certs``: a job on a Flower federation, step by step.
+
+Each action runs one Flower process in the foreground (Ctrl-C ends it), with the environment and flags
+that flwr 1.42 expects; ``docs/deploy.md`` walks through a whole federation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ffm.config import load_job
+
+if TYPE_CHECKING:
+    from ffm.runtime.deploy import TlsFiles
+
+__all__ = ["add_deploy_parser", "deploy_main"]
+
+
+def _tls_args(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    parser.add_argument("--certs", metavar="DIR", help="TLS: folder with ca.pem" + (
+        ", server.pem, server.key (from `ffm deploy certs`)" if server else " (the CA that signed the SuperLink)"))
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    from ffm.runtime.deploy import TlsFiles
+
+    if not args.certs:
+        return None
+    folder = Path(args.certs).resolve()  # flwr requires absolute certificate paths
+    return TlsFiles(folder / "ca.pem", folder / "server.pem", folder / "server.key")
+
+
+def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``deploy`` sub-command and its four actions."""
+    parser = sub.add_parser("deploy", help="run a job on a Flower federation (SuperLink + SuperNodes)")
+    actions = parser.add_subparsers(dest="action", required=True)
+    link = actions.add_parser("superlink", help="start the SuperLink (the server side; runs the ServerApp)")
+    link.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    link.add_argument("--port", type=int, default=9091, help="the one port of the Fleet/Control/Runtime APIs")
+    link.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
+    _tls_args(link, server=True)
+    node = actions.add_parser("supernode", help="start a SuperNode for one data owner (runs the ClientApp)")
+    node.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
+    node.add_argument("--partition-id", type=int, required=True, help="which partition of the data this node owns")
+    node.add_argument("--num-partitions", type=int, required=True, help="federation.num_clients of the job")
+    node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port (distinct per node)")
+    _tls_args(node, server=False)
+    run = actions.add_parser("run", help="submit a job (the same YAML as a simulation) and stream its logs")
+    run.add_argument("config", help="YAML job file")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. federation.rounds=3")
+    run.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
+    _tls_args(run, server=False)
+    certs = actions.add_parser("certs", help="write a test CA and SuperLink certificate (for trying TLS)")
+    certs.add_argument("directory", help="folder to write ca.pem, server.pem, server.key into")
+    certs.add_argument("--host", action="append", help="IP or DNS name of the SuperLink (repeatable)")
+
+
+def _foreground(cmd: list[str], flwr_home: Path) -> int:
+    from ffm.runtime import deploy
+
+    print("ffm: " + " ".join(cmd))
+    return subprocess.call(cmd, env=deploy.deploy_env(flwr_home))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ffm.runtime import deploy  # flwr and torch load only once an action runs
+
+    job = load_job(args.config, args.overrides)
+    job.runtime = "flower"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # The ServerApp writes the run directory on the SuperLink's machine: make the path absolute.
+    job.run_dir = str(Path(job.run_dir or f"runs/{Path(args.config).stem}-{job.mode}-{stamp}").resolve())
+    with tempfile.TemporaryDirectory(prefix="ffm-deploy-") as tmp:
+        home = Path(tmp)  # the flwr CLI's own FLWR_HOME: the user's ~/.flwr/config.toml stays untouched
+        (home / "config.toml").write_text(deploy.flower_config(args.superlink, tls=_tls(args)))
+        (home / "job.toml").write_text(deploy.job_toml(job))
+        app = deploy.write_app(home / "app")
+        print(f"ffm: {job.federation.rounds} rounds on the federation at {args.superlink} -> {job.run_dir}")
+        return _foreground(deploy.flwr_run_command(app, home / "job.toml"), home)
+
+
+def deploy_main(args: argparse.Namespace) -> int:
+    """Run one ``ffm deploy`` action; returns the exit code."""
+    from ffm.runtime import deploy
+
+    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+    if args.action == "superlink":
+        db = Path(args.database) if args.database else None
+        return _foreground(deploy.superlink_command(host=args.host, port=args.port, database=db, tls=_tls(args)),
+                           home)
+    if args.action == "supernode":
+        cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
+                                       num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args))
+        return _foreground(cmd, home)
+    if args.action == "run":
+        return _submit(args)
+    from ffm.runtime.certs import make_test_certificates
+
+    files = make_test_certificates(Path(args.directory), tuple(args.host or ("127.0.0.1", "localhost")))
+    print(f"ffm: wrote {files.ca_cert}, {files.server_cert}, {files.server_key}")
+    return 0

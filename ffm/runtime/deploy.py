@@ -1,0 +1,195 @@
+"""Helpers for running a job on a real Flower federation: SuperLink + one SuperNode per data owner.
+
+The ServerApp and ClientApp are the same objects the LocalGrid drives (``ffm.server:app``,
+``ffm.client:app``); only the Grid changes. Everything here builds command lines, environments and small
+files as pure functions (unit-tested), plus :func:`start` / :func:`stop` for the processes.
+
+flwr 1.42 facts this relies on (checked against the installed flwr):
+
+- ``flower-superlink --port P`` serves the Fleet, Control and Runtime APIs on ONE port; its SuperExec is
+  started as ``flower-superexec`` from ``PATH``, so the virtualenv's ``bin`` must be on ``PATH``.
+- every ``flower-supernode`` serves its own Runtime API on ``--port`` (default 9094): several SuperNodes on
+  one machine need distinct ports.
+- ``flwr run APP CONNECTION --run-config FILE.toml``: the TOML file is flattened into dotted keys, and every
+  key must be declared in the app's ``[tool.flwr.app.config]`` (the SuperLink rejects unknown keys).
+- with the default ``subprocess`` isolation every message starts a fresh ``flwr-clientapp`` process, so the
+  backbone and data are loaded again for each message (see docs/deploy.md for timings).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ffm.config import JobConfig, job_to_dict
+from ffm.errors import FfmError
+
+__all__ = [
+    "TlsFiles",
+    "app_pyproject",
+    "deploy_env",
+    "flower_config",
+    "flwr_run_command",
+    "job_toml",
+    "start",
+    "stop",
+    "superlink_command",
+    "supernode_command",
+    "write_app",
+]
+
+CONNECTION = "ffm"  # the SuperLink connection name ffm writes into the flwr CLI's config.toml
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS federation: the CA every party trusts, the SuperLink's certificate and key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _bin(name: str) -> str:
+    """The flwr executable beside this Python (the virtualenv's), else whatever PATH finds."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def _tls_flags(tls: TlsFiles | None, *, server: bool) -> list[str]:
+    if tls is None:
+        return ["--insecure"]
+    if server:
+        return ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                "--ssl-keyfile", str(tls.server_key)]
+    return ["--root-certificates", str(tls.ca_cert)]
+
+
+def superlink_command(*, host: str, port: int, database: Path | None, tls: TlsFiles | None) -> list[str]:
+    """``flower-superlink``: one port for the Fleet, Control and Runtime APIs; no runtime ``uv sync``."""
+    cmd = [_bin("flower-superlink"), *_tls_flags(tls, server=True), "--host", host, "--port", str(port)]
+    if database is not None:
+        cmd += ["--database", str(database)]
+    return [*cmd, "--disable-runtime-dependency-installation"]
+
+
+def supernode_command(
+    *, superlink: str, partition_id: int, num_partitions: int, runtime_port: int, tls: TlsFiles | None
+) -> list[str]:
+    """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``)."""
+    if not 0 <= partition_id < num_partitions:
+        raise FfmError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    return [
+        _bin("flower-supernode"),
+        *_tls_flags(tls, server=False),
+        "--superlink", superlink,
+        "--port", str(runtime_port),  # this node's own Runtime API: distinct per node on one machine
+        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+    ]
+
+
+def flwr_run_command(app_dir: Path, job_file: Path, *, stream: bool = True) -> list[str]:
+    """``flwr run`` of the generated app on the ``ffm`` connection, the job as a run-config TOML file."""
+    cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(job_file)]
+    return [*cmd, "--stream"] if stream else cmd
+
+
+def flower_config(address: str, *, tls: TlsFiles | None) -> str:
+    """The flwr CLI's ``$FLWR_HOME/config.toml``: one default SuperLink connection named ``ffm``."""
+    connection: dict[str, Any] = {"address": address}
+    if tls is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(tls.ca_cert)
+    return tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
+
+
+def _run_config_tree(job: JobConfig) -> dict[str, Any]:
+    """The job as nested TOML tables (flwr flattens them into the dotted keys of ``job_to_run_config``)."""
+    tree = job_to_dict(job)
+    tree["method"]["targets"] = ",".join(tree["method"]["targets"])
+    return tree
+
+
+def app_pyproject(defaults: JobConfig | None = None) -> dict[str, Any]:
+    """A Flower app's ``pyproject.toml``: ffm's ServerApp/ClientApp and every job key declared."""
+    return {
+        "project": {
+            "name": "ffm-job",
+            "version": "0.1.0",
+            "description": "an ffm job: federated fine-tuning with ffm's ServerApp and ClientApp",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "ffm",
+                    "components": {"serverapp": "ffm.server:app", "clientapp": "ffm.client:app"},
+                    "config": _run_config_tree(defaults or JobConfig()),
+                }
+            }
+        },
+    }
+
+
+def job_toml(job: JobConfig) -> str:
+    """The job as a ``flwr run --run-config`` TOML file."""
+    return tomli_w.dumps(_run_config_tree(job))
+
+
+def write_app(directory: Path) -> Path:
+    """Write the Flower app (just a ``pyproject.toml``: the code is the installed ffm) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject()))
+    return directory
+
+
+def deploy_env(flwr_home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of every Flower process: its own FLWR_HOME, no telemetry, update check or ``uv sync``,
+    offline Hugging Face, and the virtualenv's ``bin`` first on PATH (the SuperLink/SuperNode start
+    ``flower-superexec`` and ``flwr-clientapp`` by name)."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    return env
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so :func:`stop` also ends the helpers it spawns), output to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """End a process started by :func:`start` and its process group: SIGTERM, then SIGKILL after ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # the group's id is the leader's pid (start_new_session)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            # Children (superexec, clientapp) may outlive the leader for a moment: end the group for good.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
