@@ -22,27 +22,34 @@ __all__ = ["app"]
 app = ClientApp()
 
 
-def _prepare(msg: Message, context: Context) -> tuple[Workspace, int]:
-    workspace = workspace_for(job_from_run_config(context.run_config))
-    party = int(context.node_config.get("partition-id", 0))
-    if not 0 <= party < workspace.num_parties:
-        raise ValueError(f"partition-id {party} is outside 0..{workspace.num_parties - 1}")
+def _prepare(msg: Message, context: Context) -> tuple[Workspace, int, int]:
+    """The workspace with the received state loaded; (index of this node's data in it, its partition id).
+
+    A node with ``data-path`` in its node config holds its own folder alone (index 0); otherwise (simulation)
+    the workspace holds every partition and the node's is at ``partition-id``.
+    """
+    data_path = context.node_config.get("data-path")
+    workspace = workspace_for(job_from_run_config(context.run_config), str(data_path) if data_path else None)
+    partition = int(context.node_config.get("partition-id", 0))
+    index = 0 if data_path else partition
+    if not 0 <= index < workspace.num_parties:
+        raise ValueError(f"partition-id {partition} is outside 0..{workspace.num_parties - 1}")
     arrays = next(iter(msg.content.array_records.values()))
     load_trainable_state(workspace.model, arrays.to_torch_state_dict())
-    return workspace, party
+    return workspace, index, partition
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local steps on this node's training split, from the received global state."""
-    workspace, party = _prepare(msg, context)
+    workspace, index, party = _prepare(msg, context)
     job = workspace.job
     server_round = int(msg.content["config"]["server-round"])
-    data = workspace.examples("train", party)
+    data = workspace.examples("train", index)
     loss, seen = train_steps(
         workspace.model,
         data,
-        steps=workspace.local_steps(party),
+        steps=workspace.local_steps(index),
         batch_size=job.train.batch_size,
         lr=job.train.lr,
         weight_decay=job.train.weight_decay,
@@ -61,8 +68,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the received state on this node's own validation split."""
-    workspace, party = _prepare(msg, context)
-    result = evaluate_examples(workspace.model, workspace.examples("val", party), workspace.job.train.eval_batch_size)
+    workspace, index, party = _prepare(msg, context)
+    result = evaluate_examples(workspace.model, workspace.examples("val", index), workspace.job.train.eval_batch_size)
     metrics = MetricRecord(
         {"num-examples": result["num-examples"], "val-loss": result["loss"], "val-accuracy": result["accuracy"]}
     )

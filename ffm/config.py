@@ -74,6 +74,9 @@ class DataConfig:
     partitioner: str = _f("dirichlet", "how training data splits across clients: dirichlet | iid | shards")
     alpha: float = _f(0.5, "Dirichlet concentration on the label (smaller = more skewed clients)")
     shards_per_client: int = _f(2, "label-sorted shards per client (partitioner=shards)")
+    test_path: str = _f(
+        "", "deployment: the server's test folder from `ffm deploy split` (then it opens no client's data)"
+    )
 
 
 @dataclass
@@ -98,7 +101,7 @@ class FederationConfig:
 @dataclass
 class JobConfig:
     mode: str = _f("federated", "federated | centralized (all data pooled) | local (each client alone)")
-    runtime: str = _f("local", "which Grid carries the messages: local (in-process) | flower (`ffm deploy run`)")
+    runtime: str = _f("local", "which Grid carries the messages: local (in-process) or flower (`ffm deploy run`)")
     seed: int = _f(0, "seed of every random choice: split, partition, init, sampling, shuffling")
     run_dir: str = _f("", "run directory (empty = runs/<config name>-<time>)")
     resume: bool = _f(False, "continue from the last complete round found in run_dir")

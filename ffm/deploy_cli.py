@@ -1,4 +1,4 @@
-"""``ffm deploy superlink | supernode | run | certs``: a job on a Flower federation, step by step.
+"""``ffm deploy superlink | supernode | run | split | certs``: a job on a Flower federation, step by step.
 
 Each action runs one Flower process in the foreground (Ctrl-C ends it), with the environment and flags
 that flwr 1.42 expects; ``docs/deploy.md`` walks through a whole federation.
@@ -50,12 +50,17 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--partition-id", type=int, required=True, help="which partition of the data this node owns")
     node.add_argument("--num-partitions", type=int, required=True, help="federation.num_clients of the job")
     node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port (distinct per node)")
+    node.add_argument("--data-path", help="this owner's folder from `ffm deploy split` (the only data it opens)")
     _tls_args(node, server=False)
     run = actions.add_parser("run", help="submit a job (the same YAML as a simulation) and stream its logs")
     run.add_argument("config", help="YAML job file")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. federation.rounds=3")
     run.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
     _tls_args(run, server=False)
+    split = actions.add_parser("split", help="write each data owner's partition (and the server's test set) to disk")
+    split.add_argument("config", help="YAML job file")
+    split.add_argument("overrides", nargs="*", help="dotted overrides")
+    split.add_argument("--out", required=True, help="folder for partition-<k>/ and server/")
     certs = actions.add_parser("certs", help="write a test CA and SuperLink certificate (for trying TLS)")
     certs.add_argument("directory", help="folder to write ca.pem, server.pem, server.key into")
     certs.add_argument("--host", action="append", help="IP or DNS name of the SuperLink (repeatable)")
@@ -85,6 +90,18 @@ def _submit(args: argparse.Namespace) -> int:
         return _foreground(deploy.flwr_run_command(app, home / "job.toml"), home)
 
 
+def _split(args: argparse.Namespace) -> int:
+    """Write the job's split as one folder per party: each SuperNode then gets only its own."""
+    from ffm.data import export_split, load_source, split_federated
+
+    job = load_job(args.config, args.overrides)
+    data = split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
+    folders = export_split(data, Path(args.out))
+    print(f"ffm: wrote {len(folders) - 1} data owners' folders and the server's test set under {args.out}")
+    print(f"ffm: give node k --data-path {Path(args.out) / 'partition-k'}; run with data.test_path={folders[-1]}")
+    return 0
+
+
 def deploy_main(args: argparse.Namespace) -> int:
     """Run one ``ffm deploy`` action; returns the exit code."""
     from ffm.runtime import deploy
@@ -95,11 +112,15 @@ def deploy_main(args: argparse.Namespace) -> int:
         return _foreground(deploy.superlink_command(host=args.host, port=args.port, database=db, tls=_tls(args)),
                            home)
     if args.action == "supernode":
+        data_path = Path(args.data_path) if args.data_path else None
         cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
-                                       num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args))
+                                       num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args),
+                                       data_path=data_path)
         return _foreground(cmd, home)
     if args.action == "run":
         return _submit(args)
+    if args.action == "split":
+        return _split(args)
     from ffm.runtime.certs import make_test_certificates
 
     files = make_test_certificates(Path(args.directory), tuple(args.host or ("127.0.0.1", "localhost")))

@@ -2,8 +2,9 @@
 
 A Flower ClientApp is called with only ``(message, context)``, so the ClientApp finds its model and data
 through :func:`workspace_for`, a per-process cache keyed by the parts of the config that shape them. In
-simulation all virtual nodes (and the server's evaluation) share one Workspace; on a real SuperNode the
-long-lived ClientApp process keeps its own between rounds. Nothing else is cached.
+simulation all virtual nodes (and the server's evaluation) share one Workspace that holds the whole split.
+In a deployment a SuperNode names its own data folder (node config ``data-path``) and its Workspace holds
+that party's examples alone; the ServerApp's holds only the test set (``data.test_path``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ffm.config import JobConfig, job_to_dict
-from ffm.data import FederatedData, load_source, pooled, split_federated
+from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
 from ffm.models import apply_method, load_classifier, load_tokenizer, trainable_state
 from ffm.tasks import Examples, steps_per_epoch, tokenize
 
@@ -44,6 +45,8 @@ class Workspace:
         """Tokenized ``train`` / ``val`` of a party, or the global ``test``; tokenized once, then reused."""
         key = (split, party if split != "test" else -1)
         if key not in self._examples:
+            if split == "test" and self.data.test is None:
+                raise ValueError("this process holds one data owner's data and no test set")
             ds = self.data.test if split == "test" else getattr(self._party().clients[party], split)
             self._examples[key] = tokenize(ds, self.tokenizer, self.job.model.max_length)
         return self._examples[key]
@@ -63,9 +66,20 @@ class Workspace:
         return max(1, round(train.local_epochs * per_epoch * sampled / len(self.data.clients)))
 
 
-def build_workspace(job: JobConfig) -> Workspace:
-    """Load data and model for ``job``: the data split first, so bad data fails before a model loads."""
-    data = split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
+def _load_data(job: JobConfig, data_path: str | None) -> FederatedData:
+    if data_path:
+        return load_party(data_path)
+    if job.data.test_path:
+        return load_server_test(job.data.test_path)
+    return split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
+
+
+def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
+    """Load data and model: the whole split, one party's folder (``data_path``), or the server's test set.
+
+    Data loads first, so bad data fails before a model loads.
+    """
+    data = _load_data(job, data_path)
     tokenizer = load_tokenizer(job.model)
     model = apply_method(load_classifier(job.model, len(data.label_names), job.seed), job.method)
     # The round-0 global state: the model is shared and mutated by training, so keep a pristine copy.
@@ -85,10 +99,10 @@ def _shaping_key(job: JobConfig) -> str:
 _SLOT: dict[str, Workspace] = {}
 
 
-def workspace_for(job: JobConfig) -> Workspace:
-    """The process's Workspace for ``job`` (built on first use, then shared)."""
-    key = _shaping_key(job)
+def workspace_for(job: JobConfig, data_path: str | None = None) -> Workspace:
+    """The process's Workspace for ``job`` (and a node's own ``data_path``): built on first use, then shared."""
+    key = f"{_shaping_key(job)}|{data_path or ''}"
     if key not in _SLOT:
         _SLOT.clear()
-        _SLOT[key] = build_workspace(job)
+        _SLOT[key] = build_workspace(job, data_path)
     return _SLOT[key]

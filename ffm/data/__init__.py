@@ -1,5 +1,6 @@
 """Offline data sources and their split across clients."""
 
+from ffm.data.exported import export_split, load_party, load_server_test, party_dir
 from ffm.data.partition import ClientData, FederatedData, make_partitioner, pooled, split_federated
 from ffm.data.sources import bbc_news_dir, data_dir, load_source, load_table, load_text_folder
 
@@ -8,10 +9,14 @@ __all__ = [
     "FederatedData",
     "bbc_news_dir",
     "data_dir",
+    "export_split",
+    "load_party",
+    "load_server_test",
     "load_source",
     "load_table",
     "load_text_folder",
     "make_partitioner",
+    "party_dir",
     "pooled",
     "split_federated",
 ]

@@ -28,7 +28,9 @@ class ClientData:
 
 @dataclass
 class FederatedData:
-    test: datasets.Dataset
+    """The global test set (None on a data owner's node) and the clients' data (empty on the server)."""
+
+    test: datasets.Dataset | None
     clients: list[ClientData]
     label_names: list[str]
 

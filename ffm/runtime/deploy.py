@@ -81,17 +81,30 @@ def superlink_command(*, host: str, port: int, database: Path | None, tls: TlsFi
 
 
 def supernode_command(
-    *, superlink: str, partition_id: int, num_partitions: int, runtime_port: int, tls: TlsFiles | None
+    *,
+    superlink: str,
+    partition_id: int,
+    num_partitions: int,
+    runtime_port: int,
+    tls: TlsFiles | None,
+    data_path: Path | None = None,
 ) -> list[str]:
-    """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``)."""
+    """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``).
+
+    With ``data_path`` (that owner's folder from ``ffm deploy split``) the node's ClientApp reads that folder
+    alone; without it, it re-derives its partition from the job's whole data set (a single-machine trial).
+    """
     if not 0 <= partition_id < num_partitions:
         raise FfmError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if data_path is not None:
+        node_config += f' data-path="{Path(data_path).resolve()}"'
     return [
         _bin("flower-supernode"),
         *_tls_flags(tls, server=False),
         "--superlink", superlink,
         "--port", str(runtime_port),  # this node's own Runtime API: distinct per node on one machine
-        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        "--node-config", node_config,
     ]
 
 
