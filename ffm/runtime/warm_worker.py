@@ -146,14 +146,16 @@ class WarmWorker:
         reply: Message | None = None
         context: Context | None = None
         status, details = fi.SubStatus.FAILED, "ClientApp task failed due to unknown reason"
-        started = time.monotonic()
+        started = pulled = ran = time.monotonic()
         self._cancelled.clear()
         self._in_task = True
         try:
             heartbeat.start()
             try:
                 message, context, _run, _fab = fi.pull_task_input(client)
+                pulled = time.monotonic()
                 reply = self.app(message=message, context=context)
+                ran = time.monotonic()
                 status, details = fi.SubStatus.COMPLETED, ""
             except Exception as ex:  # the error goes back to the ServerApp, as flwr-clientapp does
                 details = str(type(ex)) + ":<'" + str(ex) + "'>"  # flwr-clientapp's format
@@ -183,8 +185,9 @@ class WarmWorker:
             self.served += 1
         kind = message.metadata.message_type if message is not None else ""
         result = TaskResult(task_id, kind, status, details, time.monotonic() - started)
-        LOG.info("ffm warm worker pid=%d: task %d (%s) %s in %.2f s; tasks served by this process: %d",
-                 os.getpid(), task_id, kind or "?", status, result.seconds, self.served)
+        LOG.info("ffm warm worker pid=%d: task %d (%s) %s in %.2f s (input %.2f s, ClientApp %.2f s); "
+                 "tasks served by this process: %d", os.getpid(), task_id, kind or "?", status, result.seconds,
+                 pulled - started, ran - pulled, self.served)
         return result
 
     # --- the loop ------------------------------------------------------------------------------------------------
@@ -242,6 +245,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
     certificates = Path(args.root_certificates).read_bytes() if args.root_certificates else None
     worker = WarmWorker(args.runtime_api, root_certificates=certificates, insecure=args.insecure,
                         poll_interval=args.poll_interval)
