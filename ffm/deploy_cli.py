@@ -51,6 +51,8 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--num-partitions", type=int, required=True, help="federation.num_clients of the job")
     node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port (distinct per node)")
     node.add_argument("--data-path", help="this owner's folder from `ffm deploy split` (the only data it opens)")
+    node.add_argument("--warm", action="store_true", help="run every ClientApp message in one long-lived ffm "
+                      "worker (model and data stay loaded) instead of a fresh flwr-clientapp process per message")
     _tls_args(node, server=False)
     run = actions.add_parser("run", help="submit a job (the same YAML as a simulation) and stream its logs")
     run.add_argument("config", help="YAML job file")
@@ -71,6 +73,41 @@ def _foreground(cmd: list[str], flwr_home: Path) -> int:
 
     print("ffm: " + " ".join(cmd))
     return subprocess.call(cmd, env=deploy.deploy_env(flwr_home))
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _foreground_pair(cmds: list[list[str]], flwr_home: Path) -> int:
+    """Run several processes together: when one ends (or on Ctrl-C / SIGTERM) the others are ended too."""
+    import signal
+
+    from ffm.runtime import deploy
+
+    env = deploy.deploy_env(flwr_home)
+    procs: list[subprocess.Popen] = []
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the pair the way Ctrl-C does
+    try:
+        for cmd in cmds:
+            print("ffm: " + " ".join(cmd), flush=True)
+            procs.append(subprocess.Popen(cmd, env=env))
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+        return next(proc.returncode for proc in procs if proc.returncode is not None)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -115,7 +152,9 @@ def deploy_main(args: argparse.Namespace) -> int:
         data_path = Path(args.data_path) if args.data_path else None
         cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
                                        num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args),
-                                       data_path=data_path)
+                                       data_path=data_path, warm=args.warm)
+        if args.warm:
+            return _foreground_pair([cmd, deploy.warm_worker_command(args.port)], home)
         return _foreground(cmd, home)
     if args.action == "run":
         return _submit(args)

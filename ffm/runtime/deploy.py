@@ -13,7 +13,9 @@ flwr 1.42 facts this relies on (checked against the installed flwr):
 - ``flwr run APP CONNECTION --run-config FILE.toml``: the TOML file is flattened into dotted keys, and every
   key must be declared in the app's ``[tool.flwr.app.config]`` (the SuperLink rejects unknown keys).
 - with the default ``subprocess`` isolation every message starts a fresh ``flwr-clientapp`` process, so the
-  backbone and data are loaded again for each message (see docs/deploy.md for timings).
+  backbone and data are loaded again for each message (see docs/deploy.md for timings); with
+  ``--isolation process`` the node starts none and ffm's warm worker (:mod:`ffm.runtime.warm_worker`) runs
+  every message in one long-lived process instead.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "stop",
     "superlink_command",
     "supernode_command",
+    "warm_worker_command",
     "write_app",
 ]
 
@@ -88,11 +91,14 @@ def supernode_command(
     runtime_port: int,
     tls: TlsFiles | None,
     data_path: Path | None = None,
+    warm: bool = False,
 ) -> list[str]:
     """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``).
 
     With ``data_path`` (that owner's folder from ``ffm deploy split``) the node's ClientApp reads that folder
     alone; without it, it re-derives its partition from the job's whole data set (a single-machine trial).
+    With ``warm`` the node runs with ``--isolation process``: it starts no ClientApp processes itself, and
+    :func:`warm_worker_command` (one long-lived process) serves its Runtime API instead.
     """
     if not 0 <= partition_id < num_partitions:
         raise FfmError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
@@ -105,7 +111,20 @@ def supernode_command(
         "--superlink", superlink,
         "--port", str(runtime_port),  # this node's own Runtime API: distinct per node on one machine
         "--node-config", node_config,
+        *(["--isolation", "process"] if warm else []),
     ]
+
+
+def warm_worker_command(runtime_port: int, *, host: str = "127.0.0.1") -> list[str]:
+    """ffm's warm ClientApp worker for the SuperNode whose Runtime API is at ``host:runtime_port``.
+
+    The SuperNode serves its Runtime API without TLS on 127.0.0.1 (flwr's default ``--host``), the same as
+    for the ``flwr-clientapp`` processes it starts in the default isolation; TLS between the SuperNode and the
+    SuperLink is unaffected. (``python -m ffm.runtime.warm_worker --root-certificates`` talks TLS to a node
+    that serves its Runtime API with ``--ssl-certfile``.)
+    """
+    return [sys.executable, "-m", "ffm.runtime.warm_worker", "--runtime-api", f"{host}:{runtime_port}",
+            "--insecure"]
 
 
 def flwr_run_command(app_dir: Path, job_file: Path, *, stream: bool = True) -> list[str]:

@@ -1,0 +1,183 @@
+"""ffm's warm ClientApp worker: the flwr internals it stands on, its error handling, and a federation of
+three ``ffm deploy supernode --warm`` nodes that ends where the in-process LocalGrid ends."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from ffm.runtime import flwr_internals as fi
+from ffm.runtime import run_local, set_task_identity
+from ffm.runtime.deploy import (
+    deploy_env,
+    flower_config,
+    flwr_run_command,
+    job_toml,
+    start,
+    stop,
+    superlink_command,
+    supernode_command,
+    warm_worker_command,
+    write_app,
+)
+from ffm.runtime.warm_worker import WarmWorker
+
+WORKER_LINE = re.compile(r"ffm warm worker pid=(\d+): task \d+ \((\w+)\) (\w+) in [\d.]+ s [^;]*; "
+                         r"tasks served by this process: (\d+)")
+
+
+def test_the_flwr_internals_the_worker_uses_are_where_it_expects():
+    # flwr 1.42 internals (ffm/runtime/flwr_internals.py): a flwr upgrade that moves or changes them fails here
+    def params(fn) -> list[str]:
+        return list(inspect.signature(fn).parameters)
+
+    assert params(fi.pull_task_input) == ["client"]
+    assert params(fi.push_message) == ["client", "message", "context"]
+    assert params(fi.push_task_output) == ["client", "context", "sub_status", "details"]
+    assert {"server_address", "insecure", "root_certificates", "interceptors", "retry_invoker"} <= set(
+        params(fi.RuntimeHttpClient.from_server_address))
+    for method in ("AcquireTask", "SendTaskHeartbeat", "PullTaskInput", "PushTaskOutput", "PullMessages",
+                   "PushMessages", "PullObject", "PushObject", "ConfirmMessageReceived"):
+        assert callable(getattr(fi.RuntimeHttpClient, method)), method
+    assert params(fi.RuntimeTokenHttpInterceptor) == ["token"]
+    assert params(fi.RuntimeVersionHttpInterceptor) == ["component_name"]
+    assert params(fi.HeartbeatSender) == ["heartbeat_fn"]
+    assert {"start", "stop", "is_running"} <= set(dir(fi.HeartbeatSender))
+    assert {"max_tries", "max_time"} <= set(params(fi.RetryInvoker))
+    assert fi.TaskType.CLIENT_APP.value == "flwr-clientapp"
+    assert (fi.SubStatus.COMPLETED, fi.SubStatus.FAILED) == ("completed", "failed")
+    assert isinstance(fi.ErrorCode.CLIENT_APP_RAISED_EXCEPTION, int)
+    assert "supported_task_types" in fi.AcquireTaskRequest.DESCRIPTOR.fields_by_name
+    assert "success" in fi.SendTaskHeartbeatRequest().DESCRIPTOR.file.message_types_by_name[
+        "SendTaskHeartbeatResponse"].fields_by_name
+
+
+def test_a_warm_supernode_runs_with_process_isolation_beside_one_worker():
+    cold = supernode_command(superlink="10.0.0.1:9091", partition_id=1, num_partitions=3, runtime_port=9200, tls=None)
+    warm = supernode_command(superlink="10.0.0.1:9091", partition_id=1, num_partitions=3, runtime_port=9200,
+                             tls=None, warm=True)
+
+    assert "--isolation" not in cold
+    assert warm == [*cold, "--isolation", "process"]
+    assert warm_worker_command(9200) == [sys.executable, "-m", "ffm.runtime.warm_worker",
+                                         "--runtime-api", "127.0.0.1:9200", "--insecure"]
+
+
+class _FakeRuntime:
+    """Stands in for flwr's Runtime API calls: records what the worker pushes."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.replies: list[Message] = []
+        self.outputs: list[tuple[str, str]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        client = SimpleNamespace(SendTaskHeartbeat=lambda _req: SimpleNamespace(success=True), close=lambda: None)
+        monkeypatch.setattr(WarmWorker, "_client", lambda self, interceptors, invoker: client)
+        monkeypatch.setattr(fi, "pull_task_input", lambda _client: (self.message, Context(
+            run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={}), None, None))
+        monkeypatch.setattr(fi, "push_message", lambda _client, reply, _context: self.replies.append(reply))
+        monkeypatch.setattr(fi, "push_task_output",
+                            lambda client, context, sub_status, details: self.outputs.append((sub_status, details)))
+
+
+def test_a_raising_clientapp_becomes_an_error_reply_and_a_failed_task_and_the_worker_serves_on(monkeypatch):
+    set_task_identity(run_id=1)
+    incoming = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=2,
+                       message_type="train")
+    runtime = _FakeRuntime(incoming)
+    runtime.install(monkeypatch)
+    calls: list[str] = []
+
+    def app(message: Message, context: Context) -> Message:
+        calls.append(message.metadata.message_type)
+        if len(calls) == 1:
+            raise ValueError("bad partition")
+        return Message(RecordDict(), reply_to=message)
+
+    worker = WarmWorker("127.0.0.1:1", app=app)
+
+    failed = worker.run_task("token-1", task_id=7)
+    completed = worker.run_task("token-2", task_id=8)
+
+    assert (failed.status, completed.status) == ("failed", "completed")
+    assert "bad partition" in failed.details
+    assert runtime.replies[0].has_error() and "bad partition" in runtime.replies[0].error.reason
+    assert runtime.replies[0].error.code == fi.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert not runtime.replies[1].has_error()
+    assert [status for status, _ in runtime.outputs] == ["failed", "completed"]
+    assert worker.served == 2
+
+
+# --- a real federation of warm SuperNodes ---------------------------------------------------------------------
+
+
+def _worker_lines(log: Path) -> list[tuple[int, str, str, int]]:
+    """(pid, message type, status, tasks served so far) of every task a node's warm worker logged."""
+    return [(int(pid), kind, status, int(served))
+            for pid, kind, status, served in WORKER_LINE.findall(log.read_text(errors="replace"))]
+
+
+@pytest.mark.slow
+def test_three_warm_supernodes_end_where_the_local_grid_ends_each_serving_every_task_from_one_process(
+        job_factory, tmp_path):
+    from test_deploy import _accuracies, _final, _free_ports, _wait_for_log
+
+    # Prepare: train and evaluate on every node (2 rounds: 4 ClientApp tasks per node)
+    local = job_factory("local")
+    deployed = job_factory("deployed", runtime="flower")
+    run_local(local)
+    link_port, *node_ports = _free_ports(4)
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    env = deploy_env(home)
+    (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=None))
+    (tmp_path / "job.toml").write_text(job_toml(deployed))
+    app = write_app(tmp_path / "app")
+    logs = tmp_path / "logs"
+    procs: list[subprocess.Popen] = []
+    try:
+        cmd = superlink_command(host="127.0.0.1", port=link_port, database=tmp_path / "link.db", tls=None)
+        procs.append(start(cmd, env, logs / "superlink.log"))
+        for pid, port in enumerate(node_ports):  # `ffm deploy supernode --warm`: SuperNode + worker, ended together
+            cmd = [sys.executable, "-m", "ffm", "deploy", "supernode", "--warm", "--superlink",
+                   f"127.0.0.1:{link_port}", "--partition-id", str(pid), "--num-partitions", "3", "--port", str(port)]
+            procs.append(start(cmd, env, logs / f"supernode-{pid}.log"))
+        for pid in range(3):
+            _wait_for_log(logs / f"supernode-{pid}.log", "SuperNode ID", procs[pid + 1], timeout=60)
+            _wait_for_log(logs / f"supernode-{pid}.log", "serving ClientApp tasks", procs[pid + 1], timeout=60)
+
+        # Execute
+        started = time.monotonic()
+        result = subprocess.run(flwr_run_command(app, tmp_path / "job.toml"), env=env, capture_output=True,
+                                text=True, timeout=150)
+        seconds = time.monotonic() - started
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+    # Assert: the same model as the LocalGrid, and every node's tasks ran in ONE long-lived process
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (Path(deployed.run_dir) / "summary.json").is_file(), result.stdout[-3000:]
+    torch.testing.assert_close(_final(deployed.run_dir), _final(local.run_dir))
+    assert _accuracies(deployed.run_dir) == pytest.approx(_accuracies(local.run_dir))
+    for pid in range(3):
+        lines = _worker_lines(logs / f"supernode-{pid}.log")
+        assert len({worker_pid for worker_pid, *_ in lines}) == 1, lines
+        assert [(kind, status, served) for _, kind, status, served in lines] == [
+            ("train", "completed", 1), ("evaluate", "completed", 2),
+            ("train", "completed", 3), ("evaluate", "completed", 4)], lines
+        assert "stopping after 4 tasks" in (logs / f"supernode-{pid}.log").read_text(errors="replace")
+    rounds = [json.loads(line)["wall_time_s"] for line in
+              (Path(deployed.run_dir) / "metrics.jsonl").read_text().splitlines() if json.loads(line)["round"] > 0]
+    print(f"warm federation: 2 rounds in {seconds:.1f} s (flwr run); seconds per round {rounds}")
