@@ -4,9 +4,14 @@ SuperNodes as separate processes that ends where the in-process LocalGrid ends."
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from ffm.cli import main as ffm_main
 from ffm.config import JobConfig, job_from_run_config, job_to_run_config
 from ffm.errors import FfmError
 from ffm.runtime import run_local
+from ffm.runtime.certs import make_test_certificates
 from ffm.runtime.deploy import (
     TlsFiles,
     app_pyproject,
@@ -102,6 +108,8 @@ def test_ffm_run_with_runtime_flower_points_to_ffm_deploy(tmp_path, capsys):
 
 
 # --- a real federation --------------------------------------------------------------------------------------
+# Each message to a SuperNode starts a fresh flwr-clientapp process (~7 s of imports on 2 cores), so these
+# tests turn evaluation off and keep to 2 rounds; each takes about a minute.
 
 
 def _free_ports(count: int) -> list[int]:
@@ -114,64 +122,165 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _wait_for_log(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+def _nothing_listens_on(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0  # refused: no listening socket is left
+
+
+def _group_is_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
+    """No process is left in ``proc``'s group (start() gives each its own); killed children may take a
+    moment to be reaped by init."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"{log.name}: process exited early:\n{log.read_text(errors='replace')[-2000:]}")
+            raise AssertionError(f"{what}: {log.name} exited early:\n{_tail(log)}")
         time.sleep(0.5)
-    raise AssertionError(f"{log.name}: no '{text}' after {timeout} s:\n{log.read_text(errors='replace')[-2000:]}")
+    raise AssertionError(f"{what}: not after {timeout} s; {log.name}:\n{_tail(log)}")
 
 
-def _accuracies(run_dir: str) -> list[float]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["test_accuracy"] for line in lines]
+@dataclass
+class Federation:
+    """A SuperLink and one SuperNode per partition, as OS processes on free loopback ports."""
+
+    root: Path
+    tls: TlsFiles | None
+    link_port: int
+    env: dict[str, str]
+    logs: Path
+    nodes: list[subprocess.Popen] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)  # every process started, the SuperLink first
+
+    def submit(self, job: JobConfig) -> subprocess.Popen:
+        """``flwr run`` of ``job`` in the background; its output goes to logs/flwr-run.log."""
+        (self.root / "job.toml").write_text(job_toml(job))
+        app = write_app(self.root / "app")
+        proc = start(flwr_run_command(app, self.root / "job.toml"), self.env, self.logs / "flwr-run.log")
+        self.procs.append(proc)
+        return proc
+
+    def run(self, job: JobConfig, timeout: float) -> float:
+        """Submit ``job`` and wait for ``flwr run`` to end; returns its seconds; fails on a non-zero exit."""
+        started, log = time.monotonic(), self.logs / "flwr-run.log"
+        proc = self.submit(job)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"flwr run: not done after {timeout} s:\n{_tail(log)}") from None
+        assert code == 0, _tail(log)
+        return time.monotonic() - started
 
 
-def _final(run_dir: str) -> dict[str, torch.Tensor]:
-    return torch.load(Path(run_dir) / "checkpoints" / "round-0002.pt", weights_only=True)["state"]
+@contextmanager
+def federation(root: Path, *, num_nodes: int = 3, tls: TlsFiles | None = None) -> Iterator[Federation]:
+    """Start a SuperLink and ``num_nodes`` SuperNodes (partition ids 0..N-1) and wait until every node has
+    registered; on exit end every process by its group and check that none is left and the port is free."""
+    link_port, *node_ports = _free_ports(1 + num_nodes)
+    home = root / "flwr-home"
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=tls))
+    fed = Federation(root, tls, link_port, deploy_env(home), root / "logs")
+    try:
+        cmd = superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=tls)
+        fed.procs.append(start(cmd, fed.env, fed.logs / "superlink.log"))
+        for pid, port in enumerate(node_ports):
+            cmd = supernode_command(superlink=f"127.0.0.1:{link_port}", partition_id=pid,
+                                    num_partitions=num_nodes, runtime_port=port, tls=tls)
+            fed.nodes.append(start(cmd, fed.env, fed.logs / f"supernode-{pid}.log"))
+        fed.procs += fed.nodes
+        for pid, node in enumerate(fed.nodes):
+            log = fed.logs / f"supernode-{pid}.log"
+            _wait_for(lambda log=log: "SuperNode ID" in log.read_text(errors="replace"), "SuperNode ID", 60, node, log)
+        yield fed
+    finally:
+        for proc in reversed(fed.procs):
+            stop(proc)
+    assert all(_group_is_gone(proc) for proc in fed.procs)
+    assert _nothing_listens_on(link_port)
+
+
+def _metrics(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checkpoint(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
+    path = Path(run_dir) / "checkpoints" / f"round-{last_round:04d}.pt"
+    return torch.load(path, weights_only=True)["state"]
+
+
+def _comparable(lines: list[dict]) -> dict:
+    """metrics.jsonl flattened to numbers, clients keyed by partition: all but times and the nodes' ids."""
+    out: dict = {}
+    for line in lines:
+        clients = {str(c["partition_id"]): {k: v for k, v in c.items() if k != "node"} for c in line.get("clients", [])}
+        rest = {k: v for k, v in line.items() if k not in ("wall_time_s", "clients", "rejected")}
+        out.update(_flat({"rejected": len(line.get("rejected", [])), **rest, "clients": clients}, f"{line['round']}."))
+    return out
+
+
+# evaluation off: every ClientApp message costs a fresh process
+NO_EVAL = {"federation__fraction_evaluate": 0.0}
 
 
 @pytest.mark.slow
-def test_superlink_and_three_supernodes_end_where_the_local_grid_ends(job_factory, tmp_path):
-    # Prepare: the same job twice (evaluation off: each ClientApp message costs a fresh process)
-    overrides = {"federation__fraction_evaluate": 0.0}
-    local = job_factory("local", **overrides)
-    deployed = job_factory("deployed", runtime="flower", **overrides)
+def test_a_tls_federation_ends_with_the_local_grids_checkpoint_and_metrics(job_factory, tmp_path):
+    # Prepare: certificates from ffm's helper; every process in TLS mode
+    local = job_factory("local", **NO_EVAL)
+    deployed = job_factory("deployed", runtime="flower", **NO_EVAL)
     run_local(local)
-    link_port, *node_ports = _free_ports(4)
-    env = deploy_env(tmp_path / "flwr-home")
-    (tmp_path / "flwr-home").mkdir()
-    (tmp_path / "flwr-home" / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=None))
-    (tmp_path / "job.toml").write_text(job_toml(deployed))
-    app = write_app(tmp_path / "app")
-    logs = tmp_path / "logs"
-    procs: list[subprocess.Popen] = []
-    try:
-        cmd = superlink_command(host="127.0.0.1", port=link_port, database=tmp_path / "link.db", tls=None)
-        procs.append(start(cmd, env, logs / "superlink.log"))
-        for pid, port in enumerate(node_ports):
-            cmd = supernode_command(superlink=f"127.0.0.1:{link_port}", partition_id=pid, num_partitions=3,
-                                    runtime_port=port, tls=None)
-            procs.append(start(cmd, env, logs / f"supernode-{pid}.log"))
-        for pid in range(3):
-            _wait_for_log(logs / f"supernode-{pid}.log", "SuperNode ID", procs[pid + 1], timeout=60)
+    tls = make_test_certificates(tmp_path / "certs")
 
-        # Execute: flwr run streams the logs until the ServerApp finishes
-        started = time.monotonic()
-        result = subprocess.run(flwr_run_command(app, tmp_path / "job.toml"), env=env, capture_output=True,
-                                text=True, timeout=150)
-        seconds = time.monotonic() - started
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
+    # Execute
+    with federation(tmp_path / "fed", tls=tls) as fed:
+        seconds = fed.run(deployed, timeout=150)
 
-    # Assert
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (Path(deployed.run_dir) / "summary.json").is_file(), result.stdout[-3000:]
-    assert (Path(deployed.run_dir) / "final" / "adapter_model.safetensors").is_file()
-    torch.testing.assert_close(_final(deployed.run_dir), _final(local.run_dir))
-    assert _accuracies(deployed.run_dir) == pytest.approx(_accuracies(local.run_dir))
-    print(f"federation: 2 rounds in {seconds:.1f} s (flwr run, including start of the ServerApp)")
+    # Assert: the same final state and every metric but times (test, train loss per client, bytes)
+    torch.testing.assert_close(_checkpoint(deployed.run_dir), _checkpoint(local.run_dir))
+    assert _comparable(_metrics(deployed.run_dir)) == pytest.approx(_comparable(_metrics(local.run_dir)))
+    print(f"TLS federation: 2 rounds in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_supernode_dies(job_factory, tmp_path):
+    # Prepare: the insecure federation's own equality check is round 1, before the kill (one real-process
+    # test less: each costs about a minute)
+    local = job_factory("local", **NO_EVAL)
+    job = job_factory("deployed", runtime="flower", **NO_EVAL)
+    run_local(local)
+    first_checkpoint = Path(job.run_dir) / "checkpoints" / "round-0001.pt"
+
+    # Execute: node 3 crashes (SIGKILL to its group: no goodbye to the SuperLink) once round 1 is written
+    with federation(tmp_path / "fed") as fed:
+        run = fed.submit(job)
+        _wait_for(first_checkpoint.exists, "round 1's checkpoint", 120, run, fed.logs / "flwr-run.log")
+        os.killpg(fed.nodes[2].pid, signal.SIGKILL)
+        code = run.wait(timeout=150)
+
+    # Assert: round 1 as on the LocalGrid; round 2 waits until the SuperLink misses the node's heartbeats
+    # (2 x 30 s at most), gets an error reply in its place and aggregates the other two
+    lines = _metrics(job.run_dir)
+    assert code == 0, _tail(fed.logs / "flwr-run.log")
+    torch.testing.assert_close(_checkpoint(job.run_dir, 1), _checkpoint(local.run_dir, 1))
+    assert _comparable(lines[:2]) == pytest.approx(_comparable(_metrics(local.run_dir)[:2]))
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    assert [sorted(c["partition_id"] for c in line["clients"]) for line in lines[1:]] == [[0, 1, 2], [0, 1]]
+    assert [len(line["rejected"]) for line in lines[1:]] == [0, 1]
+    assert "Node Unavailable" in lines[2]["rejected"][0]["reason"]
+    assert (Path(job.run_dir) / "final" / "adapter_model.safetensors").is_file()
+    print(f"round times with node 3 killed after round 1: {[line['wall_time_s'] for line in lines[1:]]} s")
