@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,17 +36,6 @@ from overhead import machine_lines, make_job, quiet_libraries, set_threads
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "deploy.md"
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -69,7 +57,7 @@ def run_federation(job: Any, root: Path, threads: int, timeout: float) -> dict[s
     from ffm.runtime import deploy
 
     clients = job.federation.num_clients
-    link_port, *node_ports = free_ports(1 + clients)
+    link_port, *node_ports = deploy.free_ports(1 + clients)
     env = deploy.deploy_env(root / "flwr-home")
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)  # every flwr-clientapp is a fresh torch process

@@ -118,6 +118,8 @@ def _submit(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # The ServerApp writes the run directory on the SuperLink's machine: make the path absolute.
     job.run_dir = str(Path(job.run_dir or f"runs/{Path(args.config).stem}-{job.mode}-{stamp}").resolve())
+    if job.data.test_path:
+        job.data.test_path = str(Path(job.data.test_path).resolve())  # read by the ServerApp, elsewhere
     with tempfile.TemporaryDirectory(prefix="ffm-deploy-") as tmp:
         home = Path(tmp)  # the flwr CLI's own FLWR_HOME: the user's ~/.flwr/config.toml stays untouched
         (home / "config.toml").write_text(deploy.flower_config(args.superlink, tls=_tls(args)))

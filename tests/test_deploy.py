@@ -6,17 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import tomli
 import torch
+from federation import federation, tail, wait_for
 
 from ffm.cli import main as ffm_main
 from ffm.config import JobConfig, job_from_run_config, job_to_run_config
@@ -26,15 +21,10 @@ from ffm.runtime.certs import make_test_certificates
 from ffm.runtime.deploy import (
     TlsFiles,
     app_pyproject,
-    deploy_env,
     flower_config,
-    flwr_run_command,
     job_toml,
-    start,
-    stop,
     superlink_command,
     supernode_command,
-    write_app,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,109 +102,6 @@ def test_ffm_run_with_runtime_flower_points_to_ffm_deploy(tmp_path, capsys):
 # tests turn evaluation off and keep to 2 rounds; each takes about a minute.
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def _nothing_listens_on(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0  # refused: no listening socket is left
-
-
-def _group_is_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
-    """No process is left in ``proc``'s group (start() gives each its own); killed children may take a
-    moment to be reaped by init."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"{what}: {log.name} exited early:\n{_tail(log)}")
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not after {timeout} s; {log.name}:\n{_tail(log)}")
-
-
-@dataclass
-class Federation:
-    """A SuperLink and one SuperNode per partition, as OS processes on free loopback ports."""
-
-    root: Path
-    tls: TlsFiles | None
-    link_port: int
-    env: dict[str, str]
-    logs: Path
-    nodes: list[subprocess.Popen] = field(default_factory=list)
-    procs: list[subprocess.Popen] = field(default_factory=list)  # every process started, the SuperLink first
-
-    def submit(self, job: JobConfig) -> subprocess.Popen:
-        """``flwr run`` of ``job`` in the background; its output goes to logs/flwr-run.log."""
-        (self.root / "job.toml").write_text(job_toml(job))
-        app = write_app(self.root / "app")
-        proc = start(flwr_run_command(app, self.root / "job.toml"), self.env, self.logs / "flwr-run.log")
-        self.procs.append(proc)
-        return proc
-
-    def run(self, job: JobConfig, timeout: float) -> float:
-        """Submit ``job`` and wait for ``flwr run`` to end; returns its seconds; fails on a non-zero exit."""
-        started, log = time.monotonic(), self.logs / "flwr-run.log"
-        proc = self.submit(job)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"flwr run: not done after {timeout} s:\n{_tail(log)}") from None
-        assert code == 0, _tail(log)
-        return time.monotonic() - started
-
-
-@contextmanager
-def federation(root: Path, *, num_nodes: int = 3, tls: TlsFiles | None = None) -> Iterator[Federation]:
-    """Start a SuperLink and ``num_nodes`` SuperNodes (partition ids 0..N-1) and wait until every node has
-    registered; on exit end every process by its group and check that none is left and the port is free."""
-    link_port, *node_ports = _free_ports(1 + num_nodes)
-    home = root / "flwr-home"
-    home.mkdir(parents=True)
-    (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=tls))
-    fed = Federation(root, tls, link_port, deploy_env(home), root / "logs")
-    try:
-        cmd = superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=tls)
-        fed.procs.append(start(cmd, fed.env, fed.logs / "superlink.log"))
-        for pid, port in enumerate(node_ports):
-            cmd = supernode_command(superlink=f"127.0.0.1:{link_port}", partition_id=pid,
-                                    num_partitions=num_nodes, runtime_port=port, tls=tls)
-            fed.nodes.append(start(cmd, fed.env, fed.logs / f"supernode-{pid}.log"))
-        fed.procs += fed.nodes
-        for pid, node in enumerate(fed.nodes):
-            log = fed.logs / f"supernode-{pid}.log"
-            _wait_for(lambda log=log: "SuperNode ID" in log.read_text(errors="replace"), "SuperNode ID", 60, node, log)
-        yield fed
-    finally:
-        for proc in reversed(fed.procs):
-            stop(proc)
-    assert all(_group_is_gone(proc) for proc in fed.procs)
-    assert _nothing_listens_on(link_port)
-
-
 def _metrics(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
@@ -268,14 +155,14 @@ def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_super
     # Execute: node 3 crashes (SIGKILL to its group: no goodbye to the SuperLink) once round 1 is written
     with federation(tmp_path / "fed") as fed:
         run = fed.submit(job)
-        _wait_for(first_checkpoint.exists, "round 1's checkpoint", 120, run, fed.logs / "flwr-run.log")
+        wait_for(first_checkpoint.exists, "round 1's checkpoint", 120, run, fed.logs / "flwr-run.log")
         os.killpg(fed.nodes[2].pid, signal.SIGKILL)
         code = run.wait(timeout=150)
 
     # Assert: round 1 as on the LocalGrid; round 2 waits until the SuperLink misses the node's heartbeats
     # (2 x 30 s at most), gets an error reply in its place and aggregates the other two
     lines = _metrics(job.run_dir)
-    assert code == 0, _tail(fed.logs / "flwr-run.log")
+    assert code == 0, tail(fed.logs / "flwr-run.log")
     torch.testing.assert_close(_checkpoint(job.run_dir, 1), _checkpoint(local.run_dir, 1))
     assert _comparable(lines[:2]) == pytest.approx(_comparable(_metrics(local.run_dir)[:2]))
     assert [line["round"] for line in lines] == [0, 1, 2]

@@ -6,31 +6,25 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import subprocess
+import shutil
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from federation import federation
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from ffm.data import export_split, party_dir
 from ffm.runtime import flwr_internals as fi
 from ffm.runtime import run_local, set_task_identity
 from ffm.runtime.deploy import (
-    deploy_env,
-    flower_config,
-    flwr_run_command,
-    job_toml,
-    start,
-    stop,
-    superlink_command,
     supernode_command,
     warm_worker_command,
-    write_app,
 )
 from ffm.runtime.warm_worker import WarmWorker
+from ffm.workspace import workspace_for
 
 WORKER_LINE = re.compile(r"ffm warm worker pid=(\d+): task \d+ \((\w+)\) (\w+) in [\d.]+ s [^;]*; "
                          r"tasks served by this process: (\d+)")
@@ -128,56 +122,43 @@ def _worker_lines(log: Path) -> list[tuple[int, str, str, int]]:
             for pid, kind, status, served in WORKER_LINE.findall(log.read_text(errors="replace"))]
 
 
+def _final(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
+    return torch.load(Path(run_dir) / "checkpoints" / f"round-{last_round:04d}.pt", weights_only=True)["state"]
+
+
+def _accuracies(run_dir: str) -> list[float]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["test_accuracy"] for line in lines]
+
+
 @pytest.mark.slow
-def test_three_warm_supernodes_end_where_the_local_grid_ends_each_serving_every_task_from_one_process(
-        job_factory, tmp_path):
-    from test_deploy import _accuracies, _final, _free_ports, _wait_for_log
-
-    # Prepare: train and evaluate on every node (2 rounds: 4 ClientApp tasks per node)
+def test_three_warm_supernodes_on_their_own_data_end_where_the_local_grid_ends(job_factory, tmp_path):
+    # Prepare: the split exported; each node gets a private copy of its own folder, the server of the test
+    # set; the export and the job's data source are gone, so no process can read anyone else's data.
     local = job_factory("local")
-    deployed = job_factory("deployed", runtime="flower")
     run_local(local)
-    link_port, *node_ports = _free_ports(4)
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    env = deploy_env(home)
-    (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=None))
-    (tmp_path / "job.toml").write_text(job_toml(deployed))
-    app = write_app(tmp_path / "app")
-    logs = tmp_path / "logs"
-    procs: list[subprocess.Popen] = []
-    try:
-        cmd = superlink_command(host="127.0.0.1", port=link_port, database=tmp_path / "link.db", tls=None)
-        procs.append(start(cmd, env, logs / "superlink.log"))
-        for pid, port in enumerate(node_ports):  # `ffm deploy supernode --warm`: SuperNode + worker, ended together
-            cmd = [sys.executable, "-m", "ffm", "deploy", "supernode", "--warm", "--superlink",
-                   f"127.0.0.1:{link_port}", "--partition-id", str(pid), "--num-partitions", "3", "--port", str(port)]
-            procs.append(start(cmd, env, logs / f"supernode-{pid}.log"))
-        for pid in range(3):
-            _wait_for_log(logs / f"supernode-{pid}.log", "SuperNode ID", procs[pid + 1], timeout=60)
-            _wait_for_log(logs / f"supernode-{pid}.log", "serving ClientApp tasks", procs[pid + 1], timeout=60)
+    export_split(workspace_for(local).data, tmp_path / "split")
+    disks = [shutil.copytree(party_dir(tmp_path / "split", k), tmp_path / f"owner-{k}") for k in range(3)]
+    server = shutil.copytree(tmp_path / "split" / "server", tmp_path / "server-disk")
+    shutil.rmtree(tmp_path / "split")
+    deployed = job_factory("deployed", runtime="flower", data__source="csv",
+                           data__path=str(tmp_path / "deleted.csv"), data__test_path=str(server))
 
-        # Execute
-        started = time.monotonic()
-        result = subprocess.run(flwr_run_command(app, tmp_path / "job.toml"), env=env, capture_output=True,
-                                text=True, timeout=150)
-        seconds = time.monotonic() - started
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
+    # Execute: train and evaluate on every node (2 rounds: 4 ClientApp tasks per node)
+    with federation(tmp_path / "fed", data_paths=disks, warm=True) as fed:
+        seconds = fed.run(deployed, timeout=150)
 
     # Assert: the same model as the LocalGrid, and every node's tasks ran in ONE long-lived process
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (Path(deployed.run_dir) / "summary.json").is_file(), result.stdout[-3000:]
     torch.testing.assert_close(_final(deployed.run_dir), _final(local.run_dir))
     assert _accuracies(deployed.run_dir) == pytest.approx(_accuracies(local.run_dir))
     for pid in range(3):
-        lines = _worker_lines(logs / f"supernode-{pid}.log")
+        log = fed.logs / f"supernode-{pid}.log"
+        lines = _worker_lines(log)
         assert len({worker_pid for worker_pid, *_ in lines}) == 1, lines
         assert [(kind, status, served) for _, kind, status, served in lines] == [
             ("train", "completed", 1), ("evaluate", "completed", 2),
             ("train", "completed", 3), ("evaluate", "completed", 4)], lines
-        assert "stopping after 4 tasks" in (logs / f"supernode-{pid}.log").read_text(errors="replace")
+        assert "stopping after 4 tasks" in log.read_text(errors="replace")
     rounds = [json.loads(line)["wall_time_s"] for line in
               (Path(deployed.run_dir) / "metrics.jsonl").read_text().splitlines() if json.loads(line)["round"] > 0]
     print(f"warm federation: 2 rounds in {seconds:.1f} s (flwr run); seconds per round {rounds}")

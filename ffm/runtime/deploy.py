@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "deploy_env",
     "flower_config",
     "flwr_run_command",
+    "free_ports",
     "job_toml",
     "start",
     "stop",
@@ -58,6 +60,17 @@ class TlsFiles:
     ca_cert: Path
     server_cert: Path
     server_key: Path
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago (for a federation on one machine)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 def _bin(name: str) -> str:

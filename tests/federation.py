@@ -1,0 +1,150 @@
+"""A real Flower federation for tests: a SuperLink and SuperNodes as OS processes on free loopback ports.
+
+Not a test module: tests/test_deploy.py and tests/test_warm_worker.py share it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ffm.config import JobConfig
+from ffm.runtime.deploy import (
+    TlsFiles,
+    deploy_env,
+    flower_config,
+    flwr_run_command,
+    free_ports,
+    job_toml,
+    start,
+    stop,
+    superlink_command,
+    supernode_command,
+    write_app,
+)
+
+
+def nothing_listens_on(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0  # refused: no listening socket is left
+
+
+def group_is_gone(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
+    """No process is left in ``proc``'s group (start() gives each its own); killed children may take a
+    moment to be reaped by init."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: {log.name} exited early:\n{tail(log)}")
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not after {timeout} s; {log.name}:\n{tail(log)}")
+
+
+@dataclass
+class Federation:
+    """A SuperLink and one SuperNode per partition, as OS processes on free loopback ports."""
+
+    root: Path
+    tls: TlsFiles | None
+    link_port: int
+    env: dict[str, str]
+    logs: Path
+    nodes: list[subprocess.Popen] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)  # every process started, the SuperLink first
+
+    def submit(self, job: JobConfig) -> subprocess.Popen:
+        """``flwr run`` of ``job`` in the background; its output goes to logs/flwr-run.log."""
+        (self.root / "job.toml").write_text(job_toml(job))
+        app = write_app(self.root / "app")
+        proc = start(flwr_run_command(app, self.root / "job.toml"), self.env, self.logs / "flwr-run.log")
+        self.procs.append(proc)
+        return proc
+
+    def run(self, job: JobConfig, timeout: float) -> float:
+        """Submit ``job`` and wait for ``flwr run`` to end; returns its seconds; fails on a non-zero exit."""
+        started, log = time.monotonic(), self.logs / "flwr-run.log"
+        proc = self.submit(job)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"flwr run: not done after {timeout} s:\n{tail(log)}") from None
+        assert code == 0, tail(log)
+        return time.monotonic() - started
+
+
+def _node_command(link: str, pid: int, num_nodes: int, port: int, tls: TlsFiles | None, data: Path | None,
+                  warm: bool) -> list[str]:
+    if not warm:
+        return supernode_command(superlink=link, partition_id=pid, num_partitions=num_nodes, runtime_port=port,
+                                 tls=tls, data_path=data)
+    # `ffm deploy supernode --warm`: the SuperNode and ffm's long-lived ClientApp worker, ended together
+    cmd = [sys.executable, "-m", "ffm", "deploy", "supernode", "--warm", "--superlink", link,
+           "--partition-id", str(pid), "--num-partitions", str(num_nodes), "--port", str(port)]
+    if tls is not None:
+        cmd += ["--certs", str(tls.ca_cert.parent)]
+    return cmd + (["--data-path", str(data)] if data is not None else [])
+
+
+@contextmanager
+def federation(
+    root: Path,
+    *,
+    num_nodes: int = 3,
+    tls: TlsFiles | None = None,
+    data_paths: list[Path] | None = None,
+    warm: bool = False,
+) -> Iterator[Federation]:
+    """Start a SuperLink and ``num_nodes`` SuperNodes (partition ids 0..N-1; node k reads ``data_paths[k]``
+    when given; ``warm``: `ffm deploy supernode --warm`) and wait until every node has registered (and its
+    warm worker serves); on exit end every process by its group and check none is left and the port is free."""
+    link_port, *node_ports = free_ports(1 + num_nodes)
+    home = root / "flwr-home"
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=tls))
+    fed = Federation(root, tls, link_port, deploy_env(home), root / "logs")
+    try:
+        cmd = superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=tls)
+        fed.procs.append(start(cmd, fed.env, fed.logs / "superlink.log"))
+        for pid, port in enumerate(node_ports):
+            data = data_paths[pid] if data_paths else None
+            cmd = _node_command(f"127.0.0.1:{link_port}", pid, num_nodes, port, tls, data, warm)
+            fed.nodes.append(start(cmd, fed.env, fed.logs / f"supernode-{pid}.log"))
+        fed.procs += fed.nodes
+        for pid, node in enumerate(fed.nodes):
+            log = fed.logs / f"supernode-{pid}.log"
+            wait_for(lambda log=log: "SuperNode ID" in log.read_text(errors="replace"), "SuperNode ID", 60, node, log)
+            if warm:
+                wait_for(lambda log=log: "serving ClientApp tasks" in log.read_text(errors="replace"),
+                         "warm worker", 60, node, log)
+        yield fed
+    finally:
+        for proc in reversed(fed.procs):
+            stop(proc)
+    assert all(group_is_gone(proc) for proc in fed.procs)
+    assert nothing_listens_on(link_port)
+
+
