@@ -1,16 +1,22 @@
 """Benchmark, run by hand (not a test): what a round costs on a real Flower federation vs the LocalGrid.
 
-One run of the script runs the same job twice and writes ``bench/results/deploy.md`` (also printed):
+One run of the script runs the same job three times and writes ``bench/results/deploy.md`` (also printed):
 
 1. on the in-process LocalGrid (``ffm.runtime.run_local``: ServerApp + LocalGrid + ClientApp, one process,
    one shared model);
-2. on a Flower federation on loopback: ``flower-superlink`` and one ``flower-supernode`` per client as OS
-   processes (insecure), the job submitted with ``flwr run`` (what ``ffm deploy`` does, see docs/deploy.md).
+2. on a Flower federation on loopback with flwr's default isolation: ``flower-superlink`` and one
+   ``flower-supernode`` per client as OS processes (insecure), the job submitted with ``flwr run`` (what
+   ``ffm deploy`` does, see docs/deploy.md); every message starts a fresh ``flwr-clientapp`` process;
+3. on the same federation with warm nodes (``ffm deploy supernode --warm``): each SuperNode runs with
+   ``--isolation process`` beside ffm's long-lived worker (``python -m ffm.runtime.warm_worker``), which keeps
+   the model and data loaded from one message to the next.
 
 Per-round seconds and bytes come from each run's ``metrics.jsonl`` (``wall_time_s``: from one call of the
 server's ``evaluate_fn`` to the next, so it excludes the global test evaluation; ``bytes_up`` /
-``bytes_down``: the array payload each way). Client evaluation is off (``federation.fraction_evaluate=0``):
-on the federation every message starts a fresh ``flwr-clientapp`` process.
+``bytes_down``: the array payload each way). Client evaluation is off (``federation.fraction_evaluate=0``).
+Before measuring, the script waits (``--wait-quiet`` seconds at most) until no Flower process it did not
+start runs on the machine (another test suite may be running real federations), and it keeps watching for
+such processes while it measures; the report says what it saw.
 
 Launch:  .venv/bin/python bench/deploy.py          (--help lists the sizes)
 """
@@ -20,10 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,79 @@ from overhead import machine_lines, make_job, quiet_libraries, set_threads
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "deploy.md"
 
+# The runtimes, in the order they run and appear in the table; the first is the reference of the ratios.
+RUNTIMES = {"local": "LocalGrid", "federation": "federation", "warm": "federation --warm"}
+
+# ----------------------------------------------------------------------------------------------------
+# Other Flower processes on the machine (not started by this benchmark)
+
+FLOWER_EXECUTABLES = {"flower-superlink", "flower-supernode", "flower-superexec", "flwr-clientapp",
+                      "flwr-serverapp", "flwr-simulation", "flwr"}
+
+
+def _is_flower(argv: list[str]) -> bool:
+    """A Flower process or one of ffm's: its executable (or the script Python runs) is a flwr command, or it
+    is ffm's warm worker or ``ffm deploy``. A shell whose command line merely mentions these names is not."""
+    names = [Path(arg).name for arg in argv[:2]]
+    if any(name in FLOWER_EXECUTABLES for name in names):
+        return True
+    if "-m" in argv[:3]:
+        module = argv[argv.index("-m") + 1] if argv.index("-m") + 1 < len(argv) else ""
+        return module == "ffm.runtime.warm_worker" or (module == "ffm" and "deploy" in argv)
+    return False
+
+
+def foreign_flower_processes() -> dict[int, str]:
+    """Flower processes on this machine that are not this process's descendants: pid -> command line."""
+    parents: dict[int, int] = {}
+    commands: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        commands[int(entry.name)] = [arg for arg in argv if arg]
+    me, found = os.getpid(), {}
+    for pid, argv in commands.items():
+        ancestor = pid
+        while ancestor not in (0, 1, me):
+            ancestor = parents.get(ancestor, 0)
+        if ancestor != me and argv and _is_flower(argv):
+            found[pid] = " ".join(argv)[:120]
+    return found
+
+
+def wait_until_quiet(timeout: float, poll: float = 5.0) -> tuple[float, dict[int, str]]:
+    """Wait until no foreign Flower process runs (``timeout`` seconds at most); returns the seconds waited and
+    what still ran at the end (empty when the machine became quiet)."""
+    started = time.monotonic()
+    busy = foreign_flower_processes()
+    while busy and time.monotonic() - started < timeout:
+        print(f"waiting: {len(busy)} other Flower processes run, e.g. {next(iter(busy.values()))}", flush=True)
+        time.sleep(poll)
+        busy = foreign_flower_processes()
+    return time.monotonic() - started, busy
+
+
+class Watcher(threading.Thread):
+    """Samples the foreign Flower processes every ``interval`` seconds while the benchmark measures."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.seen, self.stopped = interval, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.seen.update(foreign_flower_processes())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The federation
+
 
 def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -49,10 +130,24 @@ def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float) 
     raise RuntimeError(f"{log}: no '{text}' after {timeout} s")
 
 
-def run_federation(job: Any, root: Path, threads: int, timeout: float) -> dict[str, float]:
-    """Start a SuperLink and one SuperNode per client, ``flwr run`` the job, end every process by its group.
+def node_command(superlink: str, partition_id: int, clients: int, port: int, *, warm: bool) -> list[str]:
+    """A SuperNode: ``flower-supernode`` itself, or with ``warm`` ``ffm deploy supernode --warm`` (the SuperNode
+    with ``--isolation process`` and ffm's warm worker, started and ended together). Insecure (no ``--certs``)."""
+    from ffm.runtime import deploy
 
-    Returns the seconds until every SuperNode had registered and the seconds of ``flwr run``.
+    if not warm:
+        return deploy.supernode_command(superlink=superlink, partition_id=partition_id, num_partitions=clients,
+                                        runtime_port=port, tls=None)
+    return [sys.executable, "-m", "ffm", "deploy", "supernode", "--warm", "--superlink", superlink,
+            "--partition-id", str(partition_id), "--num-partitions", str(clients), "--port", str(port)]
+
+
+def run_federation(job: Any, root: Path, threads: int, timeout: float, *, warm: bool) -> dict[str, Any]:
+    """Start a SuperLink and one SuperNode per client (``warm``: ``ffm deploy supernode --warm``), ``flwr run``
+    the job, end every process by its group.
+
+    Returns the seconds until every SuperNode had registered (and, warm, its worker served), the seconds of
+    ``flwr run``, and the warm workers' task log lines.
     """
     from ffm.runtime import deploy
 
@@ -60,22 +155,24 @@ def run_federation(job: Any, root: Path, threads: int, timeout: float) -> dict[s
     link_port, *node_ports = deploy.free_ports(1 + clients)
     env = deploy.deploy_env(root / "flwr-home")
     if threads > 0:
-        env["OMP_NUM_THREADS"] = str(threads)  # every flwr-clientapp is a fresh torch process
+        env["OMP_NUM_THREADS"] = str(threads)  # every flwr-clientapp / warm worker is a fresh torch process
     (root / "flwr-home").mkdir(parents=True)
     (root / "flwr-home" / "config.toml").write_text(deploy.flower_config(f"127.0.0.1:{link_port}", tls=None))
     (root / "job.toml").write_text(deploy.job_toml(job))
     app = deploy.write_app(root / "app")
+    logs = [root / "logs" / f"supernode-{pid}.log" for pid in range(clients)]
     procs: list[subprocess.Popen] = []
     started = time.perf_counter()
     try:
         cmd = deploy.superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=None)
         procs.append(deploy.start(cmd, env, root / "logs" / "superlink.log"))
         for pid, port in enumerate(node_ports):
-            cmd = deploy.supernode_command(superlink=f"127.0.0.1:{link_port}", partition_id=pid,
-                                           num_partitions=clients, runtime_port=port, tls=None)
-            procs.append(deploy.start(cmd, env, root / "logs" / f"supernode-{pid}.log"))
+            cmd = node_command(f"127.0.0.1:{link_port}", pid, clients, port, warm=warm)
+            procs.append(deploy.start(cmd, env, logs[pid]))
         for pid in range(clients):
-            wait_for_text(root / "logs" / f"supernode-{pid}.log", "SuperNode ID", procs[pid + 1], timeout=120)
+            wait_for_text(logs[pid], "SuperNode ID", procs[pid + 1], timeout=120)
+            if warm:
+                wait_for_text(logs[pid], "serving ClientApp tasks", procs[pid + 1], timeout=120)
         ready = time.perf_counter()
         run = deploy.start(deploy.flwr_run_command(app, root / "job.toml"), env, root / "logs" / "flwr-run.log")
         procs.append(run)
@@ -85,7 +182,21 @@ def run_federation(job: Any, root: Path, threads: int, timeout: float) -> dict[s
     finally:
         for proc in reversed(procs):
             deploy.stop(proc)
-    return {"nodes_ready_s": ready - started, "flwr_run_s": done - ready}
+    tasks = [warm_tasks(log) for log in logs] if warm else []
+    return {"nodes_ready_s": ready - started, "flwr_run_s": done - ready, "tasks": tasks}
+
+
+TASK_LINE = re.compile(r"task \d+ \((\w*)\) (\w+) in ([\d.]+) s \(input ([\d.]+) s, ClientApp ([\d.]+) s\)")
+
+
+def warm_tasks(log: Path) -> list[dict[str, Any]]:
+    """One warm worker's tasks, in order, from its per-task log lines (see ffm/runtime/warm_worker.py)."""
+    return [{"kind": m[1], "status": m[2], "seconds": float(m[3]), "input_s": float(m[4]), "app_s": float(m[5])}
+            for m in TASK_LINE.finditer(log.read_text(errors="replace"))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The report
 
 
 def read_rounds(run_dir: Path) -> list[dict]:
@@ -93,58 +204,105 @@ def read_rounds(run_dir: Path) -> list[dict]:
     return [line for line in lines if line["round"] > 0]
 
 
-def table(local: list[dict], fed: list[dict]) -> list[str]:
-    rows = [
-        "| round | LocalGrid s | federation s | federation / LocalGrid | bytes up (both) | bytes down (both) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for a, b in zip(local, fed, strict=True):
-        same = a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
-        up, down = f"{a['bytes_up']:,}", f"{a['bytes_down']:,}"
-        if not same:
-            up, down = f"{up} / {b['bytes_up']:,}", f"{down} / {b['bytes_down']:,}"
-        ratio = b["wall_time_s"] / a["wall_time_s"]
-        seconds = f"{a['wall_time_s']:.2f} | {b['wall_time_s']:.2f} | {ratio:.1f}x"
-        rows.append(f"| {a['round']} | {seconds} | {up} | {down} |")
-    mean_a = sum(r["wall_time_s"] for r in local) / len(local)
-    mean_b = sum(r["wall_time_s"] for r in fed) / len(fed)
-    rows.append(f"| **mean** | **{mean_a:.2f}** | **{mean_b:.2f}** | **{mean_b / mean_a:.1f}x** | | |")
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def table(rounds: dict[str, list[dict]]) -> list[str]:
+    """Seconds per round of every runtime, the ratios to the first, and the bytes (once when all agree)."""
+    labels = [RUNTIMES[key] for key in rounds]
+    header = ["round", *(f"{label} s" for label in labels), *(f"{label} / {labels[0]}" for label in labels[1:]),
+              "bytes up (all)", "bytes down (all)"]
+    rows = ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
+    for per_runtime in zip(*rounds.values(), strict=True):
+        first = per_runtime[0]
+        cells = [str(first["round"]), *(f"{r['wall_time_s']:.2f}" for r in per_runtime),
+                 *(f"{r['wall_time_s'] / first['wall_time_s']:.1f}x" for r in per_runtime[1:])]
+        for key in ("bytes_up", "bytes_down"):
+            values = [r[key] for r in per_runtime]
+            cells.append(f"{values[0]:,}" if len(set(values)) == 1 else " / ".join(f"{v:,}" for v in values))
+        rows.append("| " + " | ".join(cells) + " |")
+    means = [_mean([r["wall_time_s"] for r in runtime]) for runtime in rounds.values()]
+    cells = ["**mean**", *(f"**{m:.2f}**" for m in means), *(f"**{m / means[0]:.1f}x**" for m in means[1:]), "", ""]
+    rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
-def report(args: argparse.Namespace, job: Any, runs: dict[str, Any], load: tuple, seconds: float) -> list[str]:
-    local, fed = runs["local_rounds"], runs["fed_rounds"]
-    accuracy = [(a["test_accuracy"], b["test_accuracy"]) for a, b in zip(local, fed, strict=True)]
-    same = all(abs(a - b) < 1e-6 for a, b in accuracy)
+def same_everywhere(rounds: dict[str, list[dict]], key: str, tolerance: float = 0.0) -> bool:
+    return all(max(r[key] for r in per) - min(r[key] for r in per) <= tolerance
+               for per in zip(*rounds.values(), strict=True))
+
+
+def task_lines(tasks: list[list[dict[str, Any]]]) -> list[str]:
+    """The warm workers' own view: the first task of each (it builds the model and loads the data) and the rest."""
+    if not any(tasks):
+        return ["- warm workers: no task lines found in the SuperNode logs."]
+    first = [node[0] for node in tasks if node]
+    rest = [task for node in tasks for task in node[1:]]
+    failed = sum(task["status"].lower() != "completed" for node in tasks for task in node)
+    line = (f"- warm workers (their per-task log lines): {sum(map(len, tasks))} tasks on {len(tasks)} nodes, "
+            f"{failed} not completed. First task of each worker {_mean([t['seconds'] for t in first]):.2f} s "
+            f"(ClientApp {_mean([t['app_s'] for t in first]):.2f} s: builds the model, loads the data)")
+    if rest:
+        line += (f"; later tasks {_mean([t['seconds'] for t in rest]):.2f} s each (pulling the message "
+                 f"{_mean([t['input_s'] for t in rest]):.2f} s, ClientApp {_mean([t['app_s'] for t in rest]):.2f} s)")
+    return [line + "."]
+
+
+def report(args: argparse.Namespace, job: Any, runs: dict[str, Any], env: dict[str, Any]) -> list[str]:
+    rounds = runs["rounds"]
+    accuracies = {key: [r["test_accuracy"] for r in per] for key, per in rounds.items()}
+    same_accuracy = same_everywhere(rounds, "test_accuracy", 1e-6)
+    same_bytes = same_everywhere(rounds, "bytes_up") and same_everywhere(rounds, "bytes_down")
+    fed, warm = runs["federation"], runs["warm"]
+    waited, busy, seen = env["waited_s"], env["busy"], env["seen"]
+    quiet = (f"none after waiting {waited:.0f} s" if not busy else
+             f"{len(busy)} still running after waiting {waited:.0f} s (measured anyway)")
+    watched = "none" if not seen else f"{len(seen)} ({'; '.join(list(seen.values())[:3])})"
+    accuracy_text = "; ".join(f"{RUNTIMES[key]} {', '.join(f'{a:.4f}' for a in values)}"
+                              for key, values in accuracies.items())
     return [
-        "# ffm on a Flower federation (loopback) vs the in-process LocalGrid",
+        "# ffm on a Flower federation (loopback), default and warm SuperNodes, vs the in-process LocalGrid",
         "",
         *machine_lines(),
-        f"- load average (1 min) at start / end: {load[0]:.2f} / {os.getloadavg()[0]:.2f} (other work shares "
-        "the cores)",
-        f"- command: `{' '.join(['python', *sys.argv])}`; whole benchmark {seconds:.0f} s",
+        f"- load average (1 min) at start / end: {env['load'][0]:.2f} / {os.getloadavg()[0]:.2f} (other work "
+        "shares the cores)",
+        f"- other Flower processes (not this benchmark's) before measuring: {quiet}; seen while measuring: "
+        f"{watched}",
+        f"- command: `{' '.join(['python', *sys.argv])}`; whole benchmark {env['seconds']:.0f} s",
         "",
         f"Job: `{args.config}` plus `{' '.join(job_overrides(args))}`: {job.federation.num_clients} clients x "
         f"{job.federation.rounds} rounds, `train.local_steps={job.train.local_steps}`, batch {job.train.batch_size}, "
         f"max_length {job.model.max_length}, model `{job.model.name}`, method `{job.method.name}`, no client "
         f"evaluation. torch threads: {args.threads or 'default'} (federation: `OMP_NUM_THREADS` of every process).",
         "",
-        "Federation: `flower-superlink` + one `flower-supernode` per client on 127.0.0.1, insecure, SQLite "
-        "state; `flwr run` submits the job. 'seconds' is `wall_time_s` of `metrics.jsonl`: from one call of "
+        "Runtimes, one after the other in this order: **LocalGrid** is `run_local` in the benchmark's process. "
+        "**federation** is `flower-superlink` + one `flower-supernode` per client on 127.0.0.1 (insecure, SQLite "
+        "state, flwr's default isolation: a fresh `flwr-clientapp` process per message); `flwr run` submits the "
+        "job. **federation --warm** is the same with every node started as `python -m ffm deploy supernode "
+        "--warm` (the SuperNode with `--isolation process` beside ffm's long-lived worker "
+        "`python -m ffm.runtime.warm_worker`). 'seconds' is `wall_time_s` of `metrics.jsonl`: from one call of "
         "the server's `evaluate_fn` to the next (sampling, messages, every client's work, aggregation; the "
         "global test evaluation excluded). Bytes are the array payload of one round, all clients together.",
         "",
-        *table(local, fed),
+        *table(rounds),
         "",
         f"- LocalGrid: `run_local` took {runs['local_s']:.1f} s in all (workspace, rounds, global evaluations, "
         "final save).",
-        f"- federation: {runs['fed']['nodes_ready_s']:.1f} s until every SuperNode had registered, then "
-        f"`flwr run` {runs['fed']['flwr_run_s']:.1f} s in all (ServerApp process start, workspace, rounds, "
-        "final save).",
-        f"- same test accuracy after every round on both: {same} ({', '.join(f'{b:.4f}' for _, b in accuracy)}).",
-        "- Why the federation is slower: flwr 1.42 starts a fresh `flwr-clientapp` process for every message, "
-        "which imports torch, transformers and peft, loads the data and the model, trains and exits; the "
-        "LocalGrid keeps one model in memory. See docs/deploy.md.",
+        f"- federation: {fed['nodes_ready_s']:.1f} s until every SuperNode had registered, then `flwr run` "
+        f"{fed['flwr_run_s']:.1f} s in all (ServerApp process start, workspace, rounds, final save).",
+        f"- federation --warm: {warm['nodes_ready_s']:.1f} s until every SuperNode had registered and its worker "
+        f"served (the worker imports torch, transformers and peft once), then `flwr run` {warm['flwr_run_s']:.1f} "
+        "s in all.",
+        *task_lines(warm["tasks"]),
+        f"- same bytes every round on all three: {same_bytes}.",
+        f"- same test accuracy after every round on all three: {same_accuracy} ({accuracy_text}).",
+        "- Why the default federation is slower: flwr 1.42 starts a fresh `flwr-clientapp` process for every "
+        "message, which imports torch, transformers and peft, loads the data and the model, trains and exits; "
+        "the LocalGrid keeps one model in memory. The warm worker pays that start-up once per node; what remains "
+        "over the LocalGrid is mostly waiting in flwr: the SuperNode's and the ServerApp's polling (3 s intervals) "
+        "and pulling each message (the \"pulling\" seconds above); the nodes' training itself runs in parallel "
+        "processes on the shared cores. See docs/deploy.md.",
     ]
 
 
@@ -169,7 +327,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-examples", type=int, default=300, help="data.max_examples")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more job overrides")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (0 = default)")
-    parser.add_argument("--timeout", type=float, default=580, help="seconds `flwr run` may take")
+    parser.add_argument("--timeout", type=float, default=580, help="seconds each `flwr run` may take")
+    parser.add_argument("--wait-quiet", type=float, default=600, help="seconds to wait at most until no other "
+                        "Flower process runs on the machine (0: do not wait)")
     parser.add_argument("--output", default=str(RESULTS), help="where the Markdown table goes")
     parser.add_argument("--keep-runs", action="store_true", help="keep the scratch run directories and logs")
     return parser.parse_args(argv)
@@ -178,25 +338,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     os.chdir(REPO)
+    waited, busy = wait_until_quiet(args.wait_quiet)
+    if busy:
+        print(f"still {len(busy)} other Flower processes after {waited:.0f} s; measuring anyway", flush=True)
     load, start = os.getloadavg(), time.perf_counter()
+    watcher = Watcher()
+    watcher.start()
     scratch = Path(tempfile.mkdtemp(prefix="ffm-bench-deploy-"))
     try:
         quiet_libraries()
         set_threads(args.threads)
         from ffm.runtime import run_local
 
-        local_job = make_job(args.config, job_overrides(args), scratch / "local")
-        fed_job = make_job(args.config, [*job_overrides(args), "runtime=flower"], scratch / "federation")
+        jobs = {key: make_job(args.config, [*job_overrides(args), *([] if key == "local" else ["runtime=flower"])],
+                              scratch / key) for key in RUNTIMES}
         tick = time.perf_counter()
-        run_local(local_job)
-        local_s = time.perf_counter() - tick
-        print(f"LocalGrid: {local_s:.1f} s", flush=True)
-        fed = run_federation(fed_job, scratch / "flower", args.threads, args.timeout)
-        print(f"federation: {fed}", flush=True)
-        runs = {"local_s": local_s, "fed": fed, "local_rounds": read_rounds(scratch / "local"),
-                "fed_rounds": read_rounds(scratch / "federation")}
-        text = "\n".join(report(args, local_job, runs, load, time.perf_counter() - start))
+        run_local(jobs["local"])
+        runs: dict[str, Any] = {"local_s": time.perf_counter() - tick}
+        print(f"LocalGrid: {runs['local_s']:.1f} s", flush=True)
+        for key in ("federation", "warm"):
+            runs[key] = run_federation(jobs[key], scratch / f"flower-{key}", args.threads, args.timeout,
+                                       warm=key == "warm")
+            ready, took = runs[key]["nodes_ready_s"], runs[key]["flwr_run_s"]
+            print(f"{RUNTIMES[key]}: ready {ready:.1f} s, flwr run {took:.1f} s", flush=True)
+        runs["rounds"] = {key: read_rounds(scratch / key) for key in RUNTIMES}
+        watcher.stopped.set()
+        watcher.join()
+        env = {"waited_s": waited, "busy": busy, "seen": watcher.seen, "load": load,
+               "seconds": time.perf_counter() - start}
+        text = "\n".join(report(args, jobs["local"], runs, env))
     finally:
+        watcher.stopped.set()
         if args.keep_runs:
             print(f"runs and logs kept in {scratch}")
         else:
