@@ -1,4 +1,5 @@
-"""``ffm deploy superlink | supernode | run | split | certs``: a job on a Flower federation, step by step.
+"""``ffm deploy superlink | supernode | run | split | certs | node-keys | register``: a job on a Flower
+federation, step by step.
 
 Each action runs one Flower process in the foreground (Ctrl-C ends it), with the environment and flags
 that flwr 1.42 expects; ``docs/deploy.md`` walks through a whole federation.
@@ -37,13 +38,15 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 
 def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``deploy`` sub-command and its four actions."""
+    """The ``deploy`` sub-command and its actions."""
     parser = sub.add_parser("deploy", help="run a job on a Flower federation (SuperLink + SuperNodes)")
     actions = parser.add_subparsers(dest="action", required=True)
     link = actions.add_parser("superlink", help="start the SuperLink (the server side; runs the ServerApp)")
     link.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     link.add_argument("--port", type=int, default=9091, help="the one port of the Fleet/Control/Runtime APIs")
     link.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
+    link.add_argument("--node-auth", action="store_true", help="admit only SuperNodes whose public key was "
+                      "registered (`ffm deploy register`); needs --certs")
     _tls_args(link, server=True)
     node = actions.add_parser("supernode", help="start a SuperNode for one data owner (runs the ClientApp)")
     node.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
@@ -53,6 +56,8 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--data-path", help="this owner's folder from `ffm deploy split` (the only data it opens)")
     node.add_argument("--warm", action="store_true", help="run every ClientApp message in one long-lived ffm "
                       "worker (model and data stay loaded) instead of a fresh flwr-clientapp process per message")
+    node.add_argument("--auth-key", metavar="FILE", help="this node's private key (from `ffm deploy node-keys`), "
+                      "for a SuperLink started with --node-auth")
     _tls_args(node, server=False)
     run = actions.add_parser("run", help="submit a job (the same YAML as a simulation) and stream its logs")
     run.add_argument("config", help="YAML job file")
@@ -66,6 +71,14 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     certs = actions.add_parser("certs", help="write a test CA and SuperLink certificate (for trying TLS)")
     certs.add_argument("directory", help="folder to write ca.pem, server.pem, server.key into")
     certs.add_argument("--host", action="append", help="IP or DNS name of the SuperLink (repeatable)")
+    keys = actions.add_parser("node-keys", help="write a SuperNode's key pair (for node authentication)")
+    keys.add_argument("directory", help="folder to write NAME.key (private) and NAME.pub into")
+    keys.add_argument("--name", default="supernode", help="file name stem (default: supernode)")
+    register = actions.add_parser("register", help="admit a SuperNode to a --node-auth SuperLink by its public key")
+    register.add_argument("public_key", help="the node's NAME.pub (from `ffm deploy node-keys`)")
+    register.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
+    register.add_argument("--name", help="a name for the node, shown by `flwr supernode list`")
+    _tls_args(register, server=False)
 
 
 def _foreground(cmd: list[str], flwr_home: Path) -> int:
@@ -129,6 +142,18 @@ def _submit(args: argparse.Namespace) -> int:
         return _foreground(deploy.flwr_run_command(app, home / "job.toml"), home)
 
 
+def _register(args: argparse.Namespace) -> int:
+    """``flwr supernode register`` through a private flwr CLI config (the user's ~/.flwr stays untouched)."""
+    from ffm.errors import FfmError
+    from ffm.runtime import deploy
+
+    if not Path(args.public_key).is_file():
+        raise FfmError(f"no public key file {args.public_key}: the node's NAME.pub from `ffm deploy node-keys`")
+    with tempfile.TemporaryDirectory(prefix="ffm-deploy-") as tmp:
+        (Path(tmp) / "config.toml").write_text(deploy.flower_config(args.superlink, tls=_tls(args)))
+        return _foreground(deploy.register_command(Path(args.public_key), name=args.name), Path(tmp))
+
+
 def _split(args: argparse.Namespace) -> int:
     """Write the job's split as one folder per party: each SuperNode then gets only its own."""
     from ffm.data import export_split, load_source, split_federated
@@ -148,13 +173,14 @@ def deploy_main(args: argparse.Namespace) -> int:
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     if args.action == "superlink":
         db = Path(args.database) if args.database else None
-        return _foreground(deploy.superlink_command(host=args.host, port=args.port, database=db, tls=_tls(args)),
-                           home)
+        return _foreground(deploy.superlink_command(host=args.host, port=args.port, database=db, tls=_tls(args),
+                                                    node_auth=args.node_auth), home)
     if args.action == "supernode":
         data_path = Path(args.data_path) if args.data_path else None
         cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
                                        num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args),
-                                       data_path=data_path, warm=args.warm)
+                                       data_path=data_path, warm=args.warm,
+                                       auth_key=Path(args.auth_key) if args.auth_key else None)
         if args.warm:
             return _foreground_pair([cmd, deploy.warm_worker_command(args.port)], home)
         return _foreground(cmd, home)
@@ -162,7 +188,14 @@ def deploy_main(args: argparse.Namespace) -> int:
         return _submit(args)
     if args.action == "split":
         return _split(args)
-    from ffm.runtime.certs import make_test_certificates
+    if args.action == "register":
+        return _register(args)
+    from ffm.runtime.certs import make_node_keys, make_test_certificates
+
+    if args.action == "node-keys":
+        keys = make_node_keys(Path(args.directory), args.name)
+        print(f"ffm: wrote {keys.private_key} (keep it on the node) and {keys.public_key} (for the SuperLink)")
+        return 0
 
     files = make_test_certificates(Path(args.directory), tuple(args.host or ("127.0.0.1", "localhost")))
     print(f"ffm: wrote {files.ca_cert}, {files.server_cert}, {files.server_key}")

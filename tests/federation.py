@@ -6,6 +6,7 @@ Not a test module: tests/test_deploy.py and tests/test_warm_worker.py share it.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ffm.config import JobConfig
+from ffm.runtime.certs import NodeKeys, make_node_keys
 from ffm.runtime.deploy import (
     TlsFiles,
     deploy_env,
@@ -75,6 +77,23 @@ class Federation:
     logs: Path
     nodes: list[subprocess.Popen] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)  # every process started, the SuperLink first
+    registered: list[int] = field(default_factory=list)  # node ids the SuperLink gave registered public keys
+
+    def register(self, *keys: NodeKeys) -> list[int]:
+        """`ffm deploy register` of nodes' public keys (side by side); returns the node ids the SuperLink gave."""
+        assert self.tls is not None, "node authentication needs TLS"
+        link, certs = f"127.0.0.1:{self.link_port}", str(self.tls.ca_cert.parent)
+        procs = [subprocess.Popen([sys.executable, "-m", "ffm", "deploy", "register", str(key.public_key),
+                                   "--superlink", link, "--certs", certs], env=self.env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for key in keys]
+        ids = []
+        for proc in procs:
+            out = proc.communicate(timeout=60)[0]
+            found = re.search(r"SuperNode (\d+) registered", out)
+            assert proc.returncode == 0 and found, out
+            ids.append(int(found.group(1)))
+        self.registered += ids
+        return ids
 
     def submit(self, job: JobConfig) -> subprocess.Popen:
         """``flwr run`` of ``job`` in the background; its output goes to logs/flwr-run.log."""
@@ -97,15 +116,17 @@ class Federation:
 
 
 def _node_command(link: str, pid: int, num_nodes: int, port: int, tls: TlsFiles | None, data: Path | None,
-                  warm: bool) -> list[str]:
+                  warm: bool, key: NodeKeys | None = None) -> list[str]:
     if not warm:
         return supernode_command(superlink=link, partition_id=pid, num_partitions=num_nodes, runtime_port=port,
-                                 tls=tls, data_path=data)
+                                 tls=tls, data_path=data, auth_key=key.private_key if key else None)
     # `ffm deploy supernode --warm`: the SuperNode and ffm's long-lived ClientApp worker, ended together
     cmd = [sys.executable, "-m", "ffm", "deploy", "supernode", "--warm", "--superlink", link,
            "--partition-id", str(pid), "--num-partitions", str(num_nodes), "--port", str(port)]
     if tls is not None:
         cmd += ["--certs", str(tls.ca_cert.parent)]
+    if key is not None:
+        cmd += ["--auth-key", str(key.private_key)]
     return cmd + (["--data-path", str(data)] if data is not None else [])
 
 
@@ -117,21 +138,31 @@ def federation(
     tls: TlsFiles | None = None,
     data_paths: list[Path] | None = None,
     warm: bool = False,
+    node_auth: bool = False,
 ) -> Iterator[Federation]:
     """Start a SuperLink and ``num_nodes`` SuperNodes (partition ids 0..N-1; node k reads ``data_paths[k]``
     when given; ``warm``: `ffm deploy supernode --warm`) and wait until every node has registered (and its
-    warm worker serves); on exit end every process by its group and check none is left and the port is free."""
+    warm worker serves); on exit end every process by its group and check none is left and the port is free.
+    ``node_auth`` (needs ``tls``): the SuperLink admits only registered nodes; node k gets a key pair
+    (``root/keys/node-k.key``), its public key is registered with `ffm deploy register` before it starts."""
     link_port, *node_ports = free_ports(1 + num_nodes)
     home = root / "flwr-home"
     home.mkdir(parents=True)
     (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=tls))
     fed = Federation(root, tls, link_port, deploy_env(home), root / "logs")
     try:
-        cmd = superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=tls)
+        cmd = superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=tls,
+                                node_auth=node_auth)
         fed.procs.append(start(cmd, fed.env, fed.logs / "superlink.log"))
+        keys = [make_node_keys(root / "keys", f"node-{pid}") for pid in range(num_nodes)] if node_auth else []
+        if keys:
+            wait_for(lambda: not nothing_listens_on(link_port), "SuperLink listening", 60, fed.procs[0],
+                     fed.logs / "superlink.log")
+            fed.register(*keys)
         for pid, port in enumerate(node_ports):
             data = data_paths[pid] if data_paths else None
-            cmd = _node_command(f"127.0.0.1:{link_port}", pid, num_nodes, port, tls, data, warm)
+            cmd = _node_command(f"127.0.0.1:{link_port}", pid, num_nodes, port, tls, data, warm,
+                                keys[pid] if keys else None)
             fed.nodes.append(start(cmd, fed.env, fed.logs / f"supernode-{pid}.log"))
         fed.procs += fed.nodes
         for pid, node in enumerate(fed.nodes):

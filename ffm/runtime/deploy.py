@@ -16,6 +16,10 @@ flwr 1.42 facts this relies on (checked against the installed flwr):
   backbone and data are loaded again for each message (see docs/deploy.md for timings); with
   ``--isolation process`` the node starts none and ffm's warm worker (:mod:`ffm.runtime.warm_worker`) runs
   every message in one long-lived process instead.
+- SuperNode authentication: ``flower-superlink --enable-supernode-auth`` (refused without TLS) admits only
+  nodes whose public key was registered through the Control API (``flwr supernode register PUBKEY
+  CONNECTION``); each node signs its requests with ``--auth-supernode-private-key`` (an EC key on a NIST
+  curve, OpenSSH format). An unregistered node's activation fails and it exits (code 305).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "flwr_run_command",
     "free_ports",
     "job_toml",
+    "register_command",
     "start",
     "stop",
     "superlink_command",
@@ -88,12 +93,29 @@ def _tls_flags(tls: TlsFiles | None, *, server: bool) -> list[str]:
     return ["--root-certificates", str(tls.ca_cert)]
 
 
-def superlink_command(*, host: str, port: int, database: Path | None, tls: TlsFiles | None) -> list[str]:
-    """``flower-superlink``: one port for the Fleet, Control and Runtime APIs; no runtime ``uv sync``."""
+def superlink_command(*, host: str, port: int, database: Path | None, tls: TlsFiles | None,
+                      node_auth: bool = False) -> list[str]:
+    """``flower-superlink``: one port for the Fleet, Control and Runtime APIs; no runtime ``uv sync``.
+
+    With ``node_auth`` only SuperNodes whose public key was registered (:func:`register_command`) may join;
+    flwr requires TLS for it. Registrations live in the SuperLink's state: give it a ``database`` to keep
+    them across restarts.
+    """
+    if node_auth and tls is None:
+        raise FfmError("SuperNode authentication needs TLS: give the SuperLink certificates (--certs DIR)")
     cmd = [_bin("flower-superlink"), *_tls_flags(tls, server=True), "--host", host, "--port", str(port)]
     if database is not None:
         cmd += ["--database", str(database)]
+    if node_auth:
+        cmd.append("--enable-supernode-auth")
     return [*cmd, "--disable-runtime-dependency-installation"]
+
+
+def register_command(public_key: Path, *, name: str | None = None) -> list[str]:
+    """``flwr supernode register``: admit the SuperNode holding the private half of ``public_key`` (an
+    OpenSSH public key file) to the federation on the ``ffm`` connection of the flwr CLI's config."""
+    cmd = [_bin("flwr"), "supernode", "register", str(Path(public_key).resolve()), CONNECTION]
+    return [*cmd, "--name", name] if name else cmd
 
 
 def supernode_command(
@@ -105,6 +127,7 @@ def supernode_command(
     tls: TlsFiles | None,
     data_path: Path | None = None,
     warm: bool = False,
+    auth_key: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``).
 
@@ -112,6 +135,8 @@ def supernode_command(
     alone; without it, it re-derives its partition from the job's whole data set (a single-machine trial).
     With ``warm`` the node runs with ``--isolation process``: it starts no ClientApp processes itself, and
     :func:`warm_worker_command` (one long-lived process) serves its Runtime API instead.
+    With ``auth_key`` (the node's OpenSSH private key, whose public half the SuperLink's operator registered)
+    the node signs every request to a SuperLink that authenticates SuperNodes.
     """
     if not 0 <= partition_id < num_partitions:
         raise FfmError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
@@ -125,6 +150,7 @@ def supernode_command(
         "--port", str(runtime_port),  # this node's own Runtime API: distinct per node on one machine
         "--node-config", node_config,
         *(["--isolation", "process"] if warm else []),
+        *(["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key is not None else []),
     ]
 
 
