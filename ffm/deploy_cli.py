@@ -156,8 +156,11 @@ def _register(args: argparse.Namespace) -> int:
 
 def _split(args: argparse.Namespace) -> int:
     """Write the job's split as one folder per party: each SuperNode then gets only its own."""
+    import datasets
+
     from ffm.data import export_split, load_source, split_federated
 
+    datasets.disable_progress_bars()
     job = load_job(args.config, args.overrides)
     data = split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
     folders = export_split(data, Path(args.out))
