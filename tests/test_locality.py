@@ -69,3 +69,18 @@ def test_supernode_command_hands_the_node_its_own_folder_as_flower_parses_it(tmp
 
     node_config = parse_config_args([cmd[cmd.index("--node-config") + 1]])
     assert node_config == {"partition-id": 2, "num-partitions": 3, "data-path": str(tmp_path / "owner 2")}
+
+
+def test_ffm_deploy_split_writes_one_folder_per_owner_and_the_servers_test_set(tmp_path):
+    from ffm.cli import main
+
+    config = tmp_path / "job.yaml"
+    config.write_text("data: {source: bbc_news, max_examples: 90, partitioner: iid}\nfederation: {num_clients: 3}\n")
+
+    code = main(["deploy", "split", str(config), "--out", str(tmp_path / "split")])
+
+    assert code == 0
+    parties = [load_party(party_dir(tmp_path / "split", k)).clients[0] for k in range(3)]
+    test = load_server_test(tmp_path / "split" / "server").test
+    assert sum(len(p.train) + len(p.val) for p in parties) + len(test) == 90
+    assert not (tmp_path / "split" / "partition-3").exists()
