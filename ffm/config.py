@@ -37,7 +37,7 @@ MODES = ("federated", "centralized", "local")
 RUNTIMES = ("local", "flower")
 
 
-def _f(default: Any, help: str) -> Any:
+def _f(default: Any, help: str) -> Any:  # `help` mirrors peft's field(metadata={"help": ...})
     return field(default=default, metadata={"help": help})
 
 

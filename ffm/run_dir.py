@@ -80,7 +80,7 @@ class RunDirectory:
             payload = torch.load(files[-1], map_location="cpu", weights_only=True)
             if not isinstance(payload, dict) or not {"round", "state"} <= payload.keys():
                 raise ValueError("missing 'round' or 'state'")
-        except Exception as exc:
+        except Exception as exc:  # torch raises many types for a damaged file
             raise CheckpointError(
                 f"checkpoint '{files[-1]}' is unreadable ({type(exc).__name__}); delete it to resume from the "
                 "round before"

@@ -56,7 +56,7 @@ def load_table(path: str | Path, kind: str, text_column: str, label_column: str)
         raise DataError(f"data file '{path}' does not exist; set data.path to your {kind} file")
     try:
         table = datasets.load_dataset(_TABLE_BUILDERS[kind], data_files=str(path), split="train")
-    except Exception as exc:
+    except Exception as exc:  # the builders raise many types; the user needs the file name
         raise DataError(f"data file '{path}' could not be read as {kind}: {exc}".splitlines()[0]) from None
     for column, key in ((text_column, "data.text_column"), (label_column, "data.label_column")):
         if column not in table.column_names:
@@ -90,7 +90,7 @@ def _ag_news() -> datasets.Dataset:
     if not os.environ.get("HF_HUB_OFFLINE") and not folder.parent.exists():
         try:
             return datasets.load_dataset("ag_news", split="test")  # already (text, ClassLabel label)
-        except Exception:
+        except Exception:  # offline: fall through to the clear message below
             pass
     raise DataError(
         f"AG News not found at '{csv_path}': put test.csv and classes.txt there, or set FFM_DATA_DIR "

@@ -116,7 +116,7 @@ class LocalGrid(Grid):
         start = time.perf_counter()
         try:
             return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
-        except Exception as exc:
+        except Exception as exc:  # a node's failure becomes its error reply, as on a SuperNode
             logger.warning("node %s failed:\n%s", msg.metadata.dst_node_id, traceback.format_exc(limit=4))
             reason = f"{type(exc).__name__}: {exc}"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
