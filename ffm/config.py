@@ -261,12 +261,17 @@ def _check(ok: bool, message: str) -> None:
 
 def _validate(job: JobConfig) -> None:
     """Reject values out of range, naming the key and what would be valid."""
-    from ffm.strategies import STRATEGIES  # local import: strategies import flwr, config must stay light
+    # local imports: the registries import flwr and peft; config must stay light to import
+    from ffm.models.methods import METHODS
+    from ffm.strategies import STRATEGIES
 
     _check(job.mode in MODES, f"mode: '{job.mode}' is not one of {', '.join(MODES)}")
     _check(job.runtime in RUNTIMES, f"runtime: '{job.runtime}' is not one of {', '.join(RUNTIMES)}")
     _check(job.model.max_length >= 8, "model.max_length must be at least 8")
-    _check(job.method.name in ("lora", "full"), f"method.name: '{job.method.name}' is not one of lora, full")
+    _check(
+        job.method.name in METHODS,
+        f"method.name: '{job.method.name}' is not one of {', '.join(sorted(METHODS))}",
+    )
     _check(job.method.r >= 1, "method.r (LoRA rank) must be at least 1")
     _check(0.0 <= job.method.dropout < 1.0, "method.dropout must be in [0, 1)")
     _check(job.method.name != "lora" or bool(job.method.targets), "method.targets must name at least one module")

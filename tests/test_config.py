@@ -159,6 +159,11 @@ def test_unknown_strategy_error_lists_the_registered_strategies():
         load_job(None, ["federation.strategy=fedfoo"])
 
 
+def test_unknown_method_error_names_the_key_and_lists_the_registered_methods():
+    with pytest.raises(ConfigError, match=r"method\.name: 'prefix' is not one of full, lora"):
+        load_job(None, ["method.name=prefix"])
+
+
 def test_missing_config_file_is_a_config_error_naming_the_file(tmp_path):
     missing = tmp_path / "nope.yaml"
 
