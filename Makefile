@@ -12,7 +12,7 @@ export FLWR_HOME := $(CURDIR)/$(VENV)/flwr-home
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench lint clean setup
+.PHONY: demo test test-fast bench lint clean setup
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no real Flower federations, no real pretrained MiniLM (tests marked slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

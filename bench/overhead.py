@@ -5,7 +5,7 @@ One run measures three things and writes ``bench/results/overhead.md`` (also pri
 1. Overhead ratio. The same job is run as simulated federated rounds (ServerApp + LocalGrid + ClientApp,
    i.e. ``ffm.runtime.run_local``) and as a plain PyTorch loop doing the very same local steps: the same
    shared model object, each client's steps from the same round-start state, the same batches and seeds
-   (``round_seed`` and ``_step_batches``, as ``ffm.client`` uses them; the losses must match exactly).
+   (``round_seed`` and ``step_batches``, as ``ffm.client`` uses them; the losses must match exactly).
    Only round time counts on the federated side: the server's ``evaluate_fn`` (global test evaluation,
    metrics line, checkpoint) is timed apart and left out, and so is the one-time setup (the workspace is
    built and every client's data tokenized before any clock starts). Bare and federated runs alternate;
@@ -211,7 +211,7 @@ def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareT
 
     from ffm.models import load_trainable_state
     from ffm.strategies.offset import round_seed
-    from ffm.tasks.classification import _step_batches
+    from ffm.tasks import step_batches
 
     job, seconds, cutting, losses = workspace.job, 0.0, 0.0, {}
     for line in plan:
@@ -223,7 +223,7 @@ def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareT
             data = workspace.examples("train", party)
             steps = workspace.local_steps(party)
             start = time.perf_counter()
-            batches = list(_step_batches(data, job.train.batch_size, steps, torch.Generator().manual_seed(seed)))
+            batches = list(step_batches(data, job.train.batch_size, steps, torch.Generator().manual_seed(seed)))
             cutting += time.perf_counter() - start
             start = time.perf_counter()
             losses[rnd, party] = plain_loop(
@@ -240,7 +240,7 @@ def warm_up(workspace: Any) -> None:
     for party in range(workspace.num_parties):
         workspace.examples("train", party)
     workspace.examples("test")
-    from ffm.tasks.classification import batches
+    from ffm.tasks import batches
 
     first = next(batches(workspace.examples("train", 0), workspace.job.train.batch_size))
     plain_loop(workspace.model, [first], lr=workspace.job.train.lr, weight_decay=0.0, seed=0)
@@ -476,7 +476,7 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
         f"{job.model.max_length}, model `{job.model.name}`, method `{job.method.name}` (r={job.method.r}, "
         f"targets {','.join(job.method.targets)}, head trained), {job.data.source} with "
         f"`data.max_examples={job.data.max_examples}`, partitioner {job.data.partitioner}, strategy "
-        f"{job.federation.strategy}, no client evaluation. Config `{o['config']}` plus "
+        f"{job.strategy.name}, no client evaluation. Config `{o['config']}` plus "
         f"`{' '.join(o['overrides'])}`. Flower logging at WARNING. torch threads: {o['threads']}.",
         "",
         f"Runs alternate federated, bare, federated, bare ({len(feds)} each); 'seconds' is the minimum (for the "

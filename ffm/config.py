@@ -1,13 +1,18 @@
 """One typed job config tree: the dataclasses are the source of truth for keys, defaults and help.
 
 YAML files, ``key=value`` overrides on the command line and Flower's flat ``run_config`` all go through
-the same two functions here (:func:`job_from_dict` and :func:`apply_overrides`), so a key means the same
+the same functions here (:func:`job_from_dict` and :func:`apply_overrides`), so a key means the same
 thing wherever it is given.
+
+Three sections are *variants*: ``task``, ``method`` and ``strategy``. Their ``name`` picks a dataclass that
+the task / method / strategy registers beside its code (peft-style: LoRA's keys exist only under LoRA), so a
+key of another variant is a one-line error and ``ffm config`` lists each variant's own keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,27 +23,42 @@ import yaml
 from ffm.errors import ConfigError
 
 __all__ = [
+    "ClientConfig",
     "DataConfig",
     "FederationConfig",
     "JobConfig",
     "MethodConfig",
     "ModelConfig",
+    "StrategyConfig",
+    "TaskConfig",
     "TrainConfig",
     "apply_overrides",
+    "declared_run_config_tree",
     "describe_keys",
     "job_from_dict",
     "job_from_run_config",
     "job_to_dict",
     "job_to_run_config",
+    "job_to_run_config_tree",
     "load_job",
 ]
 
 MODES = ("federated", "centralized", "local")
 RUNTIMES = ("local", "flower")
+SCHEDULERS = ("constant", "linear", "cosine")
 
 
 def _f(default: Any, help: str) -> Any:  # `help` mirrors peft's field(metadata={"help": ...})
     return field(default=default, metadata={"help": help})
+
+
+def _list(default: list[str], help: str) -> Any:
+    return field(default_factory=lambda: list(default), metadata={"help": help})
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 @dataclass
@@ -48,16 +68,45 @@ class ModelConfig:
 
 
 @dataclass
+class TaskConfig:
+    """Base of every task's config; a task registers a subclass with its own keys (``ffm.tasks``)."""
+
+    name: str = _f("text_classification", "objective and metric (see `ffm config` for the registered tasks)")
+
+
+@dataclass
 class MethodConfig:
-    name: str = _f("lora", "what is trained and sent: 'lora' (adapters + head) or 'full' (every weight)")
-    r: int = _f(8, "LoRA rank")
-    alpha: int = _f(16, "LoRA scaling alpha")
-    dropout: float = _f(0.05, "dropout on the LoRA branch")
-    targets: list[str] = field(
-        default_factory=lambda: ["query", "value"],
-        metadata={"help": "module names that get LoRA adapters (comma-separated)"},
+    """Base of every method's config; a method registers a subclass with its own keys (``ffm.methods``)."""
+
+    name: str = _f("lora", "what is trained and sent (see `ffm config` for the registered methods)")
+    personal: list[str] = _list(
+        [], "trainable parameters whose name contains one of these stay on their client and never travel "
+        "(e.g. classifier: a personal head, FedPer-style)"
     )
-    train_head: bool = _f(True, "train (and send) the classification head with the adapters")
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy's config; a strategy registers a subclass with its own keys (``ffm.strategies``)."""
+
+    name: str = _f("fedavg", "server aggregation rule (see `ffm config` for the registered strategies)")
+
+
+# Where each variant section's registry lives; imported only when a config is built (they import torch/flwr).
+_VARIANT_REGISTRIES = {
+    TaskConfig: "ffm.tasks:TASKS",
+    MethodConfig: "ffm.methods:METHODS",
+    StrategyConfig: "ffm.strategies:STRATEGIES",
+}
+
+
+def _registry(base: type) -> Any:
+    module, _, attr = _VARIANT_REGISTRIES[base].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _variant_default(base: type) -> Any:
+    return _registry(base)[base.name].config()
 
 
 @dataclass
@@ -81,12 +130,17 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = _f(1e-3, "AdamW learning rate of the local optimizer")
+    lr: float = _f(1e-3, "AdamW learning rate of the local optimizer (its peak, under a scheduler)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     batch_size: int = _f(16, "local batch size")
     local_epochs: int = _f(1, "passes over the local data per round (used when local_steps is 0)")
     local_steps: int = _f(0, "optimizer steps per round per client (0 = use local_epochs)")
     eval_batch_size: int = _f(64, "batch size for evaluation")
+    scheduler: str = _f(
+        "constant", "learning-rate schedule over the whole run (every round continues it): constant | linear | cosine"
+    )
+    warmup_ratio: float = _f(0.0, "share of the run's steps spent warming the learning rate up from 0, in [0, 1)")
+    max_grad_norm: float = _f(0.0, "clip each step's gradient to this L2 norm (0 = no clipping)")
 
 
 @dataclass
@@ -95,7 +149,12 @@ class FederationConfig:
     rounds: int = _f(5, "federated rounds")
     fraction_train: float = _f(1.0, "share of clients sampled to train each round, in (0, 1]")
     fraction_evaluate: float = _f(1.0, "share of clients that evaluate on their validation split, in [0, 1]")
-    strategy: str = _f("fedavg", "server aggregation strategy (see `ffm config` for the registered ones)")
+
+
+@dataclass
+class ClientConfig:
+    mods: list[str] = _list([], "Flower mods around the ClientApp, outermost first; registered")
+    clipping_norm: float = _f(1.0, "L2 bound on each client's update (mod 'fixedclipping')")
 
 
 @dataclass
@@ -107,10 +166,17 @@ class JobConfig:
     resume: bool = _f(False, "continue from the last complete round found in run_dir")
     progress: bool = _f(True, "print a progress bar over rounds")
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    task: TaskConfig = field(default_factory=lambda: _variant_default(TaskConfig))
+    method: MethodConfig = field(default_factory=lambda: _variant_default(MethodConfig))
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: StrategyConfig = field(default_factory=lambda: _variant_default(StrategyConfig))
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+
+# Keys that moved: a config written for an older ffm gets told where its key lives now.
+_MOVED = {"federation.strategy": "strategy.name"}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -160,12 +226,14 @@ def _yaml_value(key: str, text: str) -> Any:
         raise ConfigError(f"{key}: {text!r} is not a valid YAML list; write a,b or [a, b]") from None
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, raw: dict[str, Any], prefix: str, lenient: bool) -> Any:
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
+        if dotted in _MOVED:
+            raise ConfigError(f"config key '{dotted}' is now '{_MOVED[dotted]}'; rename it in your config")
         if key not in hints:
             raise ConfigError(
                 f"unknown config key '{dotted}'; valid keys here: {', '.join(names)} (`ffm config` lists all)"
@@ -174,15 +242,47 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: expected a section of keys, got {value!r}")
-            kwargs[key] = _build(kind, value, f"{dotted}.")
+            builder = _build_variant if kind in _VARIANT_REGISTRIES else _build
+            kwargs[key] = builder(kind, value, f"{dotted}.", lenient)
         else:
             kwargs[key] = _coerce(dotted, value, kind)
     return cls(**kwargs)
 
 
-def job_from_dict(raw: dict[str, Any]) -> JobConfig:
+def _build_variant(base: type, raw: dict[str, Any], prefix: str, lenient: bool) -> Any:
+    """A variant section: ``name`` picks the registered dataclass; keys of other variants are refused.
+
+    ``lenient`` drops other variants' keys instead: a Flower run_config carries every declared key
+    (the app must declare the union of all variants' keys), not only the chosen variant's.
+    """
+    registry = _registry(base)
+    name = _coerce(f"{prefix}name", raw.get("name", base.name), str)
+    cls = registry[name].config
+    own = {f.name for f in dataclasses.fields(cls)}
+    kept: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in own:
+            kept[key] = value
+            continue
+        owners = [other for other, entry in registry.items() if key in _field_names(entry.config)]
+        if owners and lenient:
+            continue
+        if owners:
+            raise ConfigError(
+                f"{prefix}{key} is a key of {prefix}name={'/'.join(owners)}, not of '{name}'; "
+                f"'{name}' takes: {', '.join(sorted(own))}"
+            )
+        kept[key] = value  # unknown everywhere: _build names it
+    return _build(cls, kept, prefix, lenient)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def job_from_dict(raw: dict[str, Any], *, lenient: bool = False) -> JobConfig:
     """Build and validate a job config from nested dicts (unknown keys and bad values raise ConfigError)."""
-    job = _build(JobConfig, raw or {}, "")
+    job = _build(JobConfig, raw or {}, "", lenient)
     _validate(job)
     return job
 
@@ -227,15 +327,41 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return _nest(flat)
 
 
+def _scalars(tree: dict[str, Any]) -> dict[str, Any]:
+    """Lists comma-joined: Flower's run_config holds scalars only."""
+    return {
+        key: _scalars(value) if isinstance(value, dict) else ",".join(value) if isinstance(value, list) else value
+        for key, value in tree.items()
+    }
+
+
+def job_to_run_config_tree(job: JobConfig) -> dict[str, Any]:
+    """The job as nested tables of scalars (a ``flwr run --run-config`` TOML file)."""
+    return _scalars(job_to_dict(job))
+
+
 def job_to_run_config(job: JobConfig) -> dict[str, bool | float | int | str]:
     """Flatten a job into Flower's run_config form: dotted keys, scalar values, lists comma-joined."""
-    flat = _flatten(job_to_dict(job))
-    return {key: ",".join(value) if isinstance(value, list) else value for key, value in flat.items()}
+    return _flatten(job_to_run_config_tree(job))
+
+
+def declared_run_config_tree() -> dict[str, Any]:
+    """Every key any job can set, with its default: the defaults, plus every variant's own keys.
+
+    A Flower app must declare each run_config key it accepts; where two variants share a key the first
+    registered default is declared (a submitted job always sends the value of its own variant).
+    """
+    tree = job_to_run_config_tree(JobConfig())
+    for section, base in (("task", TaskConfig), ("method", MethodConfig), ("strategy", StrategyConfig)):
+        for _, entry in _registry(base).items():
+            for key, value in _scalars(dataclasses.asdict(entry.config())).items():
+                tree[section].setdefault(key, value)
+    return tree
 
 
 def job_from_run_config(run_config: dict[str, Any]) -> JobConfig:
     """The one map from Flower's ``run_config`` onto the dataclasses (used by ClientApp and ServerApp)."""
-    return job_from_dict(_nest({key: value for key, value in run_config.items()}))
+    return job_from_dict(_nest(dict(run_config)), lenient=True)
 
 
 def load_job(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
@@ -254,27 +380,13 @@ def load_job(path: str | Path | None, overrides: list[str] | None = None) -> Job
     return job_from_dict(apply_overrides(raw, overrides or []))
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
 def _validate(job: JobConfig) -> None:
-    """Reject values out of range, naming the key and what would be valid."""
-    # local imports: the registries import flwr and peft; config must stay light to import
-    from ffm.models.methods import METHODS
-    from ffm.strategies import STRATEGIES
+    """Reject values out of range, naming the key and what would be valid (variants check their own keys)."""
+    from ffm.mods import MODS  # local import: the registries import flwr; config must stay light to import
 
     _check(job.mode in MODES, f"mode: '{job.mode}' is not one of {', '.join(MODES)}")
     _check(job.runtime in RUNTIMES, f"runtime: '{job.runtime}' is not one of {', '.join(RUNTIMES)}")
     _check(job.model.max_length >= 8, "model.max_length must be at least 8")
-    _check(
-        job.method.name in METHODS,
-        f"method.name: '{job.method.name}' is not one of {', '.join(sorted(METHODS))}",
-    )
-    _check(job.method.r >= 1, "method.r (LoRA rank) must be at least 1")
-    _check(0.0 <= job.method.dropout < 1.0, "method.dropout must be in [0, 1)")
-    _check(job.method.name != "lora" or bool(job.method.targets), "method.targets must name at least one module")
     data = job.data
     sources = ("bbc_news", "ag_news", "folder", "csv", "jsonl", "parquet")
     _check(data.source in sources, f"data.source: '{data.source}' is not one of {', '.join(sources)}")
@@ -291,31 +403,56 @@ def _validate(job: JobConfig) -> None:
     _check(train.batch_size >= 1 and train.eval_batch_size >= 1, "train.batch_size/eval_batch_size must be >= 1")
     _check(train.local_epochs >= 1 or train.local_steps >= 1, "set train.local_epochs or train.local_steps >= 1")
     _check(train.local_steps >= 0, "train.local_steps must be >= 0")
+    _check(train.scheduler in SCHEDULERS, f"train.scheduler: '{train.scheduler}' is not one of {', '.join(SCHEDULERS)}")
+    _check(0.0 <= train.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+    _check(train.max_grad_norm >= 0.0, "train.max_grad_norm must be >= 0 (0 = no clipping)")
     fed = job.federation
     _check(fed.num_clients >= 1, "federation.num_clients must be at least 1")
     _check(fed.rounds >= 1, "federation.rounds must be at least 1")
     _check(0.0 < fed.fraction_train <= 1.0, f"federation.fraction_train must be in (0, 1], got {fed.fraction_train}")
     _check(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate must be in [0, 1]")
-    _check(
-        fed.strategy in STRATEGIES,
-        f"federation.strategy: '{fed.strategy}' is not registered; choose one of {', '.join(sorted(STRATEGIES))}",
-    )
+    for mod in job.client.mods:
+        _check(mod in MODS, f"client.mods: '{mod}' is not one of {', '.join(MODS.names())}")
+    _check(job.client.clipping_norm > 0.0, "client.clipping_norm must be > 0")
+
+
+def _describe(cls: type, prefix: str, rows: list[tuple[str, str, str, str]]) -> None:
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            if kind in _VARIANT_REGISTRIES:
+                _describe_variant(kind, f"{prefix}{f.name}.", rows)
+            else:
+                _describe(kind, f"{prefix}{f.name}.", rows)
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        type_name = "list[str]" if typing.get_origin(kind) is list else kind.__name__
+        rows.append((f"{prefix}{f.name}", type_name, repr(default), f.metadata.get("help", "")))
+
+
+def _describe_variant(base: type, prefix: str, rows: list[tuple[str, str, str, str]]) -> None:
+    """The base keys, then each variant's own keys tagged ``[variant]`` (one row for variants that agree)."""
+    registry = _registry(base)
+    shared = _field_names(base)
+    start = len(rows)
+    _describe(base, prefix, rows)
+    key, kind, default, text = rows[start]  # `name` is the first field of every variant base
+    rows[start] = (key, kind, default, f"{text}: {', '.join(registry.names())}")
+    owners: dict[tuple[str, str, str, str], list[str]] = {}
+    for name, entry in registry.items():
+        own: list[tuple[str, str, str, str]] = []
+        _describe(entry.config, prefix, own)
+        for row in own:
+            if row[0][len(prefix) :] not in shared:
+                owners.setdefault(row, []).append(name)
+    rows.extend((k, t, d, f"[{', '.join(names)}] {h}") for (k, t, d, h), names in owners.items())
 
 
 def describe_keys() -> list[tuple[str, str, str, str]]:
-    """Every config key as (dotted key, type, default, help), for `ffm config`."""
+    """Every config key as (dotted key, type, default, help), for `ffm config`; variant keys name their variant."""
+    from ffm.mods import MODS
+
     rows: list[tuple[str, str, str, str]] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = _hints(cls)
-        for f in dataclasses.fields(cls):
-            kind = hints[f.name]
-            if dataclasses.is_dataclass(kind):
-                walk(kind, f"{prefix}{f.name}.")
-                continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            type_name = "list[str]" if typing.get_origin(kind) is list else kind.__name__
-            rows.append((f"{prefix}{f.name}", type_name, repr(default), f.metadata.get("help", "")))
-
-    walk(JobConfig, "")
-    return rows
+    _describe(JobConfig, "", rows)
+    return [(k, t, d, f"{h}: {', '.join(MODS.names())}" if k == "client.mods" else h) for k, t, d, h in rows]

@@ -1,8 +1,9 @@
 """The ServerApp: builds the strategy from the job, runs ``strategy.start`` and keeps the run directory.
 
-Global evaluation on the held-out test set is the ``evaluate_fn`` of ``Strategy.start``; after every
-round it also writes the round's metrics line and checkpoint, so an interrupted run loses at most the
-round in flight and ``resume`` continues from the last complete one.
+After every round ``Strategy.start`` calls its ``evaluate_fn``; ffm's (:class:`RoundEnd`) runs three
+separate pieces in order: global evaluation (:mod:`ffm.evaluation`), the round's metrics line, and the
+checkpoint of the global and the strategy's state (:mod:`ffm.checkpointer`). An interrupted run loses at
+most the round in flight and ``resume`` continues from the last complete one.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
+from ffm.checkpointer import Checkpointer
 from ffm.config import JobConfig, job_from_run_config
+from ffm.evaluation import Evaluator
 from ffm.models import load_trainable_state
 from ffm.run_dir import RunDirectory
-from ffm.strategies import STRATEGIES, LocalOnly, RoundOffset, UpdateGuard
-from ffm.tasks import evaluate
+from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
 from ffm.workspace import Workspace, workspace_for
 
-__all__ = ["app", "run_job"]
+__all__ = ["app", "build_strategy", "run_job"]
 
 logger = logging.getLogger("ffm")
 
@@ -37,78 +39,51 @@ def main(grid: Grid, context: Context) -> None:
     run_job(grid, job_from_run_config(context.run_config))
 
 
-def _evaluate_state(workspace: Workspace, state: dict[str, torch.Tensor]) -> dict[str, float]:
-    load_trainable_state(workspace.model, state)
-    return evaluate(workspace.model, workspace.examples("test"), workspace.job.train.eval_batch_size)
-
-
-class Reporter:
-    """``evaluate_fn`` of Strategy.start: test metrics, the metrics line, the checkpoint, the progress bar."""
-
-    def __init__(self, job: JobConfig, workspace: Workspace, run: RunDirectory, guard: UpdateGuard, offset: int):
-        self.job, self.workspace, self.run, self.guard, self.offset = job, workspace, run, guard, offset
-        self.last_state: dict[str, torch.Tensor] | None = None
-        self._tick = time.perf_counter()
-        self.bar = tqdm(total=job.federation.rounds, initial=offset, desc="rounds", disable=not job.progress)
-
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        true_round = server_round + self.offset
-        self.last_state = arrays.to_torch_state_dict()
-        if server_round == 0 and self.offset > 0:
-            return None  # that round's line and checkpoint were written before the interruption
-        line = {"round": true_round, **self._test_metrics(self.last_state)}
-        if true_round > 0:
-            line.update(self._round_record(true_round))
-            extra = self._strategy_state()
-            self.run.append_metrics(line)
-            self.run.save_checkpoint(true_round, self.last_state, extra)
-            self.bar.update(1)
-        else:
-            self.run.append_metrics(line)
-        self.bar.set_postfix(test_acc=f"{line['test_accuracy']:.3f}")
-        return MetricRecord({"test-loss": line["test_loss"], "test-accuracy": line["test_accuracy"]})
-
-    def _test_metrics(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        local = self._local_only()
-        if local is None or not local.states:
-            result = _evaluate_state(self.workspace, state)
-            return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}
-        per_node = {node: _evaluate_state(self.workspace, arrays.to_torch_state_dict())
-                    for node, arrays in sorted(local.states.items())}
-        return {
-            "test_loss": sum(r["loss"] for r in per_node.values()) / len(per_node),
-            "test_accuracy": sum(r["accuracy"] for r in per_node.values()) / len(per_node),
-            "test_accuracy_per_node": {str(node): r["accuracy"] for node, r in per_node.items()},
-        }
-
-    def _round_record(self, true_round: int) -> dict[str, Any]:
-        log = self.guard.rounds.pop(true_round)
-        now = time.perf_counter()
-        record = {
-            "clients": log.clients,
-            "rejected": log.rejected,
-            "val": {k.replace("-", "_"): v for k, v in log.evaluate.items()},
-            "bytes_down": log.bytes_down,
-            "bytes_up": log.bytes_up,
-            "wall_time_s": round(now - self._tick, 3),
-        }
-        self._tick = now
-        return record
-
-    def _local_only(self) -> LocalOnly | None:
-        inner = self.guard.inner
-        return inner if isinstance(inner, LocalOnly) else None
-
-    def _strategy_state(self) -> dict:
-        local = self._local_only()
-        return {"local_states": local.state_dict()} if local is not None else {}
-
-
 def build_strategy(job: JobConfig) -> Strategy:
     """The aggregation rule the job names (or the local-only baseline)."""
     if job.mode == "local":
         return LocalOnly()
-    return STRATEGIES[job.federation.strategy](job.federation.fraction_train, job.federation.fraction_evaluate)
+    return STRATEGIES[job.strategy.name].build(job.strategy, job.federation)
+
+
+def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
+    return {
+        "clients": log.clients,
+        "rejected": log.rejected,
+        "val": {k.replace("-", "_"): v for k, v in log.evaluate.items()},
+        "bytes_down": log.bytes_down,
+        "bytes_up": log.bytes_up,
+        "wall_time_s": round(seconds, 3),
+    }
+
+
+class RoundEnd:
+    """``evaluate_fn`` of Strategy.start: evaluate, then append the metrics line, then checkpoint."""
+
+    def __init__(self, evaluator: Evaluator, run: RunDirectory, guard: UpdateGuard, checkpointer: Checkpointer,
+                 *, offset: int, rounds: int, progress: bool) -> None:
+        self.evaluator, self.run, self.guard, self.checkpointer = evaluator, run, guard, checkpointer
+        self.offset = offset
+        self._tick = time.perf_counter()
+        self.bar = tqdm(total=rounds, initial=offset, desc="rounds", disable=not progress)
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        true_round = server_round + self.offset
+        if server_round == 0 and self.offset > 0:
+            return None  # that round's line and checkpoint were written before the interruption
+        test = self.evaluator.round(arrays, getattr(self.guard, "party_states", None))
+        line: dict[str, Any] = {"round": true_round, **test}
+        if true_round > 0:
+            now = time.perf_counter()
+            line.update(_round_record(self.guard.rounds.pop(true_round), now - self._tick))
+            self._tick = now
+        self.run.append_metrics(line)
+        if true_round > 0:
+            self.checkpointer.save(true_round, arrays.to_torch_state_dict())
+            self.bar.update(1)
+        primary = self.evaluator.primary
+        self.bar.set_postfix({primary: f"{line[primary]:.3f}"})
+        return MetricRecord({k: v for k, v in test.items() if isinstance(v, float | int)})
 
 
 def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
@@ -116,62 +91,71 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     run = RunDirectory(job.run_dir)
     workspace = workspace_for(job)  # bad data or model fails here, before anything is written
     run.start(job)
-    core = build_strategy(job)
-    checkpoint = run.latest_checkpoint() if job.resume else None
-    offset, initial = 0, workspace.initial_state
-    if checkpoint is not None:
-        offset, initial = int(checkpoint["round"]), checkpoint["state"]
-        if isinstance(core, LocalOnly):
-            core.load_state_dict(checkpoint.get("extra", {}).get("local_states", {}))
-        run.keep_metrics_through(offset)
-        logger.info("resuming %s after round %d", run.path, offset)
-    guard = UpdateGuard(core)
-    reporter = Reporter(job, workspace, run, guard, offset)
+    guard = UpdateGuard(build_strategy(job))
+    checkpointer = Checkpointer(run, guard)
+    offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
+    evaluator = Evaluator(workspace)
+    round_end = RoundEnd(evaluator, run, guard, checkpointer, offset=offset, rounds=job.federation.rounds,
+                         progress=job.progress)
     start = time.perf_counter()
+    final_state = initial
     if job.federation.rounds > offset:
-        RoundOffset(guard, offset=offset, seed=job.seed).start(
+        result = RoundOffset(guard, offset=offset, seed=job.seed).start(
             grid,
             ArrayRecord(initial),
             num_rounds=job.federation.rounds - offset,
             train_config=ConfigRecord({}),
-            evaluate_fn=reporter,
+            evaluate_fn=round_end,
         )
-    reporter.bar.close()
-    final_state = reporter.last_state if reporter.last_state is not None else initial
-    summary = _finish(job, workspace, run, core, final_state, time.perf_counter() - start)
+        if len(result.arrays) > 0:  # Flower keeps the last aggregate; the local baseline never makes one
+            final_state = result.arrays.to_torch_state_dict()
+    round_end.bar.close()
+    summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start)
     run.write_summary(summary)
     return summary
 
 
 def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Path) -> None:
-    load_trainable_state(workspace.model, state)
+    load_trainable_state(workspace.model, state, partial=bool(workspace.initial_personal))
     workspace.model.save_pretrained(target)
     workspace.tokenizer.save_pretrained(target)
 
 
 def _finish(
-    job: JobConfig, workspace: Workspace, run: RunDirectory, core: Strategy, state: dict, seconds: float
+    job: JobConfig, workspace: Workspace, run: RunDirectory, guard: UpdateGuard, state: dict, seconds: float
 ) -> dict[str, Any]:
+    task = workspace.task
     metrics = [m for m in run.read_metrics() if m["round"] > 0]
-    if isinstance(core, LocalOnly):
-        for node, arrays in sorted(core.states.items()):
-            _save_final(workspace, arrays.to_torch_state_dict(), run.path / "final" / f"client-{node - 1}")
+    party_states = getattr(guard, "party_states", None)
+    if party_states:
+        for pid, arrays in sorted(party_states.items()):
+            _save_final(workspace, arrays.to_torch_state_dict(), run.path / "final" / f"client-{pid}")
     else:
         _save_final(workspace, state, run.path / "final")
     last = metrics[-1] if metrics else {}
-    trainable = sum(t.numel() for t in state.values())
+    primary = f"test_{task.primary_metric}"
+    values = [m[primary] for m in metrics]
+    best = None
+    for value in values:
+        best = value if best is None or task.better(value, best) else best
+    warning = task.diagnose({k.removeprefix("test_").replace("_", "-"): v for k, v in last.items()})
+    if warning:
+        logger.warning("ffm: warning: %s", warning)
     return {
         "mode": job.mode,
+        "task": job.task.name,
+        "primary_metric": task.primary_metric,
         "rounds": len(metrics),
-        "final_test_accuracy": last.get("test_accuracy"),
+        f"final_{primary}": last.get(primary),
         "final_test_loss": last.get("test_loss"),
-        "best_test_accuracy": max((m["test_accuracy"] for m in metrics), default=None),
-        "final_val_accuracy": last.get("val", {}).get("val_accuracy"),
+        f"best_{primary}": best,
+        f"final_val_{task.primary_metric}": last.get("val", {}).get(f"val_{task.primary_metric}"),
         "bytes_up": sum(m["bytes_up"] for m in metrics),
         "bytes_down": sum(m["bytes_down"] for m in metrics),
         "rejected_updates": sum(len(m["rejected"]) for m in metrics),
-        "trainable_params": trainable,
+        "trainable_params": sum(t.numel() for t in state.values()),
         "total_params": sum(p.numel() for p in workspace.model.parameters()),
+        "warnings": [warning] if warning else [],
         "wall_time_s": round(seconds, 2),
         "run_dir": str(run.path),
     }

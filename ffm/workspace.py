@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import datasets
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ffm.config import JobConfig, job_to_dict
 from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
-from ffm.models import apply_method, load_classifier, load_tokenizer, trainable_state
-from ffm.tasks import Examples, steps_per_epoch, tokenize
+from ffm.errors import DataError
+from ffm.methods import build_method
+from ffm.models import load_tokenizer, split_personal, trainable_state
+from ffm.tasks import Examples, Task, build_task, ensure_pad_token, steps_per_epoch
 
 __all__ = ["Workspace", "build_workspace", "workspace_for"]
 
@@ -27,10 +30,12 @@ __all__ = ["Workspace", "build_workspace", "workspace_for"]
 @dataclass
 class Workspace:
     job: JobConfig
+    task: Task
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     data: FederatedData
-    initial_state: dict[str, torch.Tensor]
+    initial_state: dict[str, torch.Tensor]  # the round-0 global state: what travels
+    initial_personal: dict[str, torch.Tensor]  # a client's personal part before it first trains
     _examples: dict[tuple[str, int], Examples] = field(default_factory=dict, repr=False)
 
     @property
@@ -42,13 +47,13 @@ class Workspace:
         return pooled(self.data) if self.job.mode == "centralized" else self.data
 
     def examples(self, split: str, party: int = 0) -> Examples:
-        """Tokenized ``train`` / ``val`` of a party, or the global ``test``; tokenized once, then reused."""
+        """Encoded ``train`` / ``val`` of a party, or the global ``test``; encoded once, then reused."""
         key = (split, party if split != "test" else -1)
         if key not in self._examples:
             if split == "test" and self.data.test is None:
                 raise ValueError("this process holds one data owner's data and no test set")
             ds = self.data.test if split == "test" else getattr(self._party().clients[party], split)
-            self._examples[key] = tokenize(ds, self.tokenizer, self.job.model.max_length)
+            self._examples[key] = self.task.encode(ds, self.tokenizer, self.job.model.max_length)
         return self._examples[key]
 
     def local_steps(self, party: int) -> int:
@@ -66,6 +71,18 @@ class Workspace:
         return max(1, round(train.local_epochs * per_epoch * sampled / len(self.data.clients)))
 
 
+def _check_schema(data: FederatedData, task: Task) -> None:
+    """The task names the columns its data must have; say which are missing, and from where."""
+    splits: list[datasets.Dataset] = [c.train for c in data.clients[:1]] + ([data.test] if data.test else [])
+    for ds in splits:
+        missing = [column for column in task.columns if column not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"task.name={task.cfg.name} needs the columns {list(task.columns)}, but the data has "
+                f"{ds.column_names} (missing {missing}); choose another data.source or task.name"
+            )
+
+
 def _load_data(job: JobConfig, data_path: str | None) -> FederatedData:
     if data_path:
         return load_party(data_path)
@@ -79,17 +96,22 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
 
     Data loads first, so bad data fails before a model loads.
     """
+    task = build_task(job.task)
     data = _load_data(job, data_path)
+    _check_schema(data, task)
     tokenizer = load_tokenizer(job.model)
-    model = apply_method(load_classifier(job.model, len(data.label_names), job.seed), job.method)
-    # The round-0 global state: the model is shared and mutated by training, so keep a pristine copy.
-    return Workspace(job=job, model=model, tokenizer=tokenizer, data=data, initial_state=trainable_state(model))
+    backbone = task.build_model(job.model, data.label_names, job.seed)
+    ensure_pad_token(tokenizer, backbone)
+    model = build_method(job.method).apply(backbone, task)
+    # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
+    shared, personal = split_personal(trainable_state(model), job.method.personal)
+    return Workspace(job, task, model, tokenizer, data, initial_state=shared, initial_personal=personal)
 
 
 def _shaping_key(job: JobConfig) -> str:
-    """The config keys that shape model and data (not rounds, paths or progress)."""
+    """The config keys that shape model and data (not rounds, paths, strategy or progress)."""
     raw = job_to_dict(job)
-    shaping = {k: raw[k] for k in ("mode", "seed", "model", "method", "data", "train")}
+    shaping = {k: raw[k] for k in ("mode", "seed", "model", "task", "method", "data", "train")}
     shaping["num_clients"] = job.federation.num_clients
     shaping["fraction_train"] = job.federation.fraction_train
     return json.dumps(shaping, sort_keys=True)

@@ -60,3 +60,26 @@ def job_factory(tmp_path: Path, tiny_model_dir: Path):
         return make_job(tmp_path / name, tiny_model_dir, **overrides)
 
     return build
+
+
+@pytest.fixture
+def carried(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every (message, reply) pair the LocalGrid carries during the test, in order."""
+    from ffm.runtime import LocalGrid
+
+    pairs: list = []
+    deliver = LocalGrid._deliver
+
+    def record(self, msg):  # noqa: ANN001, ANN202
+        reply = deliver(self, msg)
+        pairs.append((msg, reply))
+        return reply
+
+    monkeypatch.setattr(LocalGrid, "_deliver", record)
+    return pairs
+
+
+def checkpoint_state(run_dir: str, server_round: int) -> dict[str, torch.Tensor]:
+    """The global state a run saved after ``server_round``."""
+    payload = torch.load(Path(run_dir) / "checkpoints" / f"round-{server_round:04d}.pt", weights_only=True)
+    return payload["state"]

@@ -10,6 +10,8 @@ import pytest
 
 from ffm.config import (
     JobConfig,
+    _flatten,
+    declared_run_config_tree,
     apply_overrides,
     describe_keys,
     job_from_dict,
@@ -18,6 +20,9 @@ from ffm.config import (
     load_job,
 )
 from ffm.errors import ConfigError
+from ffm.methods import METHODS
+from ffm.strategies import STRATEGIES
+from ffm.tasks import TASKS
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
@@ -136,7 +141,11 @@ def test_override_without_equals_sign_is_a_config_error():
         ("federation.fraction_train=0", "federation.fraction_train"),
         ("federation.fraction_train=1.5", "federation.fraction_train"),
         ("federation.fraction_evaluate=1.1", "federation.fraction_evaluate"),
-        ("federation.strategy=fedfoo", "federation.strategy"),
+        ("strategy.name=fedfoo", "strategy.name"),
+        ("strategy.name=fedtrimmedavg strategy.beta=0.5", "strategy.beta"),
+        ("train.scheduler=exponential", "train.scheduler"),
+        ("train.warmup_ratio=1", "train.warmup_ratio"),
+        ("client.mods=noise", "client.mods"),
         ("mode=decentralized", "mode"),
         ("data.partitioner=random", "data.partitioner"),
         ("data.test_fraction=1", "data.test_fraction"),
@@ -146,7 +155,7 @@ def test_override_without_equals_sign_is_a_config_error():
 )
 def test_value_out_of_range_is_a_config_error_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
-        load_job(None, [override])
+        load_job(None, override.split())
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.3])
@@ -156,7 +165,7 @@ def test_fraction_train_accepts_values_in_the_half_open_unit_interval(fraction):
 
 def test_unknown_strategy_error_lists_the_registered_strategies():
     with pytest.raises(ConfigError, match="fedavg"):
-        load_job(None, ["federation.strategy=fedfoo"])
+        load_job(None, ["strategy.name=fedfoo"])
 
 
 def test_unknown_method_error_names_the_key_and_lists_the_registered_methods():
@@ -192,7 +201,8 @@ def test_run_config_round_trip_gives_back_the_same_job():
             "data.path=/data/x.csv",
             "data.alpha=0.1",
             "train.lr=3e-4",
-            "federation.strategy=fedmedian",
+            "strategy.name=fedtrimmedavg",
+            "strategy.beta=0.1",
             "federation.fraction_train=0.5",
         ],
     )
@@ -208,10 +218,10 @@ def test_run_config_round_trip_of_the_default_job():
     assert job_from_run_config(job_to_run_config(JobConfig())) == JobConfig()
 
 
-def test_run_config_has_one_key_per_leaf_of_the_config_tree():
-    keys = {key for key, *_ in describe_keys()}
+def test_every_described_key_is_declared_for_flower_and_every_declared_key_is_described():
+    described = {key for key, *_ in describe_keys()}
 
-    assert set(job_to_run_config(JobConfig())) == keys
+    assert set(_flatten(declared_run_config_tree())) == described
 
 
 def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
@@ -225,16 +235,63 @@ def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def test_describe_keys_lists_every_leaf_key_once_with_type_default_and_help():
+def test_describe_keys_lists_every_key_of_the_default_job_with_type_default_and_help():
     rows = describe_keys()
 
-    assert [key for key, *_ in rows] == _leaf_keys(JobConfig)
+    described = [key for key, *_ in rows]
+    assert all(key in described for key in _leaf_keys(JobConfig))
     defaults = job_to_run_config(JobConfig())
     for key, kind, default, help_text in rows:
         assert kind in ("str", "int", "float", "bool", "list[str]"), key
-        value = defaults[key]
-        assert default == repr(value.split(",") if kind == "list[str]" else value), key
         assert help_text.strip(), f"{key} has no help text"
+        if key in defaults and not help_text.startswith("["):
+            value = defaults[key]
+            assert default == repr([v for v in value.split(",") if v] if kind == "list[str]" else value), key
+
+
+@pytest.mark.parametrize(("section", "registry"), [("method", METHODS), ("strategy", STRATEGIES), ("task", TASKS)])
+def test_describe_keys_lists_each_variants_own_keys_under_its_name(section, registry):
+    rows = {(key, name) for key, _, _, help_text in describe_keys() if help_text.startswith("[")
+            for name in help_text[1:].partition("]")[0].split(", ")}
+
+    for name, entry in registry.items():
+        base = {f.name for f in dataclasses.fields(type(getattr(JobConfig(), section)).__mro__[-2])}
+        for f in dataclasses.fields(entry.config):
+            if f.name not in base:
+                assert (f"{section}.{f.name}", name) in rows
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method.name=full", "method.r=4"], "method.r is a key of method.name=lora, not of 'full'"),
+        (["strategy.name=fedavg", "strategy.proximal_mu=0.1"], "strategy.proximal_mu is a key of strategy.name=fedprox"),
+        (["strategy.name=fedprox", "strategy.eta=0.1"], "strategy.eta is a key of strategy.name=fedadagrad/fedadam/fedyogi"),
+    ],
+)
+def test_a_key_of_another_variant_is_a_one_line_error_naming_its_owner(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_job(None, overrides)
+
+    assert "\n" not in str(caught.value)
+
+
+def test_each_variant_takes_its_own_keys():
+    job = load_job(None, ["strategy.name=fedadam", "strategy.eta=0.05", "method.name=lora", "method.r=4"])
+
+    assert (job.strategy.name, job.strategy.eta, job.method.r) == ("fedadam", 0.05, 4)
+
+
+def test_a_flower_run_config_with_every_declared_key_gives_back_the_submitted_job():
+    job = load_job(None, ["strategy.name=fedprox", "strategy.proximal_mu=0.3", "method.name=full"])
+    declared = _flatten(declared_run_config_tree())  # what a SuperLink adds for keys the job did not send
+
+    assert job_from_run_config(declared | job_to_run_config(job)) == job
+
+
+def test_an_old_config_key_names_its_new_place():
+    with pytest.raises(ConfigError, match=re.escape("'federation.strategy' is now 'strategy.name'")):
+        load_job(None, ["federation.strategy=fedavg"])
 
 
 def test_describe_keys_reports_the_type_of_each_key():

@@ -10,7 +10,6 @@ import torch
 from peft import PeftModel
 
 import ffm.client
-from ffm.models import load_classifier
 from ffm.runtime import LocalGrid, run_local
 from ffm.workspace import workspace_for
 
@@ -80,7 +79,7 @@ def test_final_state_loads_with_peft_from_pretrained_and_predicts_the_same(job_f
     workspace = workspace_for(job)
     final = _checkpoint(job.run_dir, 2)
 
-    base = load_classifier(job.model, num_labels=len(workspace.data.label_names), seed=123)
+    base = workspace.task.build_model(job.model, workspace.data.label_names, seed=123)
     loaded = PeftModel.from_pretrained(base, Path(job.run_dir) / "final").eval()
 
     restored = {n: p for n, p in loaded.named_parameters() if n in final}

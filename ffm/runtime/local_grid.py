@@ -17,30 +17,14 @@ from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from ffm.models.state import state_nbytes
+from ffm.runtime.flwr_internals import ErrorCode, Run, set_message_id, set_task_identity
 
-__all__ = ["SERVER_NODE_ID", "LocalGrid", "set_task_identity"]
+__all__ = ["LocalGrid"]
 
 logger = logging.getLogger("ffm")
-
-SERVER_NODE_ID = 0
-
-
-def set_task_identity(run_id: int) -> None:
-    """Give this process the identity flwr stamps into every Message it builds.
-
-    ``Message(...)`` reads ``flwr.supercore.task_identity.TaskIdentity`` (an flwr internal that a SuperLink
-    sets for its ServerApp process). Outside a SuperLink nobody sets it, so this is the ONE place ffm does;
-    ``tests/test_local_grid.py`` fails loudly if flwr moves it.
-    """
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = SERVER_NODE_ID
-    TaskIdentity.task_id = 0
 
 
 def _payload(msg: Message) -> int:
@@ -98,7 +82,7 @@ class LocalGrid(Grid):
             if msg.metadata.dst_node_id not in self.contexts:
                 raise ValueError(f"no virtual node {msg.metadata.dst_node_id} (nodes: 1..{len(self.contexts)})")
             # The SuperLink assigns message ids; replies point back to them (as InMemoryGrid does).
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            set_message_id(msg, uuid.uuid4().hex)
             self.bytes_down += _payload(msg)
             reply = self._deliver(msg)
             self.bytes_up += _payload(reply)

@@ -9,7 +9,8 @@ from flwr.app import Context, RecordDict
 
 from ffm.client import app as client_app
 from ffm.config import JobConfig, job_to_run_config
-from ffm.runtime.local_grid import SERVER_NODE_ID, LocalGrid
+from ffm.runtime.flwr_internals import SERVER_NODE_ID
+from ffm.runtime.local_grid import LocalGrid
 from ffm.server import app as server_app
 
 __all__ = ["run_local"]

@@ -19,7 +19,10 @@ from ffm.errors import RoundFailedError
 from ffm.models.state import check_update, state_nbytes
 from ffm.strategies.wrapper import StrategyWrapper
 
-__all__ = ["RoundLog", "UpdateGuard"]
+__all__ = ["ARRAYS_KEY", "METRICS_KEY", "RoundLog", "UpdateGuard"]
+
+ARRAYS_KEY = "arrays"  # Flower's default arrayrecord_key; a strategy may name another, or None
+METRICS_KEY = "metrics"
 
 logger = logging.getLogger("ffm")
 
@@ -82,7 +85,7 @@ class UpdateGuard(StrategyWrapper):
                 logger.warning("round %d: rejected update from node %s: %s", server_round, info["node"], problem)
                 log.rejected.append({**info, "reason": problem})
                 continue
-            metrics = next(iter(msg.content.metric_records.values()))
+            metrics = msg.content[METRICS_KEY]
             log.clients.append({**info, **{k.replace("-", "_"): v for k, v in metrics.items()}})
             kept.append(msg)
         if not kept:
@@ -91,13 +94,16 @@ class UpdateGuard(StrategyWrapper):
         return self.inner.aggregate_train(server_round, kept)
 
     def _problem(self, msg: Message) -> str | None:
-        records = msg.content.array_records
-        if len(records) != 1:
-            return f"expected one ArrayRecord, got {len(records)}"
-        if not msg.content.metric_records:
-            return "no MetricRecord with num-examples"
-        state = next(iter(records.values())).to_torch_state_dict()
-        return check_update(state, self._expected)
+        """Records are found by key: other records (a control variate, a score table) pass to the strategy."""
+        content = msg.content
+        if METRICS_KEY not in content.metric_records:
+            return f"no MetricRecord '{METRICS_KEY}' (with num-examples)"
+        key = getattr(self.inner, "arrayrecord_key", ARRAYS_KEY)
+        if key is None:  # a strategy that expects replies without tensors (e.g. prompt scores)
+            return None
+        if key not in content.array_records:
+            return f"no ArrayRecord '{key}' in the reply"
+        return check_update(content[key].to_torch_state_dict(), self._expected)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -1,7 +1,10 @@
 """Local-only training, the no-collaboration baseline: every client trains alone, nothing is averaged.
 
 Each node always receives its own latest state back (the shared initial state in round 1), so the same
-ClientApp, Grid and budget of local steps serve the baseline as serve the federation.
+ClientApp, Grid and budget of local steps serve the baseline as serve the federation. States are kept by
+*partition id* (which data owner), not node id: node ids are random on a real federation and change when
+a SuperNode restarts. A node's partition id arrives with each reply; after a resume the strategy asks the
+nodes it does not know yet with a QUERY message (a reply without tensors).
 """
 
 from __future__ import annotations
@@ -16,24 +19,44 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 __all__ = ["LocalOnly"]
 
 
+def _partition(msg: Message) -> int:
+    return int(msg.content["client"]["partition-id"])
+
+
 class LocalOnly(Strategy):
-    """Keep one state per node; send it back to that node every round; never aggregate."""
+    """Keep one state per partition; send it back to that partition's node every round; never aggregate."""
 
     def __init__(self) -> None:
         self.states: dict[int, ArrayRecord] = {}
+        self.partition_of: dict[int, int] = {}  # node id -> partition id, learned from replies
+
+    def _learn_partitions(self, nodes: list[int], grid: Grid, server_round: int) -> None:
+        unknown = [node for node in nodes if node not in self.partition_of]
+        if not unknown or not self.states:
+            return  # nobody unknown, or nobody has a state of its own yet (everyone starts from `arrays`)
+        asks = [
+            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY,
+                    group_id=str(server_round))
+            for node in unknown
+        ]
+        for reply in grid.send_and_receive(asks):
+            if not reply.has_error():
+                self.partition_of[reply.metadata.src_node_id] = _partition(reply)
 
     def _messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
     ) -> list[Message]:
         config["server-round"] = server_round
+        nodes = sorted(grid.get_node_ids())
+        self._learn_partitions(nodes, grid, server_round)
         return [
             Message(
-                RecordDict({"arrays": self.states.get(node, arrays), "config": config}),
+                RecordDict({"arrays": self.states.get(self.partition_of.get(node, -1), arrays), "config": config}),
                 dst_node_id=node,
                 message_type=kind,
                 group_id=str(server_round),
             )
-            for node in sorted(grid.get_node_ids())
+            for node in nodes
         ]
 
     def configure_train(
@@ -48,7 +71,8 @@ class LocalOnly(Strategy):
         for msg in replies:
             if msg.has_error():
                 continue
-            self.states[msg.metadata.src_node_id] = next(iter(msg.content.array_records.values()))
+            self.partition_of[msg.metadata.src_node_id] = _partition(msg)
+            self.states[_partition(msg)] = msg.content["arrays"]
             contents.append(msg.content)
         return None, aggregate_metricrecords(contents, "num-examples") if contents else None
 
@@ -61,11 +85,16 @@ class LocalOnly(Strategy):
         contents = [msg.content for msg in replies if not msg.has_error()]
         return aggregate_metricrecords(contents, "num-examples") if contents else None
 
+    @property
+    def party_states(self) -> dict[int, ArrayRecord]:
+        """Each party's own model, by partition id (the server evaluates and saves each)."""
+        return self.states
+
     def summary(self) -> None:
         """Nothing to configure: the baseline has no parameters."""
 
-    def state_dict(self) -> dict[int, dict]:
-        return {node: arrays.to_torch_state_dict() for node, arrays in self.states.items()}
+    def state_dict(self) -> dict[str, dict]:
+        return {"states": {pid: arrays.to_torch_state_dict() for pid, arrays in self.states.items()}}
 
-    def load_state_dict(self, state: dict[int, dict]) -> None:
-        self.states = {int(node): ArrayRecord(sd) for node, sd in state.items()}
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        self.states = {int(pid): ArrayRecord(sd) for pid, sd in state.get("states", {}).items()}

@@ -1,5 +1,17 @@
-"""Tasks: the objective and metric of a job."""
+"""Tasks: the objective and metric of a job, registered by ``task.name`` (the one place a task name is matched)."""
 
-from ffm.tasks.classification import Examples, batches, evaluate, steps_per_epoch, tokenize, train_steps
+from ffm.config import TaskConfig
+from ffm.registry import Registry
+from ffm.tasks.base import Task, ensure_pad_token
+from ffm.tasks.classification import TextClassification
+from ffm.tasks.examples import Examples, batches, step_batches, steps_per_epoch
 
-__all__ = ["Examples", "batches", "evaluate", "steps_per_epoch", "tokenize", "train_steps"]
+__all__ = ["TASKS", "Examples", "Task", "batches", "build_task", "ensure_pad_token", "step_batches", "steps_per_epoch"]
+
+TASKS: Registry[type[Task]] = Registry("task.name")
+TASKS.register("text_classification", TextClassification)
+
+
+def build_task(cfg: TaskConfig) -> Task:
+    """The task object for a job's ``task`` section."""
+    return TASKS[cfg.name](cfg)

@@ -1,0 +1,47 @@
+"""Global evaluation: the task's metrics of a state on the held-out test set, named ``test_<metric>``.
+
+For the local-only baseline every party's own model is evaluated and the metrics are averaged, with the
+primary metric also given per party.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+
+from ffm.models import load_trainable_state
+from ffm.workspace import Workspace
+
+__all__ = ["Evaluator"]
+
+
+def _named(result: dict[str, float]) -> dict[str, float]:
+    return {f"test_{k.replace('-', '_')}": v for k, v in result.items() if k != "num-examples"}
+
+
+class Evaluator:
+    """Evaluate trainable states with the job's task, on the process's one shared model."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.primary = f"test_{workspace.task.primary_metric}"
+
+    def state(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics of one global state (with the initial personal part, if the method keeps one)."""
+        ws = self.workspace
+        load_trainable_state(ws.model, state, partial=bool(ws.initial_personal))
+        if ws.initial_personal:
+            load_trainable_state(ws.model, ws.initial_personal, partial=True)
+        return ws.task.evaluate(ws.model, ws.examples("test"), ws.job.train.eval_batch_size)
+
+    def round(self, arrays: ArrayRecord, party_states: dict[int, ArrayRecord] | None) -> dict[str, Any]:
+        """The ``test_*`` figures of a round: of the global state, or the mean over the parties' own states."""
+        if not party_states:
+            return _named(self.state(arrays.to_torch_state_dict()))
+        per_party = {pid: _named(self.state(a.to_torch_state_dict())) for pid, a in sorted(party_states.items())}
+        keys = next(iter(per_party.values())).keys()
+        line: dict[str, Any] = {k: sum(r[k] for r in per_party.values()) / len(per_party) for k in keys}
+        line[f"{self.primary}_per_client"] = {str(pid): r[self.primary] for pid, r in per_party.items()}
+        return line

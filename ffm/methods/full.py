@@ -1,0 +1,27 @@
+"""Full fine-tuning: every weight trains and travels (the costly reference the PEFT methods are measured by)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ffm.config import MethodConfig
+from ffm.methods.base import Method
+from ffm.tasks import Task
+
+__all__ = ["Full", "FullMethodConfig"]
+
+
+@dataclass
+class FullMethodConfig(MethodConfig):
+    name: str = "full"
+
+
+class Full(Method):
+    config = FullMethodConfig
+
+    def apply(self, model: nn.Module, task: Task) -> nn.Module:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model

@@ -1,0 +1,54 @@
+"""LoRA (Hu et al. 2021) through peft: low-rank adapters on the named modules, plus the task's head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from ffm.config import MethodConfig, _check, _f
+from ffm.methods.base import Method
+from ffm.tasks import Task
+
+__all__ = ["Lora", "LoraMethodConfig"]
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    name: str = "lora"
+    r: int = _f(8, "LoRA rank")
+    alpha: int = _f(16, "LoRA scaling alpha")
+    dropout: float = _f(0.05, "dropout on the LoRA branch")
+    targets: list[str] = field(
+        default_factory=lambda: ["query", "value"],
+        metadata={"help": "module names that get LoRA adapters (comma-separated)"},
+    )
+    train_head: bool = _f(True, "train (and send) the task's head with the adapters")
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "method.r (LoRA rank) must be at least 1")
+        _check(0.0 <= self.dropout < 1.0, "method.dropout must be in [0, 1)")
+        _check(bool(self.targets), "method.targets must name at least one module")
+
+
+class Lora(Method):
+    config = LoraMethodConfig
+
+    def apply(self, model: nn.Module, task: Task) -> nn.Module:
+        cfg = self.cfg
+        lora = LoraConfig(
+            task_type=task.peft_task_type,
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.targets),
+            # A SEQ_CLS task makes peft train the head; without train_head only the adapters are trainable.
+            modules_to_save=None if cfg.train_head else [],
+        )
+        peft_model = get_peft_model(model, lora)
+        if not cfg.train_head:
+            for name, param in peft_model.named_parameters():
+                if "lora_" not in name:
+                    param.requires_grad_(False)
+        return peft_model

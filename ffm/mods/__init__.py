@@ -1,0 +1,35 @@
+"""Client mods (cross-cutting client behaviour around the ClientApp), named in the job's ``client.mods``.
+
+Each entry builds a Flower mod from the job. :func:`job_mods` is the one mod the ClientApp is created
+with: it reads the run config of each message's Context and runs the mods the job names, in order, so the
+same ClientApp serves every job on the LocalGrid and on SuperNodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from ffm.config import JobConfig, job_from_run_config
+from ffm.mods.clipping import fixed_clipping
+from ffm.registry import Registry
+
+__all__ = ["MODS", "job_mods"]
+
+MODS: Registry[Callable[[JobConfig], Mod]] = Registry("client.mods")
+MODS.register("fixedclipping", fixed_clipping)
+
+
+def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run the mods named by the job in ``context.run_config`` around the ClientApp (first named = outermost)."""
+    job = job_from_run_config(context.run_config)
+    chain = call_next
+    for name in reversed(job.client.mods):
+        chain = _bind(MODS[name](job), chain)
+    return chain(msg, context)
+
+
+def _bind(mod: Mod, inner: ClientAppCallable) -> ClientAppCallable:
+    return lambda msg, context: mod(msg, context, inner)

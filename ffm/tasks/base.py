@@ -1,0 +1,64 @@
+"""The Task seam: what a job optimizes and how it is measured.
+
+A task owns everything that depends on the objective: the model class and head it builds, the columns
+its data must have, how raw examples become tensors, the loss of a batch, the metrics of an evaluation
+and which of them is primary (with its direction). The server, run directory, summary and CLI print
+whatever the task names. A new task is one file with a ``Task`` subclass plus one ``TASKS.register`` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import datasets
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ffm.config import ModelConfig, TaskConfig
+from ffm.tasks.examples import Examples
+
+__all__ = ["Task", "ensure_pad_token"]
+
+
+class Task:
+    """One objective. Subclasses set the class attributes and implement the four methods."""
+
+    config: ClassVar[type[TaskConfig]] = TaskConfig
+    columns: ClassVar[tuple[str, ...]] = ()  # the data schema a source must provide
+    primary_metric: ClassVar[str] = ""  # a key of evaluate()'s result
+    higher_is_better: ClassVar[bool] = True
+    peft_task_type: ClassVar[str | None] = None  # peft's TaskType for this head ("SEQ_CLS", "CAUSAL_LM", ...)
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self, model: ModelConfig, label_names: list[str], seed: int) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss of a batch (what local training minimizes)."""
+        return model(**batch).loss
+
+    def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
+        """Metrics over ``data``: at least ``loss``, the primary metric and ``num-examples``."""
+        raise NotImplementedError
+
+    def diagnose(self, metrics: dict[str, Any]) -> str | None:
+        """Why these metrics look like a broken run (a warning for the user), or None."""
+        return None
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether primary-metric value ``a`` is better than ``b``."""
+        return a > b if self.higher_is_better else a < b
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """Decoders (GPT, Llama) ship no pad token: pad with EOS, and tell the model which id pads."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,51 @@
+"""The method seam: typed configs per method, and a personal part that trains but never travels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ffm.methods import METHODS
+from ffm.registry import Registry
+from ffm.runtime import run_local
+from ffm.workspace import workspace_for
+
+
+def test_a_personal_head_never_appears_in_any_message_and_stays_in_each_nodes_state(job_factory, carried):
+    job = job_factory(method__personal=["classifier"], train__lr=0.05)
+
+    _, grid = run_local(job)
+
+    names = set()
+    for msg, reply in carried:
+        for record in (*msg.content.array_records.values(), *reply.content.array_records.values()):
+            names.update(record.keys())
+    assert names and not any("classifier" in name for name in names)
+    assert any("lora_" in name for name in names)  # the shared part still travels
+    heads = [ctx.state["personal"].to_torch_state_dict() for ctx in grid.contexts.values()]
+    assert all(any("classifier" in k for k in head) for head in heads)
+    first = next(iter(heads[0]))
+    assert not torch.equal(heads[0][first], heads[1][first])  # each client trained its own head
+
+
+def test_without_personal_keys_the_head_travels_with_the_adapters(job_factory):
+    workspace = workspace_for(job_factory())
+
+    assert any("classifier" in name for name in workspace.initial_state)
+    assert workspace.initial_personal == {}
+
+
+def test_full_method_trains_and_sends_every_weight(job_factory):
+    workspace = workspace_for(job_factory(method__name="full"))
+
+    assert len(workspace.initial_state) == len(list(workspace.model.parameters()))
+
+
+def test_a_registry_refuses_a_second_entry_under_a_registered_name():
+    with pytest.raises(ValueError, match="registered twice"):
+        METHODS.register("lora", METHODS["lora"])
+
+
+def test_a_registry_refuses_a_name_that_is_not_a_plain_identifier():
+    with pytest.raises(ValueError, match="not a valid name"):
+        Registry("method.name").register("Lo-RA", object())

@@ -1,0 +1,188 @@
+"""Flower's strategies through ffm's strategy seam: their keys reach them, their client rules are applied,
+their server state survives a resume, and records travel by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import checkpoint_state
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+import ffm.client
+from ffm.config import load_job
+from ffm.models import state_nbytes
+from ffm.runtime import run_local, set_message_id, set_task_identity
+from ffm.server import build_strategy
+from ffm.strategies import StrategyWrapper, UpdateGuard, load_strategy_state, strategy_state
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    set_task_identity(run_id=1)
+
+
+def _reply(node: int, records: dict, num_examples: int = 1) -> Message:
+    instruction = Message(RecordDict({"config": ConfigRecord({})}), node, MessageType.TRAIN)
+    set_message_id(instruction, f"m{node}")
+    instruction.metadata.__dict__["_src_node_id"] = 0
+    content = RecordDict({**records, "metrics": MetricRecord({"num-examples": num_examples})})
+    reply = Message(content, reply_to=instruction)
+    reply.metadata.__dict__["_src_node_id"] = node
+    return reply
+
+
+def _final(job) -> dict[str, torch.Tensor]:
+    return checkpoint_state(job.run_dir, job.federation.rounds)
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fedprox_with_mu_zero_trains_bit_for_bit_as_fedavg(job_factory):
+    fedavg = job_factory("fedavg", strategy__name="fedavg")
+    fedprox = job_factory("fedprox", strategy__name="fedprox", strategy__proximal_mu=0.0)
+
+    run_local(fedavg)
+    run_local(fedprox)
+
+    assert _equal(_final(fedavg), _final(fedprox))
+
+
+def _client_distances(carried: list) -> list[float]:
+    """L2 distance of each round-1 train reply from the global state it started from."""
+    distances = []
+    for msg, reply in carried:
+        if msg.metadata.message_type == MessageType.TRAIN and msg.content["config"]["server-round"] == 1:
+            sent = msg.content["arrays"].to_torch_state_dict()
+            got = reply.content["arrays"].to_torch_state_dict()
+            distances.append(float(torch.sqrt(sum(((got[k] - sent[k]) ** 2).sum() for k in sent))))
+    return distances
+
+
+def test_fedprox_pulls_client_states_toward_the_global_state(job_factory, carried):
+    overrides = {"federation__rounds": 1, "federation__fraction_evaluate": 0.0, "train__local_steps": 6,
+                 "train__lr": 0.05}
+    run_local(job_factory("mu0", strategy__name="fedprox", strategy__proximal_mu=0.0, **overrides))
+    free = _client_distances(carried)
+    carried.clear()
+    run_local(job_factory("mu", strategy__name="fedprox", strategy__proximal_mu=50.0, **overrides))
+    pulled = _client_distances(carried)
+
+    assert len(free) == len(pulled) == 3
+    assert all(p < 0.9 * f for p, f in zip(pulled, free, strict=True)), (pulled, free)
+
+
+def test_fedavgm_without_momentum_and_server_lr_one_equals_fedavg(job_factory):
+    fedavg = job_factory("fedavg", strategy__name="fedavg")
+    fedavgm = job_factory("fedavgm", strategy__name="fedavgm", strategy__server_momentum=0.0,
+                          strategy__server_learning_rate=1.0)
+
+    run_local(fedavg)
+    run_local(fedavgm)
+
+    a, b = _final(fedavg), _final(fedavgm)
+    for name in a:  # old - 1.0 * (old - new) is `new` up to float rounding
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedavgm", "fedyogi"])
+def test_a_stateful_strategy_resumed_after_round_1_of_3_ends_bit_identical(job_factory, monkeypatch, name):
+    overrides = {"strategy__name": name, "federation__rounds": 3}
+    straight = job_factory("straight", **overrides)
+    run_local(straight)
+
+    calls = {"n": 0}
+    real = ffm.client.train_steps
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first client of round 2 (3 clients a round): Ctrl-C mid-round
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ffm.client, "train_steps", interrupted)
+    broken = job_factory("broken", **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(broken)
+    monkeypatch.setattr(ffm.client, "train_steps", real)
+    assert sorted(p.name for p in (Path(broken.run_dir) / "checkpoints").iterdir()) == ["round-0001.pt"]
+
+    broken.resume = True
+    run_local(broken)
+
+    assert _equal(_final(straight), _final(broken))
+
+
+def test_fedadam_state_round_trips_through_a_checkpoint_exactly():
+    strategy = build_strategy(load_job(None, ["strategy.name=fedadam"]))
+    strategy.m_t = {"w": torch.randn(3).numpy()}
+    strategy.v_t = {"w": torch.rand(3).numpy()}
+    strategy.current_arrays = {"w": torch.randn(3).numpy()}
+    fresh = build_strategy(load_job(None, ["strategy.name=fedadam"]))
+
+    load_strategy_state(UpdateGuard(fresh), strategy_state(UpdateGuard(strategy)))
+
+    for attr in ("m_t", "v_t", "current_arrays"):
+        assert (getattr(fresh, attr)["w"] == getattr(strategy, attr)["w"]).all()
+
+
+def test_trimmed_mean_cuts_the_lowest_and_highest_values_of_each_coordinate():
+    strategy = build_strategy(load_job(None, ["strategy.name=fedtrimmedavg", "strategy.beta=0.2"]))
+    values = [[1.0, -50.0], [2.0, 1.0], [3.0, 2.0], [4.0, 3.0], [100.0, 4.0]]
+    replies = [_reply(i + 1, {"arrays": ArrayRecord({"w": torch.tensor(v)})}) for i, v in enumerate(values)]
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    # beta 0.2 of 5 cuts one value at each end per coordinate: mean(2, 3, 4) = 3 and mean(1, 2, 3) = 2
+    assert torch.equal(arrays.to_torch_state_dict()["w"], torch.tensor([3.0, 2.0]))
+
+
+class _Recording(StrategyWrapper):
+    """Keeps the replies that reach the aggregation rule."""
+
+    def __init__(self, inner, arrayrecord_key: str | None) -> None:
+        super().__init__(inner)
+        self.arrayrecord_key = arrayrecord_key
+        self.received: list[Message] = []
+
+    def aggregate_train(self, server_round, replies):
+        self.received = list(replies)
+        return None, None
+
+
+def test_a_reply_with_a_second_record_reaches_the_strategy_with_both_records():
+    rule = _Recording(FedAvg(), arrayrecord_key="arrays")
+    guard = UpdateGuard(rule)
+    guard._expected = {"w": (2,)}
+    records = {"arrays": ArrayRecord({"w": torch.ones(2)}), "control": ArrayRecord({"c": torch.zeros(4)})}
+
+    guard.aggregate_train(1, [_reply(1, records)])
+
+    (got,) = rule.received
+    assert set(got.content.array_records) == {"arrays", "control"}
+    assert guard.rounds[1].bytes_up == state_nbytes(records["arrays"]) + state_nbytes(records["control"])
+
+
+def test_a_reply_without_tensors_reaches_a_strategy_that_expects_none():
+    rule = _Recording(FedAvg(), arrayrecord_key=None)
+    guard = UpdateGuard(rule)
+
+    guard.aggregate_train(1, [_reply(1, {"scores": ConfigRecord({"prompt-0": 0.5})})])
+
+    (got,) = rule.received
+    assert not got.content.array_records and got.content["scores"]["prompt-0"] == 0.5
+
+
+def test_a_reply_without_the_arrays_record_is_rejected_when_the_strategy_expects_it():
+    guard = UpdateGuard(_Recording(FedAvg(), arrayrecord_key="arrays"))
+    guard._expected = {"w": (2,)}
+    good = _reply(1, {"arrays": ArrayRecord({"w": torch.ones(2)})})
+
+    guard.aggregate_train(1, [good, _reply(2, {"other": ArrayRecord({"w": torch.ones(2)})})])
+
+    (rejected,) = guard.rounds[1].rejected
+    assert rejected["node"] == 2 and "no ArrayRecord 'arrays'" in rejected["reason"]
