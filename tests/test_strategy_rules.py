@@ -16,7 +16,7 @@ from ffm.config import load_job
 from ffm.models import state_nbytes
 from ffm.runtime import run_local, set_message_id, set_task_identity
 from ffm.server import build_strategy
-from ffm.strategies import StrategyWrapper, UpdateGuard, load_strategy_state, strategy_state
+from ffm.strategies import STRATEGIES, StrategyWrapper, UpdateGuard, load_strategy_state, strategy_state
 
 
 @pytest.fixture(autouse=True)
@@ -186,3 +186,25 @@ def test_a_reply_without_the_arrays_record_is_rejected_when_the_strategy_expects
 
     (rejected,) = guard.rounds[1].rejected
     assert rejected["node"] == 2 and "no ArrayRecord 'arrays'" in rejected["reason"]
+
+
+class _Nodes:
+    """The one Grid call a strategy's configure_train makes: which nodes exist."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_attribute_a_strategy_changes_across_rounds_is_saved_in_its_checkpoint_state(name):
+    strategy = build_strategy(load_job(None, [f"strategy.name={name}"]))
+    before = dict(vars(strategy))
+    arrays = ArrayRecord({"w": torch.zeros(2)})
+    for server_round in (1, 2):
+        strategy.configure_train(server_round, arrays, ConfigRecord({}), _Nodes())
+        replies = [_reply(n, {"arrays": ArrayRecord({"w": torch.full((2,), float(n * server_round))})})
+                   for n in range(1, 6)]
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+
+    changed = {k for k, v in vars(strategy).items() if k not in before or v is not before[k]}
+    assert changed <= set(strategy_state(strategy)), f"{name} carries {changed} between rounds"

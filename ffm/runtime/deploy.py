@@ -35,7 +35,7 @@ from typing import Any
 
 import tomli_w
 
-from ffm.config import JobConfig, job_to_dict
+from ffm.config import JobConfig, declared_run_config_tree, job_to_run_config_tree
 from ffm.errors import FfmError
 
 __all__ = [
@@ -182,15 +182,9 @@ def flower_config(address: str, *, tls: TlsFiles | None) -> str:
     return tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
 
 
-def _run_config_tree(job: JobConfig) -> dict[str, Any]:
-    """The job as nested TOML tables (flwr flattens them into the dotted keys of ``job_to_run_config``)."""
-    tree = job_to_dict(job)
-    tree["method"]["targets"] = ",".join(tree["method"]["targets"])
-    return tree
-
-
-def app_pyproject(defaults: JobConfig | None = None) -> dict[str, Any]:
-    """A Flower app's ``pyproject.toml``: ffm's ServerApp/ClientApp and every job key declared."""
+def app_pyproject() -> dict[str, Any]:
+    """A Flower app's ``pyproject.toml``: ffm's ServerApp/ClientApp and every key of every job declared (the
+    keys of every task, method and strategy: the SuperLink refuses a run_config key the app does not declare)."""
     return {
         "project": {
             "name": "ffm-job",
@@ -204,7 +198,7 @@ def app_pyproject(defaults: JobConfig | None = None) -> dict[str, Any]:
                 "app": {
                     "publisher": "ffm",
                     "components": {"serverapp": "ffm.server:app", "clientapp": "ffm.client:app"},
-                    "config": _run_config_tree(defaults or JobConfig()),
+                    "config": declared_run_config_tree(),
                 }
             }
         },
@@ -213,7 +207,7 @@ def app_pyproject(defaults: JobConfig | None = None) -> dict[str, Any]:
 
 def job_toml(job: JobConfig) -> str:
     """The job as a ``flwr run --run-config`` TOML file."""
-    return tomli_w.dumps(_run_config_tree(job))
+    return tomli_w.dumps(job_to_run_config_tree(job))
 
 
 def write_app(directory: Path) -> Path:
