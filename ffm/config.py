@@ -71,14 +71,14 @@ class ModelConfig:
 class TaskConfig:
     """Base of every task's config; a task registers a subclass with its own keys (``ffm.tasks``)."""
 
-    name: str = _f("text_classification", "objective and metric (see `ffm config` for the registered tasks)")
+    name: str = _f("text_classification", "objective and metric; registered")
 
 
 @dataclass
 class MethodConfig:
     """Base of every method's config; a method registers a subclass with its own keys (``ffm.methods``)."""
 
-    name: str = _f("lora", "what is trained and sent (see `ffm config` for the registered methods)")
+    name: str = _f("lora", "what is trained and sent; registered")
     personal: list[str] = _list(
         [], "trainable parameters whose name contains one of these stay on their client and never travel "
         "(e.g. classifier: a personal head, FedPer-style)"
@@ -89,7 +89,7 @@ class MethodConfig:
 class StrategyConfig:
     """Base of every strategy's config; a strategy registers a subclass with its own keys (``ffm.strategies``)."""
 
-    name: str = _f("fedavg", "server aggregation rule (see `ffm config` for the registered strategies)")
+    name: str = _f("fedavg", "server aggregation rule; registered")
 
 
 # Where each variant section's registry lives; imported only when a config is built (they import torch/flwr).

@@ -16,7 +16,14 @@ from ffm.config import load_job
 from ffm.models import state_nbytes
 from ffm.runtime import run_local, set_message_id, set_task_identity
 from ffm.server import build_strategy
-from ffm.strategies import STRATEGIES, StrategyWrapper, UpdateGuard, load_strategy_state, strategy_state
+from ffm.strategies import (
+    STRATEGIES,
+    RoundOffset,
+    StrategyWrapper,
+    UpdateGuard,
+    load_strategy_state,
+    strategy_state,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -208,3 +215,20 @@ def test_every_attribute_a_strategy_changes_across_rounds_is_saved_in_its_checkp
 
     changed = {k for k, v in vars(strategy).items() if k not in before or v is not before[k]}
     assert changed <= set(strategy_state(strategy)), f"{name} carries {changed} between rounds"
+
+
+@pytest.mark.parametrize("order", ["guard-inside", "guard-outside"])
+def test_wrappers_pass_the_inner_strategys_state_through_in_either_order(order):
+    def wrapped(rule):
+        if order == "guard-inside":
+            return RoundOffset(UpdateGuard(rule), offset=0, seed=0)
+        return UpdateGuard(RoundOffset(rule, offset=0, seed=0))
+
+    rule = build_strategy(load_job(None, ["strategy.name=fedavgm"]))
+    rule.momentum_vector = [torch.randn(2).numpy()]
+    fresh = build_strategy(load_job(None, ["strategy.name=fedavgm"]))
+
+    load_strategy_state(wrapped(fresh), strategy_state(wrapped(rule)))
+
+    assert (fresh.momentum_vector[0] == rule.momentum_vector[0]).all()
+    assert wrapped(fresh).server_momentum == 0.9  # attributes of the rule are visible through the wrappers
