@@ -102,7 +102,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The task's metrics of the received state (with this node's personal part) on its own validation split."""
     workspace, index, party = _workspace(context)
     _load(workspace, msg, context)
-    result = workspace.task.evaluate(workspace.model, workspace.examples("val", index), workspace.job.train.eval_batch_size)
+    job = workspace.job
+    result = workspace.task.evaluate(workspace.model, workspace.examples("val", index), job.train.eval_batch_size)
     metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()})
     return Message(RecordDict({METRICS_KEY: metrics, "client": _client_record(party)}), reply_to=msg)
 

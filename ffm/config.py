@@ -52,10 +52,6 @@ def _f(default: Any, help: str) -> Any:  # `help` mirrors peft's field(metadata=
     return field(default=default, metadata={"help": help})
 
 
-def _list(default: list[str], help: str) -> Any:
-    return field(default_factory=lambda: list(default), metadata={"help": help})
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -79,9 +75,10 @@ class MethodConfig:
     """Base of every method's config; a method registers a subclass with its own keys (``ffm.methods``)."""
 
     name: str = _f("lora", "what is trained and sent; registered")
-    personal: list[str] = _list(
-        [], "trainable parameters whose name contains one of these stay on their client and never travel "
-        "(e.g. classifier: a personal head, FedPer-style)"
+    personal: list[str] = field(
+        default_factory=list,
+        metadata={"help": "trainable parameters whose name contains one of these stay on their client and never "
+                  "travel (e.g. classifier: a personal head, FedPer-style)"},
     )
 
 
@@ -153,7 +150,9 @@ class FederationConfig:
 
 @dataclass
 class ClientConfig:
-    mods: list[str] = _list([], "Flower mods around the ClientApp, outermost first; registered")
+    mods: list[str] = field(
+        default_factory=list, metadata={"help": "Flower mods around the ClientApp, outermost first; registered"}
+    )
     clipping_norm: float = _f(1.0, "L2 bound on each client's update (mod 'fixedclipping')")
 
 

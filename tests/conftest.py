@@ -70,7 +70,7 @@ def carried(monkeypatch: pytest.MonkeyPatch) -> list:
     pairs: list = []
     deliver = LocalGrid._deliver
 
-    def record(self, msg):  # noqa: ANN001, ANN202
+    def record(self, msg):
         reply = deliver(self, msg)
         pairs.append((msg, reply))
         return reply

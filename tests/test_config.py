@@ -11,8 +11,8 @@ import pytest
 from ffm.config import (
     JobConfig,
     _flatten,
-    declared_run_config_tree,
     apply_overrides,
+    declared_run_config_tree,
     describe_keys,
     job_from_dict,
     job_from_run_config,
@@ -265,8 +265,10 @@ def test_describe_keys_lists_each_variants_own_keys_under_its_name(section, regi
     ("overrides", "message"),
     [
         (["method.name=full", "method.r=4"], "method.r is a key of method.name=lora, not of 'full'"),
-        (["strategy.name=fedavg", "strategy.proximal_mu=0.1"], "strategy.proximal_mu is a key of strategy.name=fedprox"),
-        (["strategy.name=fedprox", "strategy.eta=0.1"], "strategy.eta is a key of strategy.name=fedadagrad/fedadam/fedyogi"),
+        (["strategy.name=fedavg", "strategy.proximal_mu=0.1"],
+         "strategy.proximal_mu is a key of strategy.name=fedprox"),
+        (["strategy.name=fedprox", "strategy.eta=0.1"],
+         "strategy.eta is a key of strategy.name=fedadagrad/fedadam/fedyogi"),
     ],
 )
 def test_a_key_of_another_variant_is_a_one_line_error_naming_its_owner(overrides, message):

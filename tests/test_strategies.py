@@ -6,9 +6,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from ffm.config import load_job
 from ffm.errors import RoundFailedError
 from ffm.runtime import set_task_identity
-from ffm.config import load_job
 from ffm.server import build_strategy
 from ffm.strategies import STRATEGIES, UpdateGuard
 
