@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from federation import federation
+from federation import federation, tail, wait_for
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from ffm.data import export_split, party_dir
 from ffm.runtime import flwr_internals as fi
 from ffm.runtime import run_local, set_task_identity
 from ffm.runtime.deploy import (
+    deploy_env,
+    free_ports,
+    start,
+    stop,
     supernode_command,
     warm_worker_command,
 )
@@ -162,3 +170,94 @@ def test_three_warm_supernodes_on_their_own_data_end_where_the_local_grid_ends(j
     rounds = [json.loads(line)["wall_time_s"] for line in
               (Path(deployed.run_dir) / "metrics.jsonl").read_text().splitlines() if json.loads(line)["round"] > 0]
     print(f"warm federation: 2 rounds in {seconds:.1f} s (flwr run); seconds per round {rounds}")
+
+
+# --- ending the pair -------------------------------------------------------------------------------------------
+
+
+def _seconds_until_group_gone(proc: subprocess.Popen, timeout: float) -> float | None:
+    """Seconds until no process of ``proc``'s group is left, or None when some are still there after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        proc.poll()  # reap the leader: a zombie still counts as a member of its group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.slow
+def test_a_warm_supernode_and_its_worker_end_cleanly_within_5_s_of_sigterm_to_their_group(tmp_path):
+    # Prepare: `ffm deploy supernode --warm` in its own process group; no SuperLink: the node keeps retrying
+    link_port, node_port = free_ports(2)
+    (tmp_path / "flwr-home").mkdir()
+    cmd = [sys.executable, "-m", "ffm", "deploy", "supernode", "--warm", "--partition-id", "0",
+           "--num-partitions", "1", "--superlink", f"127.0.0.1:{link_port}", "--port", str(node_port)]
+    log = tmp_path / "supernode.log"
+    proc = start(cmd, deploy_env(tmp_path / "flwr-home"), log)
+    try:
+        up = ("serving ClientApp tasks", "Connection attempt failed")  # both have their signal handlers
+        wait_for(lambda: all(line in log.read_text(errors="replace") for line in up),
+                 "the worker serving and the node retrying", 120, proc, log)
+
+        # Execute
+        os.killpg(proc.pid, signal.SIGTERM)
+        seconds = _seconds_until_group_gone(proc, timeout=5.0)
+    finally:
+        stop(proc)  # SIGKILL to whatever is left
+
+    # Assert: every process gone within 5 s, the SuperNode and the worker each by its own graceful exit
+    assert seconds is not None, f"processes left 5 s after SIGTERM:\n{tail(log)}"
+    text = log.read_text(errors="replace")
+    assert "SuperNode terminated gracefully" in text and "SIGTERM, stopping after 0 tasks" in text, tail(log)
+    print(f"ffm deploy supernode --warm: group gone {seconds:.2f} s after SIGTERM")
+
+
+# Shuts down like flower-supernode: its SIGTERM handler restores the default action (so a second SIGTERM kills
+# it) and takes a moment to clean up; a file says it finished.
+_CHILD = """
+import os, pathlib, signal, sys, time
+def on_term(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print("child", os.getpid(), "cleaning up", flush=True)
+    time.sleep(1.0)
+    pathlib.Path(sys.argv[1]).write_text("clean")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("child", os.getpid(), "ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _children(log: Path, state: str) -> list[int]:
+    return [int(pid) for pid in re.findall(rf"^child (\d+) {state}$", log.read_text(), re.M)]
+
+
+@pytest.mark.slow
+def test_a_process_pair_signalled_as_a_group_lets_each_child_finish_its_own_shutdown(tmp_path):
+    # Prepare: ffm's pair runner (`ffm deploy supernode --warm`) over two children, in its own process group
+    children = [[sys.executable, "-c", _CHILD, str(tmp_path / f"clean-{k}")] for k in range(2)]
+    pair = [sys.executable, "-c", "import sys; from pathlib import Path; from ffm.deploy_cli import _foreground_pair; "
+            f"sys.exit(_foreground_pair({children!r}, Path({str(tmp_path)!r})))"]
+    log = tmp_path / "pair.log"
+    proc = start(pair, deploy_env(tmp_path), log)
+    try:
+        wait_for(lambda: len(_children(log, "ready")) == 2, "both children ready", 120, proc, log)
+
+        # Execute: SIGTERM to every process, as a signal to their group; the children's first, so that the
+        # runner's own finds both in their clean-up
+        for pid in _children(log, "ready"):
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: len(_children(log, "cleaning up")) == 2, "both children cleaning up", 10, proc, log)
+        os.kill(proc.pid, signal.SIGTERM)
+        seconds = _seconds_until_group_gone(proc, timeout=5.0)
+    finally:
+        stop(proc)  # SIGKILL to whatever is left
+
+    # Assert: no second SIGTERM from the runner cut a child's clean-up short, and all ended within 5 s
+    assert [(tmp_path / f"clean-{k}").is_file() for k in range(2)] == [True, True], tail(log)
+    assert seconds is not None, tail(log)
+    assert proc.returncode == 130
