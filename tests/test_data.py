@@ -143,6 +143,32 @@ def test_unreadable_table_file_is_a_data_error_naming_it(tmp_path):
         load_table(path, "parquet", "text", "label")
 
 
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_csv_with_an_empty_text_cell_is_a_data_error_naming_file_row_line_and_column(tmp_path, empty):
+    path = tmp_path / "news.csv"
+    _write_table(path, TABLE.assign(body=["rain today", "stocks up", empty, "bonds down"]))
+
+    with pytest.raises(DataError) as info:
+        load_table(path, "csv", text_column="body", label_column="topic")
+
+    message = str(info.value)
+    assert "news.csv" in message and "'body'" in message and "data.text_column" in message
+    assert "row 3 (line 4 of the file, after the header)" in message
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_table_with_an_empty_label_cell_is_a_data_error_naming_file_row_and_column(tmp_path, kind):
+    path = tmp_path / f"news.{kind}"
+    _write_table(path, TABLE.assign(topic=["w", None, "w", "m"]))
+
+    with pytest.raises(DataError) as info:
+        load_table(path, kind, text_column="body", label_column="topic")
+
+    message = str(info.value)
+    assert f"news.{kind}" in message and "'topic'" in message and "data.label_column" in message
+    assert "row 2" in message
+
+
 def test_bbc_news_has_2225_articles_in_five_topics():
     ds = load_source(DataConfig())
 

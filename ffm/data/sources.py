@@ -7,6 +7,7 @@ the same on every source.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -63,8 +64,60 @@ def load_table(path: str | Path, kind: str, text_column: str, label_column: str)
             raise DataError(
                 f"data file '{path}' has no column '{column}' ({key}); its columns are {table.column_names}"
             )
-    labels = [str(x) for x in table[label_column]]
-    return _labelled([str(x) for x in table[text_column]], labels)
+    texts, labels = table[text_column], table[label_column]
+    _check_no_empty_cells(
+        path, kind, [(text_column, "data.text_column", texts), (label_column, "data.label_column", labels)]
+    )
+    return _labelled([str(x) for x in texts], [str(x) for x in labels])
+
+
+def _is_empty(value: object) -> bool:
+    """A missing cell: None (an empty CSV cell, a JSON null), NaN, or only whitespace."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _file_line(path: Path, kind: str, row: int) -> str:
+    """Where data row ``row`` (1-based) starts in the file, for the error message; '' where unknown."""
+    try:
+        if kind == "csv":
+            import csv
+
+            with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+                reader = csv.reader(handle)
+                start, records = 1, []  # a quoted cell may span lines: count physical lines, not records
+                for record in reader:
+                    if record:  # blank lines are no rows (pandas skips them too)
+                        records.append(start)
+                    start = reader.line_num + 1
+            if len(records) > row:  # records[0] is the header
+                return f" (line {records[row]} of the file, after the header)"
+        elif kind == "jsonl":
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                lines = [n for n, line in enumerate(handle, start=1) if line.strip()]
+            if len(lines) >= row:
+                return f" (line {lines[row - 1]} of the file)"
+    except (OSError, ValueError):  # the row number alone still points at the cell
+        pass
+    return ""
+
+
+def _check_no_empty_cells(path: Path, kind: str, columns: list[tuple[str, str, list]]) -> None:
+    """Empty text or label cells would surface later as an obscure stratification error: name them here."""
+    empty = [(i, column, key) for column, key, values in columns for i, x in enumerate(values) if _is_empty(x)]
+    if not empty:
+        return
+    first, column, key = min(empty, key=lambda cell: cell[0])  # the text column first where both are empty
+    row = first + 1
+    more = len({i for i, *_ in empty}) - 1
+    others = f"; {more} more {'row has' if more == 1 else 'rows have'} an empty text or label cell" if more else ""
+    raise DataError(
+        f"data file '{path}' has an empty '{column}' cell ({key}) in data row {row}{_file_line(path, kind, row)}"
+        f"{others}: fill in every text and label cell, or delete those rows"
+    )
 
 
 def bbc_news_dir() -> Path:
