@@ -27,8 +27,30 @@ def _key_table() -> str:
     return "\n".join(f"  {key:<{width}}  {kind:<9} {default:<14} {text}" for key, kind, default, text in rows)
 
 
+class _AnyOrderParser(argparse.ArgumentParser):
+    """A parser whose commands take their options and positionals in any order.
+
+    Plain argparse fills ``config`` and ``overrides`` from the first run of positionals, so a ``key=value`` after
+    an option (``ffm deploy run CONFIG --superlink ADDR federation.rounds=2``) was an "unrecognized argument".
+    Every parser without sub-commands (``run``, ``config``, each ``deploy`` action: sub-parsers take their parent's
+    class) parses with ``parse_known_intermixed_args`` instead; that one cannot hold sub-commands itself (Python
+    3.11 raises TypeError), so the parsers above them parse as usual and hand the rest on.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._subparsers is not None or self._intermixing:  # the intermixed parse's own two passes land here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ffm", description="Federated foundation models on Flower.")
+    parser = _AnyOrderParser(prog="ffm", description="Federated foundation models on Flower.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",

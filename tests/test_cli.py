@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import make_job
 
-from ffm.cli import main
+from ffm.cli import _parser, main
 from ffm.config import describe_keys, job_to_dict
 from ffm.runtime import run_local
 
@@ -58,7 +58,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
         ("data.alpha=-0.5", "data.alpha"),
         ("federation.fraction_train=0", "federation.fraction_train"),
         ("federation.fraction_train=1.5", "federation.fraction_train"),
-        ("federation.strategy=fedfoo", "federation.strategy"),
+        ("strategy.name=fedfoo", "strategy.name"),
     ],
 )
 def test_bad_config_value_exits_2_with_one_line_naming_the_key(job_yaml, tmp_path, capsys, override, named):
@@ -208,3 +208,24 @@ def test_run_help_shows_the_config_key_table(capsys):
     for key, *_ in describe_keys():
         assert key in out, key
     assert "federation.fraction_train" in out and "in (0, 1]" in out
+
+
+def test_deploy_run_takes_overrides_after_its_options():
+    args = _parser().parse_args(["deploy", "run", "cfg.yaml", "--superlink", "1.2.3.4:9091", "federation.rounds=2"])
+
+    assert (args.action, args.config, args.superlink) == ("run", "cfg.yaml", "1.2.3.4:9091")
+    assert args.overrides == ["federation.rounds=2"]
+
+
+def test_deploy_split_takes_overrides_on_either_side_of_its_options():
+    args = _parser().parse_args(["deploy", "split", "cfg.yaml", "seed=1", "--out", "parts", "federation.num_clients=4"])
+
+    assert (args.action, args.config, args.out) == ("split", "cfg.yaml", "parts")
+    assert args.overrides == ["seed=1", "federation.num_clients=4"]
+
+
+def test_run_takes_overrides_after_resume_and_verbose():
+    args = _parser().parse_args(["run", "cfg.yaml", "--resume", "runs/a", "train.lr=0.1", "-v", "federation.rounds=4"])
+
+    assert (args.config, args.resume, args.verbose) == ("cfg.yaml", "runs/a", True)
+    assert args.overrides == ["train.lr=0.1", "federation.rounds=4"]
