@@ -105,10 +105,11 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def _print_summary(summary: dict) -> None:
-    acc = summary["final_test_accuracy"]
+    metric = summary["primary_metric"]
     mb_up, mb_down = summary["bytes_up"] / 1e6, summary["bytes_down"] / 1e6
+    final, best = summary[f"final_test_{metric}"], summary[f"best_test_{metric}"]
     print(f"\n{summary['mode']} run finished: {summary['rounds']} rounds in {summary['wall_time_s']:.0f} s")
-    print(f"  test accuracy  final {acc:.4f}  best {summary['best_test_accuracy']:.4f}")
+    print(f"  test {metric:<10} final {final:.4f}  best {best:.4f}")
     print(f"  trainable      {summary['trainable_params']:,} of {summary['total_params']:,} parameters travel")
     print(f"  traffic        {mb_up:.2f} MB up, {mb_down:.2f} MB down; {summary['rejected_updates']} updates rejected")
     print(f"  run directory  {summary['run_dir']}  (metrics.jsonl, checkpoints/, final/, summary.json)")

@@ -35,8 +35,8 @@ def test_text_classification_maximizes_accuracy():
 def test_a_model_that_predicts_one_class_everywhere_gets_a_warning_that_names_the_fix():
     task = build_task(load_job(None).task)
 
-    assert "train.lr" in task.diagnose({"predicted-classes": 1, "num-examples": 50})
-    assert task.diagnose({"predicted-classes": 3, "num-examples": 50}) is None
+    assert "train.lr" in task.diagnose({"predicted-classes": 1, "accuracy": 0.25})
+    assert task.diagnose({"predicted-classes": 3, "accuracy": 0.25}) is None
 
 
 def test_the_run_reports_the_tasks_primary_metric_in_every_line_and_the_summary(job_factory):
@@ -46,3 +46,10 @@ def test_the_run_reports_the_tasks_primary_metric_in_every_line_and_the_summary(
     assert 0.0 <= summary["final_test_accuracy"] <= 1.0
     assert summary["best_test_accuracy"] >= summary["final_test_accuracy"]
     assert isinstance(summary["warnings"], list)
+
+
+def test_a_run_whose_model_collapsed_to_one_class_says_so_in_its_summary(job_factory):
+    summary, _ = run_local(job_factory(train__lr=50.0, train__local_steps=4))  # far too high: it collapses
+
+    (warning,) = summary["warnings"]
+    assert "predicts one class" in warning and "train.lr" in warning

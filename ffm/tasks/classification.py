@@ -66,7 +66,7 @@ class TextClassification(Task):
                 "num-examples": len(data)}
 
     def diagnose(self, metrics: dict[str, Any]) -> str | None:
-        if metrics.get("predicted-classes") == 1 and metrics.get("num-examples", 0) > 1:
+        if metrics.get("predicted-classes") == 1:
             return (
                 "the model predicts one class for every test example (it collapsed to the majority class); "
                 "the learning rate is likely too high for this mode: lower train.lr, or set "
