@@ -23,3 +23,26 @@ def test_each_mode_runs_and_writes_a_complete_run_directory(job_factory, mode):
     assert summary["rounds"] == 2 and summary["mode"] == mode
     assert sorted(p.name for p in (Path(run) / "checkpoints").iterdir()) == ["round-0001.pt", "round-0002.pt"]
     assert (Path(run) / "config.yaml").is_file() and (Path(run) / "summary.json").is_file()
+
+
+def test_local_baseline_keeps_and_saves_each_model_by_partition_id_not_node_id(job_factory, carried):
+    from flwr.app import MessageType
+
+    job = job_factory(mode="local")
+
+    run_local(job)
+
+    lines = [json.loads(x) for x in open(f"{job.run_dir}/metrics.jsonl")]
+    assert sorted(lines[-1]["test_accuracy_per_client"]) == ["0", "1", "2"]
+    assert sorted(p.name for p in (Path(job.run_dir) / "final").iterdir()) == ["client-0", "client-1", "client-2"]
+    # every node got back the state that its own partition sent in the round before
+    sent_by = {}
+    for msg, reply in carried:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            continue
+        partition = reply.content["client"]["partition-id"]
+        if partition in sent_by:
+            received = msg.content["arrays"].to_torch_state_dict()
+            assert all((received[k] == sent_by[partition][k]).all() for k in received)
+        sent_by[partition] = reply.content["arrays"].to_torch_state_dict()
+    assert len(sent_by) == 3
