@@ -170,7 +170,7 @@ def round_start_states(workspace: Any, run_dir: Path, rounds: int) -> dict[int, 
 
     states = {1: workspace.initial_state}
     for rnd in range(2, rounds + 1):
-        path = run_dir / "checkpoints" / f"round-{rnd - 1:04d}.pt"
+        path = run_dir / "checkpoints" / f"round-{rnd - 1:06d}.pt"
         states[rnd] = torch.load(path, map_location="cpu", weights_only=True)["state"]
     return states
 

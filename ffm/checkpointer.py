@@ -17,12 +17,14 @@ logger = logging.getLogger("ffm")
 
 
 class Checkpointer:
-    def __init__(self, run: RunDirectory, strategy: Strategy) -> None:
+    def __init__(self, run: RunDirectory, strategy: Strategy, *, keep_last: int = 0) -> None:
         self.run = run
         self.strategy = strategy
+        self.keep_last = keep_last
 
     def save(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
-        self.run.save_checkpoint(server_round, state, {"strategy": strategy_state(self.strategy)})
+        extra = {"strategy": strategy_state(self.strategy)}
+        self.run.save_checkpoint(server_round, state, extra, keep_last=self.keep_last)
 
     def restore(self, initial: dict[str, torch.Tensor]) -> tuple[int, dict[str, torch.Tensor]]:
         """(last complete round, global state) of the run so far, with the strategy's state restored into it;

@@ -23,6 +23,7 @@ import yaml
 from ffm.errors import ConfigError
 
 __all__ = [
+    "CheckpointConfig",
     "ClientConfig",
     "DataConfig",
     "FederationConfig",
@@ -59,8 +60,16 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    name: str = _f("minilm", "backbone: 'minilm' (the bundled pretrained MiniLM), a local directory, or a Hub id")
-    max_length: int = _f(64, "tokens kept per example (longer texts are truncated)")
+    name: str = _f(
+        "minilm", "backbone: 'minilm' (the bundled pretrained MiniLM), a local directory, or a Hub id; with "
+        "from_scratch, where the tokenizer comes from"
+    )
+    max_length: int = _f(64, "tokens per example (longer texts are truncated; language models: the context)")
+    from_scratch: bool = _f(False, "build a randomly initialized model of `architecture` instead of loading weights")
+    architecture: str = _f("gpt2", "from_scratch: a transformers model type (gpt2, llama, bert, ...)")
+    layers: int = _f(2, "from_scratch: transformer layers")
+    hidden_size: int = _f(64, "from_scratch: width (the feed-forward layer is 4x)")
+    heads: int = _f(2, "from_scratch: attention heads (must divide hidden_size)")
 
 
 @dataclass
@@ -109,7 +118,9 @@ def _variant_default(base: type) -> Any:
 @dataclass
 class DataConfig:
     source: str = _f(
-        "bbc_news", "data set: bbc_news | ag_news | folder | csv | jsonl | parquet (the last four read 'path')"
+        "bbc_news",
+        "data set: bbc_news | ag_news | tinyshakespeare (text by role) | folder | csv | jsonl | parquet (the last "
+        "four read 'path')",
     )
     path: str = _f("", "file or folder for source folder/csv/jsonl/parquet")
     text_column: str = _f("text", "column that holds the text (csv/jsonl/parquet)")
@@ -117,7 +128,13 @@ class DataConfig:
     max_examples: int = _f(0, "use a stratified subset of this many examples (0 = all)")
     test_fraction: float = _f(0.2, "share of examples held out as the global test set (stratified)")
     val_fraction: float = _f(0.1, "share of each client's examples held out as its local validation split")
-    partitioner: str = _f("dirichlet", "how training data splits across clients: dirichlet | iid | shards")
+    partitioner: str = _f(
+        "dirichlet", "how training data splits across clients: dirichlet | iid | shards | natural (by partition_column)"
+    )
+    partition_column: str = _f(
+        "label", "partitioner=natural: the column whose values are the parties (role for tinyshakespeare); the "
+        "num_clients largest parties take part"
+    )
     alpha: float = _f(0.5, "Dirichlet concentration on the label (smaller = more skewed clients)")
     shards_per_client: int = _f(2, "label-sorted shards per client (partitioner=shards)")
     test_path: str = _f(
@@ -157,6 +174,11 @@ class ClientConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    keep_last: int = _f(0, "keep only the newest this many round checkpoints (0 = keep every round)")
+
+
+@dataclass
 class JobConfig:
     mode: str = _f("federated", "federated | centralized (all data pooled) | local (each client alone)")
     runtime: str = _f("local", "which Grid carries the messages: local (in-process) or flower (`ffm deploy run`)")
@@ -172,6 +194,7 @@ class JobConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=lambda: _variant_default(StrategyConfig))
     client: ClientConfig = field(default_factory=ClientConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 # Keys that moved: a config written for an older ffm gets told where its key lives now.
@@ -385,15 +408,19 @@ def _validate(job: JobConfig) -> None:
 
     _check(job.mode in MODES, f"mode: '{job.mode}' is not one of {', '.join(MODES)}")
     _check(job.runtime in RUNTIMES, f"runtime: '{job.runtime}' is not one of {', '.join(RUNTIMES)}")
-    _check(job.model.max_length >= 8, "model.max_length must be at least 8")
+    model = job.model
+    _check(model.max_length >= 8, "model.max_length must be at least 8")
+    _check(model.layers >= 1 and model.heads >= 1, "model.layers and model.heads must be at least 1")
+    _check(model.hidden_size % model.heads == 0,
+           f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
     data = job.data
-    sources = ("bbc_news", "ag_news", "folder", "csv", "jsonl", "parquet")
+    sources = ("bbc_news", "ag_news", "tinyshakespeare", "folder", "csv", "jsonl", "parquet")
     _check(data.source in sources, f"data.source: '{data.source}' is not one of {', '.join(sources)}")
-    _check(data.source not in sources[2:] or bool(data.path), f"data.path must be set for data.source={data.source}")
+    _check(data.source not in sources[3:] or bool(data.path), f"data.path must be set for data.source={data.source}")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
-    partitioners = ("dirichlet", "iid", "shards")
+    partitioners = ("dirichlet", "iid", "shards", "natural")
     _check(data.partitioner in partitioners, f"data.partitioner: '{data.partitioner}' is not one of {partitioners}")
     _check(data.alpha > 0.0, f"data.alpha must be > 0 (got {data.alpha}); try 0.5 for skewed or 100 for near-IID")
     _check(data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
@@ -413,6 +440,7 @@ def _validate(job: JobConfig) -> None:
     for mod in job.client.mods:
         _check(mod in MODS, f"client.mods: '{mod}' is not one of {', '.join(MODS.names())}")
     _check(job.client.clipping_norm > 0.0, "client.clipping_norm must be > 0")
+    _check(job.checkpoint.keep_last >= 0, "checkpoint.keep_last must be 0 (keep all) or positive")
 
 
 def _describe(cls: type, prefix: str, rows: list[tuple[str, str, str, str]]) -> None:

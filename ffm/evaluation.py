@@ -36,6 +36,10 @@ class Evaluator:
             load_trainable_state(ws.model, ws.initial_personal, partial=True)
         return ws.task.evaluate(ws.model, ws.examples("test"), ws.job.train.eval_batch_size)
 
+    def sample(self) -> str | None:
+        """The task's sample from the model as last evaluated (generative tasks only)."""
+        return self.workspace.task.sample(self.workspace.model, self.workspace.tokenizer)
+
     def round(self, arrays: ArrayRecord, party_states: dict[int, ArrayRecord] | None) -> dict[str, Any]:
         """The ``test_*`` figures of a round: of the global state, or the mean over the parties' own states."""
         if not party_states:

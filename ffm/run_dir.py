@@ -2,7 +2,8 @@
 
     config.yaml          the resolved job config
     metrics.jsonl        one JSON line per round (round 0 = the initial model)
-    checkpoints/         round-NNNN.pt after every round (written atomically)
+    checkpoints/         round-NNNNNN.pt after every round (written atomically; names sort up to round 999,999)
+    samples.jsonl        generative tasks: what the global model wrote from the fixed prompt, per round
     final/               the final trainable state via save_pretrained (PeftModel.from_pretrained loads it)
     summary.json         the figures that matter, written at the end
 """
@@ -65,15 +66,34 @@ class RunDirectory:
         text = "".join(json.dumps(m) + "\n" for m in lines)
         _atomic_write(self.metrics, lambda p: p.write_text(text))
 
-    def save_checkpoint(self, server_round: int, state: dict[str, torch.Tensor], extra: dict | None = None) -> Path:
-        path = self.checkpoints / f"round-{server_round:04d}.pt"
+    def append_sample(self, server_round: int, text: str) -> None:
+        """What a generative model wrote from the task's fixed prompt (the prompt included)."""
+        with (self.path / "samples.jsonl").open("a") as handle:
+            handle.write(json.dumps({"round": server_round, "text": text}) + "\n")
+
+    def checkpoint_path(self, server_round: int) -> Path:
+        return self.checkpoints / f"round-{server_round:06d}.pt"
+
+    def save_checkpoint(
+        self, server_round: int, state: dict[str, torch.Tensor], extra: dict | None = None, *, keep_last: int = 0
+    ) -> Path:
+        """Write round ``server_round``'s checkpoint; with ``keep_last`` > 0 delete all but the newest that many."""
+        path = self.checkpoint_path(server_round)
         payload = {"round": server_round, "state": state, "extra": extra or {}}
         _atomic_write(path, lambda p: torch.save(payload, p))
+        if keep_last > 0:
+            for old in self._checkpoint_files()[:-keep_last]:
+                old.unlink()
         return path
+
+    def _checkpoint_files(self) -> list[Path]:
+        """Checkpoints in round order (by number: older runs wrote 4-digit names)."""
+        files = self.checkpoints.glob("round-*.pt") if self.checkpoints.is_dir() else []
+        return sorted(files, key=lambda p: int(p.stem.removeprefix("round-")))
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The checkpoint of the last complete round, or None when the run has none yet."""
-        files = sorted(self.checkpoints.glob("round-*.pt")) if self.checkpoints.is_dir() else []
+        files = self._checkpoint_files()
         if not files:
             return None
         try:

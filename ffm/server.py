@@ -71,8 +71,12 @@ class RoundEnd:
         true_round = server_round + self.offset
         if server_round == 0 and self.offset > 0:
             return None  # that round's line and checkpoint were written before the interruption
-        test = self.evaluator.round(arrays, getattr(self.guard, "party_states", None))
+        party_states = getattr(self.guard, "party_states", None)
+        test = self.evaluator.round(arrays, party_states)
         line: dict[str, Any] = {"round": true_round, **test}
+        sample = None if party_states else self.evaluator.sample()  # of the global model just evaluated
+        if sample is not None:
+            self.run.append_sample(true_round, sample)
         if true_round > 0:
             now = time.perf_counter()
             line.update(_round_record(self.guard.rounds.pop(true_round), now - self._tick))
@@ -92,7 +96,7 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     workspace = workspace_for(job)  # bad data or model fails here, before anything is written
     run.start(job)
     guard = UpdateGuard(build_strategy(job))
-    checkpointer = Checkpointer(run, guard)
+    checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)
     round_end = RoundEnd(evaluator, run, guard, checkpointer, offset=offset, rounds=job.federation.rounds,

@@ -100,7 +100,7 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     data = _load_data(job, data_path)
     _check_schema(data, task)
     tokenizer = load_tokenizer(job.model)
-    backbone = task.build_model(job.model, data.label_names, job.seed)
+    backbone = task.build_model(job.model, data.label_names, tokenizer, job.seed)
     ensure_pad_token(tokenizer, backbone)
     model = build_method(job.method).apply(backbone, task)
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from ffm.config import JobConfig, job_from_dict
 from ffm.models import resolve_model_path
+from ffm.run_dir import RunDirectory
 
 
 @pytest.fixture(scope="session")
@@ -81,5 +82,5 @@ def carried(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def checkpoint_state(run_dir: str, server_round: int) -> dict[str, torch.Tensor]:
     """The global state a run saved after ``server_round``."""
-    payload = torch.load(Path(run_dir) / "checkpoints" / f"round-{server_round:04d}.pt", weights_only=True)
+    payload = torch.load(RunDirectory(run_dir).checkpoint_path(server_round), weights_only=True)
     return payload["state"]

@@ -150,15 +150,15 @@ def _copy_run(source: Path, target: Path) -> Path:
 
 def test_resume_with_a_corrupt_last_checkpoint_exits_2_naming_it_and_keeps_the_run(finished_run, tmp_path, capsys):
     run_dir = _copy_run(finished_run, tmp_path / "run")
-    (run_dir / "checkpoints" / "round-0002.pt").write_bytes(b"\x00garbage, not a torch checkpoint")
+    (run_dir / "checkpoints" / "round-000002.pt").write_bytes(b"\x00garbage, not a torch checkpoint")
     before = _snapshot(run_dir)
 
     code = _cli(["run", "--resume", str(run_dir)])
 
     assert code == 2
-    assert "round-0002.pt" in _one_error_line(capsys)
+    assert "round-000002.pt" in _one_error_line(capsys)
     assert _snapshot(run_dir) == before
-    assert {"metrics.jsonl", "checkpoints/round-0001.pt", "checkpoints/round-0002.pt"} <= before.keys()
+    assert {"metrics.jsonl", "checkpoints/round-000001.pt", "checkpoints/round-000002.pt"} <= before.keys()
 
 
 def test_run_into_a_run_dir_that_holds_a_run_exits_2_and_keeps_the_run(finished_run, job_yaml, capsys):
@@ -170,7 +170,7 @@ def test_run_into_a_run_dir_that_holds_a_run_exits_2_and_keeps_the_run(finished_
     line = _one_error_line(capsys)
     assert str(finished_run) in line and "--resume" in line
     assert _snapshot(finished_run) == before
-    assert {"metrics.jsonl", "summary.json", "checkpoints/round-0002.pt"} <= before.keys()
+    assert {"metrics.jsonl", "summary.json", "checkpoints/round-000002.pt"} <= before.keys()
 
 
 def test_config_command_lists_every_key_and_exits_0(capsys):

@@ -16,6 +16,7 @@ from federation import federation, tail, wait_for
 from ffm.cli import main as ffm_main
 from ffm.config import JobConfig, job_from_run_config, job_to_run_config
 from ffm.errors import FfmError
+from ffm.run_dir import RunDirectory
 from ffm.runtime import run_local
 from ffm.runtime.certs import make_test_certificates
 from ffm.runtime.deploy import (
@@ -109,7 +110,7 @@ def _metrics(run_dir: str) -> list[dict]:
 
 
 def _checkpoint(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
-    path = Path(run_dir) / "checkpoints" / f"round-{last_round:04d}.pt"
+    path = RunDirectory(run_dir).checkpoint_path(last_round)
     return torch.load(path, weights_only=True)["state"]
 
 
@@ -152,7 +153,7 @@ def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_super
     local = job_factory("local", **NO_EVAL)
     job = job_factory("deployed", runtime="flower", **NO_EVAL)
     run_local(local)
-    first_checkpoint = Path(job.run_dir) / "checkpoints" / "round-0001.pt"
+    first_checkpoint = Path(job.run_dir) / "checkpoints" / "round-000001.pt"
 
     # Execute: node 3 crashes (SIGKILL to its group: no goodbye to the SuperLink) once round 1 is written
     with federation(tmp_path / "fed") as fed:

@@ -21,7 +21,7 @@ def test_each_mode_runs_and_writes_a_complete_run_directory(job_factory, mode):
     assert [line["round"] for line in lines] == [0, 1, 2]
     assert all(0.0 <= line["test_accuracy"] <= 1.0 for line in lines)
     assert summary["rounds"] == 2 and summary["mode"] == mode
-    assert sorted(p.name for p in (Path(run) / "checkpoints").iterdir()) == ["round-0001.pt", "round-0002.pt"]
+    assert sorted(p.name for p in (Path(run) / "checkpoints").iterdir()) == ["round-000001.pt", "round-000002.pt"]
     assert (Path(run) / "config.yaml").is_file() and (Path(run) / "summary.json").is_file()
 
 

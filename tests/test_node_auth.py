@@ -100,7 +100,7 @@ NO_EVAL = {"federation__fraction_evaluate": 0.0}  # train only: one message exch
 
 def _run(run_dir: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
     lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    state = torch.load(Path(run_dir) / "checkpoints" / "round-0002.pt", weights_only=True)["state"]
+    state = torch.load(Path(run_dir) / "checkpoints" / "round-000002.pt", weights_only=True)["state"]
     return lines, state
 
 

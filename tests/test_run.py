@@ -10,12 +10,13 @@ import torch
 from peft import PeftModel
 
 import ffm.client
+from ffm.run_dir import RunDirectory
 from ffm.runtime import LocalGrid, run_local
 from ffm.workspace import workspace_for
 
 
 def _checkpoint(run_dir: str, server_round: int) -> dict[str, torch.Tensor]:
-    return torch.load(Path(run_dir) / "checkpoints" / f"round-{server_round:04d}.pt", weights_only=True)["state"]
+    return torch.load(RunDirectory(run_dir).checkpoint_path(server_round), weights_only=True)["state"]
 
 
 def _lines(run_dir: str) -> list[dict]:
@@ -79,7 +80,7 @@ def test_final_state_loads_with_peft_from_pretrained_and_predicts_the_same(job_f
     workspace = workspace_for(job)
     final = _checkpoint(job.run_dir, 2)
 
-    base = workspace.task.build_model(job.model, workspace.data.label_names, seed=123)
+    base = workspace.task.build_model(job.model, workspace.data.label_names, workspace.tokenizer, seed=123)
     loaded = PeftModel.from_pretrained(base, Path(job.run_dir) / "final").eval()
 
     restored = {n: p for n, p in loaded.named_parameters() if n in final}
@@ -104,3 +105,24 @@ def test_training_leaves_the_frozen_base_bitwise_unchanged_and_shared(job_factor
     assert all(torch.equal(after[n], value) for n, value in frozen.items())
     assert {n: p.data_ptr() for n, p in after.items()} == pointers
     assert len(frozen) > 0 and all("lora_" not in n for n in frozen)
+
+
+def test_checkpoint_names_sort_past_round_9999_and_keep_last_keeps_the_newest(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+
+    for server_round in (9998, 9999, 10000, 10001):
+        run.save_checkpoint(server_round, {"w": torch.tensor([float(server_round)])}, keep_last=2)
+
+    names = sorted(p.name for p in run.checkpoints.iterdir())
+    assert names == ["round-010000.pt", "round-010001.pt"]  # name order is round order
+    assert run.latest_checkpoint()["round"] == 10001
+
+
+def test_a_run_resumes_from_checkpoints_named_the_old_four_digit_way(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    for server_round in (9, 10):
+        torch.save({"round": server_round, "state": {}, "extra": {}}, run.checkpoints / f"round-{server_round:04d}.pt")
+
+    assert run.latest_checkpoint()["round"] == 10

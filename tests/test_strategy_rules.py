@@ -116,7 +116,7 @@ def test_a_stateful_strategy_resumed_after_round_1_of_3_ends_bit_identical(job_f
     with pytest.raises(KeyboardInterrupt):
         run_local(broken)
     monkeypatch.setattr(ffm.client, "train_steps", real)
-    assert sorted(p.name for p in (Path(broken.run_dir) / "checkpoints").iterdir()) == ["round-0001.pt"]
+    assert sorted(p.name for p in (Path(broken.run_dir) / "checkpoints").iterdir()) == ["round-000001.pt"]
 
     broken.resume = True
     run_local(broken)

@@ -14,7 +14,7 @@ from ffm.workspace import _check_schema
 
 
 def test_an_unknown_task_is_a_config_error_listing_the_registered_tasks():
-    with pytest.raises(ConfigError, match=r"task\.name: 'mlm' is not one of text_classification"):
+    with pytest.raises(ConfigError, match=r"task\.name: 'mlm' is not one of causal_lm, masked_lm, text_classification"):
         load_job(None, ["task.name=mlm"])
 
 

@@ -21,6 +21,7 @@ from federation import federation, tail, wait_for
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from ffm.data import export_split, party_dir
+from ffm.run_dir import RunDirectory
 from ffm.runtime import flwr_internals as fi
 from ffm.runtime import run_local, set_task_identity
 from ffm.runtime.deploy import (
@@ -131,7 +132,7 @@ def _worker_lines(log: Path) -> list[tuple[int, str, str, int]]:
 
 
 def _final(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
-    return torch.load(Path(run_dir) / "checkpoints" / f"round-{last_round:04d}.pt", weights_only=True)["state"]
+    return torch.load(RunDirectory(run_dir).checkpoint_path(last_round), weights_only=True)["state"]
 
 
 def _accuracies(run_dir: str) -> list[float]:

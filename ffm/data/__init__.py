@@ -2,7 +2,7 @@
 
 from ffm.data.exported import export_split, load_party, load_server_test, party_dir
 from ffm.data.partition import ClientData, FederatedData, make_partitioner, pooled, split_federated
-from ffm.data.sources import bbc_news_dir, data_dir, load_source, load_table, load_text_folder
+from ffm.data.sources import bbc_news_dir, data_dir, load_shakespeare, load_source, load_table, load_text_folder
 
 __all__ = [
     "ClientData",
@@ -12,6 +12,7 @@ __all__ = [
     "export_split",
     "load_party",
     "load_server_test",
+    "load_shakespeare",
     "load_source",
     "load_table",
     "load_text_folder",

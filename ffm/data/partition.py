@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner, ShardPartitioner
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    NaturalIdPartitioner,
+    Partitioner,
+    ShardPartitioner,
+)
 
 from ffm.config import DataConfig
 from ffm.errors import DataError
@@ -37,6 +43,8 @@ class FederatedData:
 
 def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples: int) -> Partitioner:
     """The flwr-datasets partitioner that ``data.partitioner`` names."""
+    if cfg.partitioner == "natural":
+        return NaturalIdPartitioner(partition_by=cfg.partition_column)
     if cfg.partitioner == "iid":
         return IidPartitioner(num_partitions=num_clients)
     if cfg.partitioner == "shards":
@@ -75,13 +83,53 @@ def _stratified_split(ds: datasets.Dataset, seed: int, **size: float) -> dataset
         ) from None
 
 
+def _largest_groups(ds: datasets.Dataset, column: str, count: int) -> datasets.Dataset:
+    """Keep the ``count`` values of ``column`` with the most examples (LEAF keeps the roles with enough lines)."""
+    if column not in ds.column_names:
+        raise DataError(f"data.partition_column '{column}' is not a column of the data (it has {ds.column_names})")
+    values = ds[column]
+    sizes: dict = {}
+    for value in values:
+        sizes[value] = sizes.get(value, 0) + 1
+    if len(sizes) < count:
+        raise DataError(
+            f"data.partitioner=natural: the data has {len(sizes)} distinct '{column}' values for "
+            f"federation.num_clients={count}; lower federation.num_clients to at most {len(sizes)}"
+        )
+    keep = set(sorted(sizes, key=lambda v: (-sizes[v], str(v)))[:count])
+    return ds.select([i for i, value in enumerate(values) if value in keep])
+
+
+def _test_split(ds: datasets.Dataset, cfg: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(pool, test): stratified on the label when there is one, and for a natural partition within each party."""
+    if "label" in ds.column_names:
+        split = _stratified_split(ds, seed, test_size=cfg.test_fraction)
+        return split["train"], split["test"]
+    if cfg.partitioner == "natural":  # every party keeps the same share, so the test set covers all of them
+        groups: dict = {}
+        for i, value in enumerate(ds[cfg.partition_column]):
+            groups.setdefault(value, []).append(i)
+        held: list[int] = []
+        for k, (_, rows) in enumerate(sorted(groups.items(), key=lambda item: str(item[0]))):
+            order = np.random.default_rng(seed * 1_000_003 + k).permutation(len(rows))
+            held += [rows[j] for j in order[: max(1, round(len(rows) * cfg.test_fraction))]]
+        held_set = set(held)
+        return ds.select([i for i in range(len(ds)) if i not in held_set]), ds.select(sorted(held))
+    split = ds.train_test_split(test_size=cfg.test_fraction, seed=seed)
+    return split["train"], split["test"]
+
+
 def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, seed: int) -> FederatedData:
-    """Global stratified test split, then the rest partitioned across ``num_clients`` clients."""
-    label_names = ds.features["label"].names
+    """Global test split (stratified when labelled), then the rest partitioned across ``num_clients`` clients."""
+    label_names = ds.features["label"].names if "label" in ds.column_names else []
+    if cfg.partitioner == "natural":
+        ds = _largest_groups(ds, cfg.partition_column, num_clients)
     if cfg.max_examples and cfg.max_examples < len(ds):
-        ds = _stratified_split(ds, seed, train_size=cfg.max_examples)["train"]
-    split = _stratified_split(ds, seed, test_size=cfg.test_fraction)
-    pool, test = split["train"], split["test"]
+        if "label" in ds.column_names:
+            ds = _stratified_split(ds, seed, train_size=cfg.max_examples)["train"]
+        else:
+            ds = ds.shuffle(seed=seed).select(range(cfg.max_examples))
+    pool, test = _test_split(ds, cfg, seed)
     if num_clients * 2 > len(pool):
         raise DataError(
             f"federation.num_clients={num_clients} is too many for {len(pool)} training examples "

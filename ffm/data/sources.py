@@ -16,7 +16,7 @@ import datasets
 from ffm.config import DataConfig
 from ffm.errors import DataError
 
-__all__ = ["bbc_news_dir", "data_dir", "load_source", "load_table", "load_text_folder"]
+__all__ = ["bbc_news_dir", "data_dir", "load_shakespeare", "load_source", "load_table", "load_text_folder"]
 
 _TABLE_BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}
 
@@ -151,8 +151,30 @@ def _ag_news() -> datasets.Dataset:
     )
 
 
+def load_shakespeare() -> datasets.Dataset:
+    """Tiny Shakespeare as one example per speech: ``text`` (its lines) and ``role`` (the speaker).
+
+    The file has a blank line between speeches and the speaker's name with a colon on each speech's first
+    line (``ROMEO:``), the layout the LEAF Shakespeare benchmark splits by role.
+    """
+    path = data_dir() / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        raise DataError(
+            f"Tiny Shakespeare not found at '{path}': set FFM_DATA_DIR to a folder holding tinyshakespeare/"
+        )
+    texts, roles = [], []
+    for block in path.read_text(encoding="utf-8").split("\n\n"):
+        head, _, speech = block.strip().partition("\n")
+        if head.endswith(":") and speech.strip():
+            roles.append(head[:-1].strip())
+            texts.append(speech.strip())
+    return datasets.Dataset.from_dict({"text": texts, "role": roles})
+
+
 def load_source(cfg: DataConfig) -> datasets.Dataset:
-    """The data set named by ``data.source`` as (text, ClassLabel label)."""
+    """The data set named by ``data.source``: ``text`` and a ClassLabel ``label``, or (tinyshakespeare) a ``role``."""
+    if cfg.source == "tinyshakespeare":
+        return load_shakespeare()
     if cfg.source == "bbc_news":
         return load_text_folder(bbc_news_dir())
     if cfg.source == "ag_news":

@@ -1,9 +1,9 @@
 """Methods, registered by ``method.name`` (the one place a method name is matched)."""
 
+from ffm.config import MethodConfig
 from ffm.methods.base import Method
 from ffm.methods.full import Full
 from ffm.methods.lora import Lora
-from ffm.config import MethodConfig
 from ffm.registry import Registry
 
 __all__ = ["METHODS", "Method", "build_method"]

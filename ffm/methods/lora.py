@@ -43,8 +43,9 @@ class Lora(Method):
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
             target_modules=list(cfg.targets),
-            # A SEQ_CLS task makes peft train the head; without train_head only the adapters are trainable.
-            modules_to_save=None if cfg.train_head else [],
+            # A SEQ_CLS task makes peft train the head itself; a task with a fresh head of another kind names it
+            # (masked LM); without train_head only the adapters are trainable.
+            modules_to_save=(list(task.head_modules) or None) if cfg.train_head else [],
         )
         peft_model = get_peft_model(model, lora)
         if not cfg.train_head:

@@ -1,6 +1,6 @@
 """Backbone loading and the trainable state that travels."""
 
-from ffm.models.backbone import load_pretrained, load_tokenizer, resolve_model_path
+from ffm.models.backbone import load_model, load_pretrained, load_tokenizer, resolve_model_path
 from ffm.models.state import (
     check_update,
     load_trainable_state,
@@ -11,6 +11,7 @@ from ffm.models.state import (
 
 __all__ = [
     "check_update",
+    "load_model",
     "load_pretrained",
     "load_tokenizer",
     "load_trainable_state",

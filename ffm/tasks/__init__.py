@@ -3,13 +3,17 @@
 from ffm.config import TaskConfig
 from ffm.registry import Registry
 from ffm.tasks.base import Task, ensure_pad_token
+from ffm.tasks.causal_lm import CausalLM
 from ffm.tasks.classification import TextClassification
 from ffm.tasks.examples import Examples, batches, step_batches, steps_per_epoch
+from ffm.tasks.masked_lm import MaskedLM
 
 __all__ = ["TASKS", "Examples", "Task", "batches", "build_task", "ensure_pad_token", "step_batches", "steps_per_epoch"]
 
 TASKS: Registry[type[Task]] = Registry("task.name")
 TASKS.register("text_classification", TextClassification)
+TASKS.register("causal_lm", CausalLM)
+TASKS.register("masked_lm", MaskedLM)
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -29,12 +29,19 @@ class Task:
     primary_metric: ClassVar[str] = ""  # a key of evaluate()'s result
     higher_is_better: ClassVar[bool] = True
     peft_task_type: ClassVar[str | None] = None  # peft's TaskType for this head ("SEQ_CLS", "CAUSAL_LM", ...)
+    head_modules: ClassVar[tuple[str, ...]] = ()  # a fresh head that adapters must train along (peft's modules_to_save)
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
 
-    def build_model(self, model: ModelConfig, label_names: list[str], seed: int) -> PreTrainedModel:
+    def build_model(
+        self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
+    ) -> PreTrainedModel:
         raise NotImplementedError
+
+    def sample(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        """A text the model produces, written into the run directory each round (generative tasks), or None."""
+        return None
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from ffm.config import ModelConfig, TaskConfig
-from ffm.models.backbone import load_pretrained
+from ffm.models.backbone import load_model
 from ffm.tasks.base import Task, ensure_pad_token
 from ffm.tasks.examples import Examples, batches
 
@@ -32,10 +32,13 @@ class TextClassification(Task):
     higher_is_better = True
     peft_task_type = "SEQ_CLS"
 
-    def build_model(self, model: ModelConfig, label_names: list[str], seed: int) -> PreTrainedModel:
-        return load_pretrained(
+    def build_model(
+        self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
+    ) -> PreTrainedModel:
+        return load_model(
             AutoModelForSequenceClassification,
             model,
+            tokenizer,
             seed,
             num_labels=len(label_names),
             ignore_mismatched_sizes=True,  # a saved head for other labels is replaced by a fresh one

@@ -1,0 +1,79 @@
+"""Causal language modelling (GPT / Llama style): next-token loss, perplexity (lower is better) as the primary
+metric, and a sample generation from a fixed prompt after every round."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from ffm.config import ModelConfig, TaskConfig, _check, _f
+from ffm.models.backbone import load_model
+from ffm.tasks.base import Task, ensure_pad_token
+from ffm.tasks.examples import Examples, batches
+from ffm.tasks.text_blocks import first_tokens, pack_blocks
+
+__all__ = ["CausalLM", "CausalLMConfig"]
+
+
+@dataclass
+class CausalLMConfig(TaskConfig):
+    name: str = "causal_lm"
+    eval_tokens: int = _f(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
+    prompt: str = _f("ROMEO:", "the fixed prompt of the sample written to samples.jsonl every round")
+    sample_tokens: int = _f(24, "tokens generated for the sample (greedy)")
+
+    def __post_init__(self) -> None:
+        _check(self.eval_tokens >= 0 and self.sample_tokens >= 0, "task.eval_tokens/sample_tokens must be >= 0")
+
+
+class CausalLM(Task):
+    config = CausalLMConfig
+    columns = ("text",)
+    primary_metric = "perplexity"
+    higher_is_better = False
+    peft_task_type = "CAUSAL_LM"
+
+    def build_model(
+        self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
+    ) -> PreTrainedModel:
+        return load_model(AutoModelForCausalLM, model, tokenizer, seed)
+
+    def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        ensure_pad_token(tokenizer)
+        return pack_blocks(list(ds["text"]), tokenizer, max_length)
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
+        """Mean next-token cross-entropy over the (bounded) held-out tokens, and its exponential."""
+        model.eval()
+        data = first_tokens(data, self.cfg.eval_tokens)
+        loss_sum, tokens = 0.0, 0
+        for batch in batches(data, batch_size):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted from tokens up to t
+            loss_sum += float(F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                              reduction="sum"))
+            tokens += int((targets != -100).sum())
+        loss = loss_sum / max(tokens, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "num-examples": len(data)}
+
+    @torch.inference_mode()
+    def sample(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        if not self.cfg.sample_tokens:
+            return None
+        model.eval()
+        prompt = tokenizer(self.cfg.prompt, add_special_tokens=False, return_tensors="pt")
+        out = model.generate(
+            input_ids=prompt["input_ids"],
+            attention_mask=prompt["attention_mask"],
+            max_new_tokens=self.cfg.sample_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return tokenizer.decode(out[0], skip_special_tokens=True)

@@ -1,0 +1,93 @@
+"""Masked language modelling (BERT style): 15% of tokens masked by transformers' collator (80% [MASK], 10% random,
+10% kept), cross-entropy on the masked tokens, perplexity (lower is better) as the primary metric.
+
+Training masks each batch afresh from the client's seeded generator state; evaluation masks with a fixed
+seed, so every round is measured on the same masked tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import datasets
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase
+
+from ffm.config import ModelConfig, TaskConfig, _check, _f
+from ffm.models.backbone import load_model
+from ffm.tasks.base import Task
+from ffm.tasks.examples import Examples, batches
+from ffm.tasks.text_blocks import first_tokens, pack_blocks
+
+__all__ = ["MaskedLM", "MaskedLMConfig"]
+
+logger = logging.getLogger("ffm")
+
+
+@dataclass
+class MaskedLMConfig(TaskConfig):
+    name: str = "masked_lm"
+    mlm_probability: float = _f(0.15, "share of tokens masked")
+    eval_tokens: int = _f(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.mlm_probability < 1.0, "task.mlm_probability must be in (0, 1)")
+        _check(self.eval_tokens >= 0, "task.eval_tokens must be >= 0")
+
+
+class MaskedLM(Task):
+    config = MaskedLMConfig
+    columns = ("text",)
+    primary_metric = "perplexity"
+    higher_is_better = False
+    peft_task_type = None
+    head_modules = ("transform",)  # the MLM head's dense + LayerNorm (its decoder is tied to the embeddings)
+
+    def __init__(self, cfg: MaskedLMConfig) -> None:
+        super().__init__(cfg)
+        self.collator: DataCollatorForLanguageModeling | None = None
+
+    def build_model(
+        self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
+    ) -> PreTrainedModel:
+        built = load_model(AutoModelForMaskedLM, model, tokenizer, seed)
+        if not model.from_scratch:
+            head = [n for n, _ in built.named_parameters() if "predictions.transform" in n]
+            # Encoders saved for sentence embeddings (MiniLM) ship no MLM head: transformers initializes one,
+            # its decoder tied to the input embeddings. Say so: its first rounds train a fresh head.
+            logger.info("masked_lm: the MLM head (%d tensors, decoder tied to the input embeddings) is "
+                        "initialized where model.name ships none", len(head))
+        return built
+
+    def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.cfg.mlm_probability)
+        return pack_blocks(list(ds["text"]), tokenizer, max_length, wrap=True)
+
+    def _masked(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.collator is None:
+            raise RuntimeError("masked_lm: encode() builds the collator before any batch is masked")
+        inputs, labels = self.collator.torch_mask_tokens(batch["input_ids"].clone())
+        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+        return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "labels": labels}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**self._masked(batch)).loss
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
+        model.eval()
+        data = first_tokens(data, self.cfg.eval_tokens)
+        loss_sum, tokens = 0.0, 0
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same masks every round
+            for batch in batches(data, batch_size):
+                masked = self._masked(batch)
+                count = int((masked["labels"] != -100).sum())
+                if count:
+                    loss_sum += float(model(**masked).loss) * count
+                    tokens += count
+        loss = loss_sum / max(tokens, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "num-examples": len(data)}

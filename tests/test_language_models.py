@@ -1,0 +1,99 @@
+"""Federated pre-training: causal and masked LM tasks on Tiny Shakespeare split by speaking role (tiny models
+from configs, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+from ffm.config import DataConfig
+from ffm.data import load_shakespeare, split_federated
+from ffm.runtime import run_local
+from ffm.tasks import ensure_pad_token
+from ffm.workspace import workspace_for
+
+SHAKESPEARE = {"data__source": "tinyshakespeare", "data__partitioner": "natural", "data__partition_column": "role",
+               "data__max_examples": 600}
+
+
+def _lm_job(job_factory, name: str, task: str, architecture: str, **overrides):
+    settings = {
+        "task__name": task, "model__from_scratch": True, "model__architecture": architecture,
+        "model__hidden_size": 32, "model__layers": 1, "model__heads": 2, "model__max_length": 32,
+        "method__name": "full", "train__lr": 3e-3, "train__local_steps": 8, "train__batch_size": 8,
+        "federation__fraction_evaluate": 0.0, **SHAKESPEARE, **overrides,
+    }
+    if task == "causal_lm":
+        settings["task__eval_tokens"] = 3000
+    return job_factory(name, **settings)
+
+
+def _perplexities(run_dir: str) -> list[float]:
+    return [json.loads(x)["test_perplexity"] for x in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("task", "architecture"), [("causal_lm", "gpt2"), ("causal_lm", "llama"),
+                                                     ("masked_lm", "bert")])
+def test_a_language_model_from_scratch_federates_and_its_held_out_perplexity_falls(job_factory, task, architecture):
+    job = _lm_job(job_factory, f"{task}-{architecture}", task, architecture)
+
+    summary, _ = run_local(job)
+
+    perplexity = _perplexities(job.run_dir)
+    assert summary["primary_metric"] == "perplexity" and len(perplexity) == 3
+    assert perplexity[-1] < 0.8 * perplexity[0], perplexity  # random init starts near the vocabulary size
+    assert summary["best_test_perplexity"] == min(perplexity[1:])  # lower is better
+
+
+def test_a_causal_lm_writes_a_sample_from_the_fixed_prompt_every_round(job_factory):
+    job = _lm_job(job_factory, "samples", "causal_lm", "gpt2", task__prompt="romeo :", task__sample_tokens=5)
+
+    run_local(job)
+
+    samples = [json.loads(x) for x in Path(job.run_dir, "samples.jsonl").read_text().splitlines()]
+    assert [s["round"] for s in samples] == [0, 1, 2]
+    assert all(s["text"].startswith("romeo :") and len(s["text"]) > len("romeo :") for s in samples)
+
+
+def test_the_natural_partition_gives_each_role_to_exactly_one_party():
+    cfg = DataConfig(source="tinyshakespeare", partitioner="natural", partition_column="role")
+
+    data = split_federated(load_shakespeare(), cfg, num_clients=4, seed=0)
+
+    roles = [set(c.train["role"]) | set(c.val["role"]) for c in data.clients]
+    assert all(len(r) == 1 for r in roles)
+    assert len(set.union(*roles)) == 4
+    assert set(data.test["role"]) == set.union(*roles)  # every party's own held-out share is in the test set
+
+
+def test_a_saved_lm_adapter_reloads_with_peft_and_generates_the_same_tokens(job_factory, tmp_path):
+    job = _lm_job(job_factory, "lora", "causal_lm", "gpt2", method__name="lora", method__targets=["c_attn"],
+                  federation__rounds=1, train__lr=5e-2)
+    run_local(job)
+    workspace = workspace_for(job)
+    encoded = workspace.tokenizer("romeo :", add_special_tokens=False, return_tensors="pt")
+    prompt = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    base = workspace.task.build_model(job.model, [], workspace.tokenizer, job.seed)  # the same random base
+    loaded = PeftModel.from_pretrained(base, Path(job.run_dir) / "final").eval()
+
+    expected = workspace.model.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(loaded.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=0), expected)
+    assert any("lora_" in n for n in workspace.initial_state)
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_text_token(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = None
+    tokenizer.eos_token = "[SEP]"
+    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2))
+
+    ensure_pad_token(tokenizer, model)
+
+    assert tokenizer.pad_token == "[SEP]" and model.config.pad_token_id == tokenizer.sep_token_id
+    assert tokenizer(["a", "a b c"], padding=True)["input_ids"][0][-1] == tokenizer.sep_token_id
