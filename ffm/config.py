@@ -119,8 +119,8 @@ def _variant_default(base: type) -> Any:
 class DataConfig:
     source: str = _f(
         "bbc_news",
-        "data set: bbc_news | ag_news | tinyshakespeare (text by role) | folder | csv | jsonl | parquet (the last "
-        "four read 'path')",
+        "data set: bbc_news | ag_news | tinyshakespeare (text by role) | mnist | digits (images) | folder | "
+        "image_folder | csv | jsonl | parquet (the last five read 'path')",
     )
     path: str = _f("", "file or folder for source folder/csv/jsonl/parquet")
     text_column: str = _f("text", "column that holds the text (csv/jsonl/parquet)")
@@ -414,9 +414,10 @@ def _validate(job: JobConfig) -> None:
     _check(model.hidden_size % model.heads == 0,
            f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
     data = job.data
-    sources = ("bbc_news", "ag_news", "tinyshakespeare", "folder", "csv", "jsonl", "parquet")
+    sources = ("bbc_news", "ag_news", "tinyshakespeare", "mnist", "digits", "folder", "image_folder", "csv", "jsonl",
+               "parquet")
     _check(data.source in sources, f"data.source: '{data.source}' is not one of {', '.join(sources)}")
-    _check(data.source not in sources[3:] or bool(data.path), f"data.path must be set for data.source={data.source}")
+    _check(data.source not in sources[5:] or bool(data.path), f"data.path must be set for data.source={data.source}")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")

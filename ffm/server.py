@@ -122,7 +122,8 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
 def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Path) -> None:
     load_trainable_state(workspace.model, state, partial=bool(workspace.initial_personal))
     workspace.model.save_pretrained(target)
-    workspace.tokenizer.save_pretrained(target)
+    if workspace.tokenizer is not None:
+        workspace.tokenizer.save_pretrained(target)
 
 
 def _finish(

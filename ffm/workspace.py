@@ -32,7 +32,7 @@ class Workspace:
     job: JobConfig
     task: Task
     model: nn.Module
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | None  # None for tasks that read no text
     data: FederatedData
     initial_state: dict[str, torch.Tensor]  # the round-0 global state: what travels
     initial_personal: dict[str, torch.Tensor]  # a client's personal part before it first trains
@@ -99,9 +99,10 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     task = build_task(job.task)
     data = _load_data(job, data_path)
     _check_schema(data, task)
-    tokenizer = load_tokenizer(job.model)
+    tokenizer = load_tokenizer(job.model) if task.uses_tokenizer else None
     backbone = task.build_model(job.model, data.label_names, tokenizer, job.seed)
-    ensure_pad_token(tokenizer, backbone)
+    if tokenizer is not None:
+        ensure_pad_token(tokenizer, backbone)
     model = build_method(job.method).apply(backbone, task)
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
     shared, personal = split_personal(trainable_state(model), job.method.personal)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import pytest
+import torch
 
 from ffm.config import load_job
 from ffm.data import ClientData, FederatedData
@@ -14,7 +17,7 @@ from ffm.workspace import _check_schema
 
 
 def test_an_unknown_task_is_a_config_error_listing_the_registered_tasks():
-    with pytest.raises(ConfigError, match=r"task\.name: 'mlm' is not one of causal_lm, masked_lm, text_classification"):
+    with pytest.raises(ConfigError, match=r"task\.name: 'mlm' is not one of .*text_classification"):
         load_job(None, ["task.name=mlm"])
 
 
@@ -53,3 +56,45 @@ def test_a_run_whose_model_collapsed_to_one_class_says_so_in_its_summary(job_fac
 
     (warning,) = summary["warnings"]
     assert "predicts one class" in warning and "train.lr" in warning
+
+
+def _vit_job(job_factory, name: str, source: str, **overrides):
+    settings = {"task__name": "image_classification", "model__from_scratch": True, "model__architecture": "vit",
+                "model__hidden_size": 32, "model__layers": 1, "model__heads": 2, "method__name": "full",
+                "data__source": source, "data__max_examples": 600, "train__lr": 5e-3, "train__local_steps": 25,
+                "train__batch_size": 16,
+                "federation__fraction_evaluate": 0.0, **overrides}
+    if source == "digits":
+        settings.update(task__image_size=8, task__patch_size=2)
+    return job_factory(name, **settings)
+
+
+@pytest.mark.parametrize("source", ["mnist", "digits"])
+def test_a_vit_from_scratch_federates_on_real_digit_images_and_its_accuracy_rises(job_factory, source):
+    job = _vit_job(job_factory, f"vit-{source}", source, federation__rounds=3)
+
+    summary, _ = run_local(job)
+
+    lines = [json.loads(x) for x in open(f"{job.run_dir}/metrics.jsonl")]
+    # a ViT from scratch learns slowly from a few hundred images: the signal is a clear rise above chance (0.1)
+    assert lines[-1]["test_accuracy"] > lines[0]["test_accuracy"] + 0.08, [x["test_accuracy"] for x in lines]
+    assert lines[-1]["test_loss"] < lines[0]["test_loss"]
+    assert summary["primary_metric"] == "accuracy"
+
+
+def test_an_image_folder_is_read_per_label_and_converted_to_the_tasks_size(tmp_path):
+    from PIL import Image
+
+    from ffm.data.images import load_image_folder
+    from ffm.tasks.image_classification import image_tensor
+
+    for label, value in (("cat", 0), ("dog", 255)):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (10, 6), (value, value, value)).save(tmp_path / label / "a.png")
+
+    ds = load_image_folder(tmp_path)
+    pixels = image_tensor(list(ds["image"]), size=4, channels=1)
+
+    assert ds.features["label"].names == ["cat", "dog"]
+    assert pixels.shape == (2, 1, 4, 4)
+    assert torch.allclose(pixels[0], torch.tensor(-1.0)) and torch.allclose(pixels[1], torch.tensor(1.0))

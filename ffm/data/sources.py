@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 
 from ffm.config import DataConfig
+from ffm.data.images import load_digits_images, load_image_folder, load_mnist_5k
 from ffm.errors import DataError
 
 __all__ = ["bbc_news_dir", "data_dir", "load_shakespeare", "load_source", "load_table", "load_text_folder"]
@@ -151,6 +152,13 @@ def _ag_news() -> datasets.Dataset:
     )
 
 
+IMAGE_SOURCES = {
+    "mnist": lambda cfg: load_mnist_5k(),
+    "digits": lambda cfg: load_digits_images(),
+    "image_folder": lambda cfg: load_image_folder(cfg.path),
+}
+
+
 def load_shakespeare() -> datasets.Dataset:
     """Tiny Shakespeare as one example per speech: ``text`` (its lines) and ``role`` (the speaker).
 
@@ -175,6 +183,8 @@ def load_source(cfg: DataConfig) -> datasets.Dataset:
     """The data set named by ``data.source``: ``text`` and a ClassLabel ``label``, or (tinyshakespeare) a ``role``."""
     if cfg.source == "tinyshakespeare":
         return load_shakespeare()
+    if cfg.source in IMAGE_SOURCES:
+        return IMAGE_SOURCES[cfg.source](cfg)
     if cfg.source == "bbc_news":
         return load_text_folder(bbc_news_dir())
     if cfg.source == "ag_news":

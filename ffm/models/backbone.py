@@ -49,7 +49,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    auto_class: Any, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int, **kwargs: Any
+    auto_class: Any, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None, seed: int, **kwargs: Any
 ) -> PreTrainedModel:
     """The task's model class, pretrained (:func:`load_pretrained`) or, with ``model.from_scratch``, a random
     ``model.architecture`` sized by the config, over the fixed public tokenizer's vocabulary (so that no
@@ -57,7 +57,8 @@ def load_model(
     if not cfg.from_scratch:
         return load_pretrained(auto_class, cfg, seed, **kwargs)
     kwargs.pop("ignore_mismatched_sizes", None)  # a loading option; a new model has no saved head to replace
-    specials = {
+    specials = {} if tokenizer is None else {
+        "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
         "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
@@ -65,7 +66,6 @@ def load_model(
     try:
         config = AutoConfig.for_model(
             cfg.architecture,
-            vocab_size=len(tokenizer),
             num_hidden_layers=cfg.layers,
             hidden_size=cfg.hidden_size,
             num_attention_heads=cfg.heads,

@@ -6,6 +6,7 @@ from ffm.tasks.base import Task, ensure_pad_token
 from ffm.tasks.causal_lm import CausalLM
 from ffm.tasks.classification import TextClassification
 from ffm.tasks.examples import Examples, batches, step_batches, steps_per_epoch
+from ffm.tasks.image_classification import ImageClassification
 from ffm.tasks.masked_lm import MaskedLM
 
 __all__ = ["TASKS", "Examples", "Task", "batches", "build_task", "ensure_pad_token", "step_batches", "steps_per_epoch"]
@@ -14,6 +15,7 @@ TASKS: Registry[type[Task]] = Registry("task.name")
 TASKS.register("text_classification", TextClassification)
 TASKS.register("causal_lm", CausalLM)
 TASKS.register("masked_lm", MaskedLM)
+TASKS.register("image_classification", ImageClassification)
 
 
 def build_task(cfg: TaskConfig) -> Task:

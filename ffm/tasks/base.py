@@ -29,6 +29,7 @@ class Task:
     primary_metric: ClassVar[str] = ""  # a key of evaluate()'s result
     higher_is_better: ClassVar[bool] = True
     peft_task_type: ClassVar[str | None] = None  # peft's TaskType for this head ("SEQ_CLS", "CAUSAL_LM", ...)
+    uses_tokenizer: ClassVar[bool] = True  # image tasks read no text
     head_modules: ClassVar[tuple[str, ...]] = ()  # a fresh head that adapters must train along (peft's modules_to_save)
 
     def __init__(self, cfg: TaskConfig) -> None:
