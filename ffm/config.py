@@ -129,8 +129,10 @@ class DataConfig:
     test_fraction: float = _f(0.2, "share of examples held out as the global test set (stratified)")
     val_fraction: float = _f(0.1, "share of each client's examples held out as its local validation split")
     partitioner: str = _f(
-        "dirichlet", "how training data splits across clients: dirichlet | iid | shards | natural (by partition_column)"
+        "dirichlet", "how training data splits across clients: dirichlet (on the label) | iid | shards | natural (by "
+        "partition_column) | clusters (Dirichlet over k-means clusters of MiniLM embeddings: skew without labels)"
     )
+    clusters: int = _f(8, "partitioner=clusters: k of k-means over the texts' sentence embeddings")
     partition_column: str = _f(
         "label", "partitioner=natural: the column whose values are the parties (role for tinyshakespeare); the "
         "num_clients largest parties take part"
@@ -421,10 +423,11 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
-    partitioners = ("dirichlet", "iid", "shards", "natural")
+    partitioners = ("dirichlet", "iid", "shards", "natural", "clusters")
     _check(data.partitioner in partitioners, f"data.partitioner: '{data.partitioner}' is not one of {partitioners}")
     _check(data.alpha > 0.0, f"data.alpha must be > 0 (got {data.alpha}); try 0.5 for skewed or 100 for near-IID")
     _check(data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
+    _check(data.clusters >= 2, "data.clusters must be at least 2")
     train = job.train
     _check(train.lr > 0.0, "train.lr must be > 0")
     _check(train.batch_size >= 1 and train.eval_batch_size >= 1, "train.batch_size/eval_batch_size must be >= 1")

@@ -23,6 +23,7 @@ from ffm.checkpointer import Checkpointer
 from ffm.config import JobConfig, job_from_run_config
 from ffm.evaluation import Evaluator
 from ffm.models import load_trainable_state
+from ffm.partition_report import report_partition
 from ffm.run_dir import RunDirectory
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
 from ffm.workspace import Workspace, workspace_for
@@ -95,6 +96,9 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     run = RunDirectory(job.run_dir)
     workspace = workspace_for(job)  # bad data or model fails here, before anything is written
     run.start(job)
+    table = report_partition(workspace.data, run.path) if job.mode != "centralized" else None
+    if table:
+        logger.info("%s", table)
     guard = UpdateGuard(build_strategy(job))
     checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)

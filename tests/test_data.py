@@ -298,3 +298,31 @@ def test_pooled_gives_one_party_holding_every_client_example(synthetic):
 
     assert len(pool.clients) == 1 and pool.test is data.test
     assert sorted(_all_texts(pool)) == sorted(_all_texts(data))
+
+
+def _skew(data) -> float:
+    """Mean total-variation distance between each client's cluster mix and the pool's."""
+    from ffm.data import partition_histogram
+
+    _, _, counts = partition_histogram(data)
+    totals = [sum(col) for col in zip(*counts, strict=True)]
+    pool = [t / sum(totals) for t in totals]
+    return sum(0.5 * sum(abs(n / sum(row) - p) for n, p in zip(row, pool, strict=True)) for row in counts) / len(counts)
+
+
+@pytest.mark.slow  # embeds the texts with the real MiniLM
+def test_the_embedding_cluster_partition_is_disjoint_complete_and_less_skewed_as_alpha_rises():
+    from ffm.config import DataConfig
+    from ffm.data import load_source, split_federated
+
+    source = load_source(DataConfig(source="bbc_news"))
+    source = source.add_column("row", list(range(len(source))))
+    split = {alpha: split_federated(source, DataConfig(source="bbc_news", partitioner="clusters", clusters=5,
+                                                       alpha=alpha, max_examples=400), num_clients=4, seed=0)
+             for alpha in (0.1, 1000.0)}
+
+    data = split[0.1]
+    parts = [set(data.test["row"])] + [set(c.train["row"]) | set(c.val["row"]) for c in data.clients]
+    assert sum(len(p) for p in parts) == len(set().union(*parts)) == 400  # disjoint, and all 400 are placed
+    assert "cluster" in data.clients[0].train.column_names
+    assert _skew(split[0.1]) > 2 * _skew(split[1000.0])

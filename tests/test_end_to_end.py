@@ -46,3 +46,16 @@ def test_local_baseline_keeps_and_saves_each_model_by_partition_id_not_node_id(j
             assert all((received[k] == sent_by[partition][k]).all() for k in received)
         sent_by[partition] = reply.content["arrays"].to_torch_state_dict()
     assert len(sent_by) == 3
+
+
+def test_a_federated_run_shows_what_each_client_holds_before_it_trains(job_factory):
+    from ffm.partition_report import report_partition
+    from ffm.workspace import workspace_for
+
+    job = job_factory(data__partitioner="dirichlet", data__alpha=0.3)
+    run_local(job)
+
+    table = report_partition(workspace_for(job).data, Path(job.run_dir))
+    assert (Path(job.run_dir) / "partition.png").stat().st_size > 1000
+    assert table.splitlines()[0] == "examples per client and label:"
+    assert len(table.splitlines()) == 2 + 3  # header, label names, one row per client

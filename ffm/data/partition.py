@@ -19,9 +19,10 @@ from flwr_datasets.partitioner import (
 )
 
 from ffm.config import DataConfig
+from ffm.data.clusters import add_clusters
 from ffm.errors import DataError
 
-__all__ = ["ClientData", "FederatedData", "make_partitioner", "pooled", "split_federated"]
+__all__ = ["ClientData", "FederatedData", "make_partitioner", "partition_histogram", "pooled", "split_federated"]
 
 
 @dataclass
@@ -45,6 +46,7 @@ def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples:
     """The flwr-datasets partitioner that ``data.partitioner`` names."""
     if cfg.partitioner == "natural":
         return NaturalIdPartitioner(partition_by=cfg.partition_column)
+    by = "cluster" if cfg.partitioner == "clusters" else "label"
     if cfg.partitioner == "iid":
         return IidPartitioner(num_partitions=num_clients)
     if cfg.partitioner == "shards":
@@ -56,7 +58,7 @@ def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples:
         )
     return DirichletPartitioner(
         num_partitions=num_clients,
-        partition_by="label",
+        partition_by=by,
         alpha=cfg.alpha,
         # Every client needs at least one training and one validation example.
         min_partition_size=min(10, max(2, num_examples // (4 * num_clients))),
@@ -130,6 +132,8 @@ def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, see
         else:
             ds = ds.shuffle(seed=seed).select(range(cfg.max_examples))
     pool, test = _test_split(ds, cfg, seed)
+    if cfg.partitioner == "clusters":
+        pool = add_clusters(pool, cfg.clusters, seed)
     if num_clients * 2 > len(pool):
         raise DataError(
             f"federation.num_clients={num_clients} is too many for {len(pool)} training examples "
@@ -154,6 +158,21 @@ def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, see
         train, val = _holdout(part, cfg.val_fraction, seed * 1_000_003 + pid)
         clients.append(ClientData(train=train, val=val))
     return FederatedData(test=test, clients=clients, label_names=list(label_names))
+
+
+def partition_histogram(data: FederatedData) -> tuple[str, list[str], list[list[int]]] | None:
+    """(column, its values, examples per client and value) of what the partition skews: the label, or the
+    embedding cluster; None when the data has neither (a natural partition is one value per client)."""
+    if not data.clients:
+        return None
+    columns = data.clients[0].train.column_names
+    column = "cluster" if "cluster" in columns else "label" if "label" in columns else None
+    if column is None:
+        return None
+    values = sorted({v for c in data.clients for v in c.train[column]})
+    counts = [[list(c.train[column]).count(v) for v in values] for c in data.clients]
+    labelled = column == "label" and bool(data.label_names)
+    return column, [data.label_names[v] if labelled else str(v) for v in values], counts
 
 
 def pooled(data: FederatedData) -> FederatedData:
