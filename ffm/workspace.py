@@ -104,6 +104,9 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     if tokenizer is not None:
         ensure_pad_token(tokenizer, backbone)
     model = build_method(job.method).apply(backbone, task)
+    for name, param in model.named_parameters():
+        if any(prefix in name for prefix in task.frozen_prefixes):
+            param.requires_grad_(False)  # e.g. a LiT text tower: it neither trains nor travels
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
     shared, personal = split_personal(trainable_state(model), job.method.personal)
     return Workspace(job, task, model, tokenizer, data, initial_state=shared, initial_personal=personal)

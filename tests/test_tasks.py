@@ -98,3 +98,32 @@ def test_an_image_folder_is_read_per_label_and_converted_to_the_tasks_size(tmp_p
     assert ds.features["label"].names == ["cat", "dog"]
     assert pixels.shape == (2, 1, 4, 4)
     assert torch.allclose(pixels[0], torch.tensor(-1.0)) and torch.allclose(pixels[1], torch.tensor(1.0))
+
+
+def _clip_job(job_factory, name: str, **overrides):
+    return job_factory(name, task__name="image_text_contrastive", task__projection_dim=32, model__architecture="vit",
+                       model__hidden_size=32, model__layers=1, model__heads=2, method__name="full",
+                       data__source="digits", data__max_examples=600, task__image_size=8, task__patch_size=2,
+                       train__lr=5e-3, train__local_steps=25, train__batch_size=32, federation__rounds=3,
+                       federation__fraction_evaluate=0.0, **overrides)
+
+
+def test_clip_style_training_raises_zero_shot_accuracy(job_factory):
+    # LiT: the (tiny, random, frozen) text tower embeds each class name; the vision tower learns to match them.
+    job = _clip_job(job_factory, "clip", task__freeze_text=True, task__caption="{}")
+
+    run_local(job)
+
+    lines = [json.loads(x) for x in open(f"{job.run_dir}/metrics.jsonl")]
+    assert lines[-1]["test_accuracy"] > lines[0]["test_accuracy"] + 0.1, [x["test_accuracy"] for x in lines]
+
+
+def test_a_frozen_lit_text_tower_neither_trains_nor_travels(job_factory):
+    from ffm.workspace import workspace_for
+
+    workspace = workspace_for(_clip_job(job_factory, "lit", task__freeze_text=True))
+
+    text = [p for n, p in workspace.model.named_parameters() if n.startswith("text_model.")]
+    assert text and not any(p.requires_grad for p in text)
+    assert not any(n.startswith("text_model.") for n in workspace.initial_state)
+    assert any(n.startswith("vision_model.") for n in workspace.initial_state)

@@ -5,6 +5,7 @@ from ffm.registry import Registry
 from ffm.tasks.base import Task, ensure_pad_token
 from ffm.tasks.causal_lm import CausalLM
 from ffm.tasks.classification import TextClassification
+from ffm.tasks.contrastive import ImageTextContrastive
 from ffm.tasks.examples import Examples, batches, step_batches, steps_per_epoch
 from ffm.tasks.image_classification import ImageClassification
 from ffm.tasks.masked_lm import MaskedLM
@@ -16,6 +17,7 @@ TASKS.register("text_classification", TextClassification)
 TASKS.register("causal_lm", CausalLM)
 TASKS.register("masked_lm", MaskedLM)
 TASKS.register("image_classification", ImageClassification)
+TASKS.register("image_text_contrastive", ImageTextContrastive)
 
 
 def build_task(cfg: TaskConfig) -> Task:

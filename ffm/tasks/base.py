@@ -34,6 +34,7 @@ class Task:
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
+        self.frozen_prefixes: tuple[str, ...] = ()  # parts of the model that stay frozen whatever the method says
 
     def build_model(
         self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
