@@ -54,12 +54,12 @@ class MaskedLM(Task):
         self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
     ) -> PreTrainedModel:
         built = load_model(AutoModelForMaskedLM, model, tokenizer, seed)
-        if not model.from_scratch:
-            head = [n for n, _ in built.named_parameters() if "predictions.transform" in n]
-            # Encoders saved for sentence embeddings (MiniLM) ship no MLM head: transformers initializes one,
-            # its decoder tied to the input embeddings. Say so: its first rounds train a fresh head.
-            logger.info("masked_lm: the MLM head (%d tensors, decoder tied to the input embeddings) is "
-                        "initialized where model.name ships none", len(head))
+        saved_as = getattr(built.config, "architectures", None) or []
+        if not model.from_scratch and not any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in saved_as):
+            # Encoders saved for sentence embeddings (MiniLM: "BertModel") ship no MLM head: transformers
+            # initializes one, its decoder tied to the input embeddings. Say so: the first rounds train it.
+            logger.info("masked_lm: model.name=%s ships no MLM head; initialized one (decoder tied to the input "
+                        "embeddings)", model.name)
         return built
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
