@@ -84,3 +84,23 @@ def checkpoint_state(run_dir: str, server_round: int) -> dict[str, torch.Tensor]
     """The global state a run saved after ``server_round``."""
     payload = torch.load(RunDirectory(run_dir).checkpoint_path(server_round), weights_only=True)
     return payload["state"]
+
+
+def run_interrupted(job: JobConfig, monkeypatch: pytest.MonkeyPatch, *, at_train_call: int) -> None:
+    """Run ``job`` until the ``at_train_call``-th client training starts and press Ctrl-C there (mid-round)."""
+    import ffm.client
+    from ffm.runtime import run_local
+
+    calls = {"n": 0}
+    real = ffm.client.train_steps
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_train_call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ffm.client, "train_steps", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_local(job)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_interrupted
 from peft import PeftModel
 
-import ffm.client
 from ffm.run_dir import RunDirectory
 from ffm.runtime import LocalGrid, run_local
 from ffm.workspace import workspace_for
@@ -49,20 +49,8 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(job_factory, mon
     run_local(straight)
 
     per_round = 3 if mode == "local" else 2  # local: every client trains; federated: int(3 * 0.67) sampled
-    calls = {"n": 0}
-    real_train_steps = ffm.client.train_steps
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2 * per_round + 1:  # the first client of round 3: Ctrl-C mid-round
-            raise KeyboardInterrupt
-        return real_train_steps(*args, **kwargs)
-
-    monkeypatch.setattr(ffm.client, "train_steps", interrupted)
     broken = job_factory("broken", **overrides)
-    with pytest.raises(KeyboardInterrupt):
-        run_local(broken)
-    monkeypatch.setattr(ffm.client, "train_steps", real_train_steps)
+    run_interrupted(broken, monkeypatch, at_train_call=2 * per_round + 1)  # the first client of round 3
     done_before = max(int(p.stem[-4:]) for p in (Path(broken.run_dir) / "checkpoints").glob("round-*.pt"))
     assert done_before == 2
 

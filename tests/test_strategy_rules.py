@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import checkpoint_state
+from conftest import checkpoint_state, run_interrupted
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-import ffm.client
 from ffm.config import load_job
 from ffm.models import state_nbytes
 from ffm.runtime import run_local, set_message_id, set_task_identity
@@ -102,20 +101,8 @@ def test_a_stateful_strategy_resumed_after_round_1_of_3_ends_bit_identical(job_f
     straight = job_factory("straight", **overrides)
     run_local(straight)
 
-    calls = {"n": 0}
-    real = ffm.client.train_steps
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the first client of round 2 (3 clients a round): Ctrl-C mid-round
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ffm.client, "train_steps", interrupted)
     broken = job_factory("broken", **overrides)
-    with pytest.raises(KeyboardInterrupt):
-        run_local(broken)
-    monkeypatch.setattr(ffm.client, "train_steps", real)
+    run_interrupted(broken, monkeypatch, at_train_call=4)  # the first client of round 2 (3 clients a round)
     assert sorted(p.name for p in (Path(broken.run_dir) / "checkpoints").iterdir()) == ["round-000001.pt"]
 
     broken.resume = True
