@@ -27,6 +27,22 @@ def test_exported_split_reads_back_as_the_same_examples_per_party(job_factory, t
     assert server.test["text"] == data.test["text"] and server.label_names == data.label_names
 
 
+def test_an_unlabelled_split_by_role_and_an_image_split_read_back_column_for_column(tmp_path):
+    from ffm.config import DataConfig
+    from ffm.data import load_source, split_federated
+
+    shakespeare = DataConfig(source="tinyshakespeare", partitioner="natural", partition_column="role")
+    digits = DataConfig(source="digits", partitioner="iid", max_examples=100)
+    for name, cfg in (("roles", shakespeare), ("digits", digits)):
+        data = split_federated(load_source(cfg), cfg, num_clients=3, seed=0)
+
+        export_split(data, tmp_path / name)
+
+        for k, client in enumerate(data.clients):
+            own = load_party(party_dir(tmp_path / name, k)).clients[0]
+            assert own.train.to_list() == client.train.to_list()
+
+
 def test_a_node_with_its_data_path_trains_on_its_folder_alone(job_factory, tmp_path):
     # Prepare: export, give node 1 a private copy of its folder, destroy every other copy of any data.
     simulated = job_factory()

@@ -26,18 +26,18 @@ def party_dir(root: str | Path, partition_id: int) -> Path:
 
 
 def _write(ds: datasets.Dataset, path: Path) -> None:
-    rows = (json.dumps({"text": t, "label": int(y)}) for t, y in zip(ds["text"], ds["label"], strict=True))
-    path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    """Every column of every row (text, label, a role, image pixels as nested lists), one JSON line each."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in ds.to_list()), encoding="utf-8")
 
 
 def _read(path: Path, names: list[str]) -> datasets.Dataset:
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist; write the party folders with `ffm deploy split`")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    return datasets.Dataset.from_dict(
-        {"text": [r["text"] for r in rows], "label": [int(r["label"]) for r in rows]}, features=features
-    )
+    ds = datasets.Dataset.from_list(rows)
+    if names and "label" in ds.column_names:  # class ids agree everywhere through the folder's labels.json
+        ds = ds.cast_column("label", datasets.ClassLabel(names=names))
+    return ds
 
 
 def _labels(folder: Path) -> list[str]:
