@@ -61,8 +61,8 @@ def _check(ok: bool, message: str) -> None:
 @dataclass
 class ModelConfig:
     name: str = _f(
-        "minilm", "backbone: 'minilm' (the bundled pretrained MiniLM), a local directory, or a Hub id; with "
-        "from_scratch, where the tokenizer comes from"
+        "minilm", "backbone: 'minilm' (the bundled pretrained MiniLM encoder), 'smollm2' (SmolLM2-135M-Instruct, "
+        "a decoder), a local directory, or a Hub id; with from_scratch, where the tokenizer comes from"
     )
     max_length: int = _f(64, "tokens per example (longer texts are truncated; language models: the context)")
     from_scratch: bool = _f(False, "build a randomly initialized model of `architecture` instead of loading weights")

