@@ -30,7 +30,8 @@ class Checkpointer:
         """(last complete round, global state) of the run so far, with the strategy's state restored into it;
         (0, ``initial``) when there is no checkpoint yet."""
         checkpoint = self.run.latest_checkpoint()
-        if checkpoint is None:
+        if checkpoint is None:  # interrupted before round 1 ended: start over, without the stale round-0 line
+            self.run.keep_metrics_through(-1)
             return 0, initial
         load_strategy_state(self.strategy, checkpoint.get("extra", {}).get("strategy", {}))
         server_round = int(checkpoint["round"])

@@ -114,3 +114,13 @@ def test_a_run_resumes_from_checkpoints_named_the_old_four_digit_way(tmp_path):
         torch.save({"round": server_round, "state": {}, "extra": {}}, run.checkpoints / f"round-{server_round:04d}.pt")
 
     assert run.latest_checkpoint()["round"] == 10
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_resumes_with_one_line_per_round(job_factory, monkeypatch):
+    job = job_factory()
+    run_interrupted(job, monkeypatch, at_train_call=1)  # round 0 was evaluated and logged, round 1 never ended
+
+    job.resume = True
+    run_local(job)
+
+    assert [line["round"] for line in _lines(job.run_dir)] == [0, 1, 2]
