@@ -90,6 +90,10 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=4000)
@@ -129,7 +133,7 @@ def main() -> None:
 
 `{' '.join(['.venv/bin/python', 'bench/baselines.py', *sys.argv[1:]])}` — {time.strftime('%Y-%m-%d')},
 {platform.processor() or platform.machine()}, torch threads {args.threads}, {time.perf_counter() - started:.0f} s
-of new runs (cached runs reused from `{args.work}`).
+of new runs (cached runs reused from `{_shown(args.work)}`).
 
 Job: `configs/demo.yaml` on AG News (`data.source=ag_news data.max_examples={args.max_examples}`, stratified:
 4 balanced classes, so the majority class scores about 0.25), MiniLM + LoRA r=8, 10 Dirichlet(0.5) clients,

@@ -60,6 +60,10 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", nargs="*", default=[], help="more key=value overrides of the config")
@@ -78,7 +82,7 @@ def main() -> None:
     text = f"""# Federated pre-training from scratch: GPT on Tiny Shakespeare by role
 
 `{' '.join(['.venv/bin/python', 'bench/pretraining.py', *sys.argv[1:]])}` — {time.strftime('%Y-%m-%d')},
-{time.perf_counter() - started:.0f} s of new runs (runs cached in `{args.work}`).
+{time.perf_counter() - started:.0f} s to run what was not cached (runs cached in `{_shown(args.work)}`).
 
 Config `configs/gpt_shakespeare.yaml`: GPT-2 architecture from scratch (2 layers, width 128, 4 heads,
 context 64; MiniLM's fixed public tokenizer, 4.3M parameters, full training), the 8 largest speaking roles as
