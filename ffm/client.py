@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from ffm.config import job_from_run_config
 from ffm.local_training import make_optimizer, run_scheduler, train_steps
-from ffm.models import load_trainable_state, split_personal, trainable_state
+from ffm.models import split_personal, trainable_state
 from ffm.mods import job_mods
 from ffm.strategies import ARRAYS_KEY, METRICS_KEY, STRATEGIES, round_seed
 from ffm.tasks import step_batches
@@ -46,12 +46,8 @@ def _workspace(context: Context) -> tuple[Workspace, int, int]:
 def _load(workspace: Workspace, msg: Message, context: Context) -> dict[str, torch.Tensor]:
     """Load the received global state and this node's personal part; return the global state."""
     received = msg.content[ARRAYS_KEY].to_torch_state_dict()
-    personal = workspace.initial_personal
-    if PERSONAL_KEY in context.state.array_records:
-        personal = context.state[PERSONAL_KEY].to_torch_state_dict()
-    load_trainable_state(workspace.model, received, partial=bool(personal))
-    if personal:
-        load_trainable_state(workspace.model, personal, partial=True)
+    mine = context.state[PERSONAL_KEY].to_torch_state_dict() if PERSONAL_KEY in context.state.array_records else None
+    workspace.load(received, mine)
     return received
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
-from ffm.models import load_trainable_state
 from ffm.workspace import Workspace
 
 __all__ = ["Evaluator"]
@@ -31,9 +30,7 @@ class Evaluator:
     def state(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metrics of one global state (with the initial personal part, if the method keeps one)."""
         ws = self.workspace
-        load_trainable_state(ws.model, state, partial=bool(ws.initial_personal))
-        if ws.initial_personal:
-            load_trainable_state(ws.model, ws.initial_personal, partial=True)
+        ws.load(state)
         return ws.task.evaluate(ws.model, ws.examples("test"), ws.job.train.eval_batch_size)
 
     def sample(self) -> str | None:

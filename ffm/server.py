@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from ffm.checkpointer import Checkpointer
 from ffm.config import JobConfig, job_from_run_config
 from ffm.evaluation import Evaluator
-from ffm.models import load_trainable_state
 from ffm.partition_report import report_partition
 from ffm.run_dir import RunDirectory
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
@@ -124,7 +123,7 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
 
 
 def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Path) -> None:
-    load_trainable_state(workspace.model, state, partial=bool(workspace.initial_personal))
+    workspace.load(state)  # with the initial personal part: a client's own part never leaves it
     workspace.model.save_pretrained(target)
     if workspace.tokenizer is not None:
         workspace.tokenizer.save_pretrained(target)

@@ -21,7 +21,7 @@ from ffm.config import JobConfig, job_to_dict
 from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
 from ffm.errors import DataError
 from ffm.methods import build_method
-from ffm.models import load_tokenizer, split_personal, trainable_state
+from ffm.models import load_tokenizer, load_trainable_state, split_personal, trainable_state
 from ffm.tasks import Examples, Task, build_task, ensure_pad_token, steps_per_epoch
 
 __all__ = ["Workspace", "build_workspace", "workspace_for"]
@@ -55,6 +55,13 @@ class Workspace:
             ds = self.data.test if split == "test" else getattr(self._party().clients[party], split)
             self._examples[key] = self.task.encode(ds, self.tokenizer, self.job.model.max_length)
         return self._examples[key]
+
+    def load(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None) -> None:
+        """Put a travelling state into the shared model, with a personal part (default: the initial one)."""
+        personal = self.initial_personal if personal is None else personal
+        load_trainable_state(self.model, state, partial=bool(personal))
+        if personal:
+            load_trainable_state(self.model, personal, partial=True)
 
     def local_steps(self, party: int) -> int:
         """Optimizer steps a party takes per round; centralized gets the federation's whole round budget."""
