@@ -217,42 +217,44 @@ def test_a_warm_supernode_and_its_worker_end_cleanly_within_5_s_of_sigterm_to_th
 
 
 # Shuts down like flower-supernode: its SIGTERM handler restores the default action (so a second SIGTERM kills
-# it) and takes a moment to clean up; a file says it finished.
+# it) and takes a moment to clean up. Each child reports its state in files of its own (two children printing
+# to one log interleave their lines), named <state>-<k> under the folder it is given, holding its pid.
 _CHILD = """
 import os, pathlib, signal, sys, time
+folder, k = pathlib.Path(sys.argv[1]), sys.argv[2]
 def on_term(*_):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print("child", os.getpid(), "cleaning up", flush=True)
+    (folder / f"cleaning-{k}").write_text(str(os.getpid()))
     time.sleep(1.0)
-    pathlib.Path(sys.argv[1]).write_text("clean")
+    (folder / f"clean-{k}").write_text(str(os.getpid()))
     sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
-print("child", os.getpid(), "ready", flush=True)
+(folder / f"ready-{k}").write_text(str(os.getpid()))
 while True:
     time.sleep(0.1)
 """
 
 
-def _children(log: Path, state: str) -> list[int]:
-    return [int(pid) for pid in re.findall(rf"^child (\d+) {state}$", log.read_text(), re.M)]
+def _children(folder: Path, state: str) -> list[int]:
+    return [int(f.read_text()) for f in sorted(folder.glob(f"{state}-*")) if f.read_text().strip()]
 
 
 @pytest.mark.slow
 def test_a_process_pair_signalled_as_a_group_lets_each_child_finish_its_own_shutdown(tmp_path):
     # Prepare: ffm's pair runner (`ffm deploy supernode --warm`) over two children, in its own process group
-    children = [[sys.executable, "-c", _CHILD, str(tmp_path / f"clean-{k}")] for k in range(2)]
+    children = [[sys.executable, "-c", _CHILD, str(tmp_path), str(k)] for k in range(2)]
     pair = [sys.executable, "-c", "import sys; from pathlib import Path; from ffm.deploy_cli import _foreground_pair; "
             f"sys.exit(_foreground_pair({children!r}, Path({str(tmp_path)!r})))"]
     log = tmp_path / "pair.log"
     proc = start(pair, deploy_env(tmp_path), log)
     try:
-        wait_for(lambda: len(_children(log, "ready")) == 2, "both children ready", 120, proc, log)
+        wait_for(lambda: len(_children(tmp_path, "ready")) == 2, "both children ready", 120, proc, log)
 
         # Execute: SIGTERM to every process, as a signal to their group; the children's first, so that the
         # runner's own finds both in their clean-up
-        for pid in _children(log, "ready"):
+        for pid in _children(tmp_path, "ready"):
             os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: len(_children(log, "cleaning up")) == 2, "both children cleaning up", 10, proc, log)
+        wait_for(lambda: len(_children(tmp_path, "cleaning")) == 2, "both children cleaning up", 10, proc, log)
         os.kill(proc.pid, signal.SIGTERM)
         seconds = _seconds_until_group_gone(proc, timeout=5.0)
     finally:
