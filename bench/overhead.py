@@ -122,12 +122,12 @@ class Clocks:
 
         self.evals: list[tuple[float, float]] = []
         self.train = 0.0
-        report, train_steps = ffm.server.Reporter.__call__, ffm.client.train_steps
+        report, train_steps = ffm.server.RoundEnd.__call__, ffm.client.train_steps
 
-        def timed_report(reporter: Any, server_round: int, arrays: Any) -> Any:
+        def timed_report(round_end: Any, server_round: int, arrays: Any) -> Any:
             enter = time.perf_counter()
             try:
-                return report(reporter, server_round, arrays)
+                return report(round_end, server_round, arrays)
             finally:
                 self.evals.append((enter, time.perf_counter()))
 
@@ -138,7 +138,7 @@ class Clocks:
             finally:
                 self.train += time.perf_counter() - start
 
-        ffm.server.Reporter.__call__ = timed_report
+        ffm.server.RoundEnd.__call__ = timed_report
         ffm.client.train_steps = timed_train_steps
 
     def reset(self) -> None:
@@ -199,6 +199,7 @@ class BareTiming:
     steps: float  # the plain loop, all (round, client) pairs
     cutting: float  # cutting the same batches (randperm + slicing), timed apart from the steps
     losses: dict[tuple[int, int], float]  # mean loss per (round, partition id)
+    tokens: int  # tokens the steps ran over (attention_mask ones; for tasks without a mask, examples)
 
 
 def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareTiming:
@@ -213,7 +214,7 @@ def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareT
     from ffm.strategies.offset import round_seed
     from ffm.tasks import step_batches
 
-    job, seconds, cutting, losses = workspace.job, 0.0, 0.0, {}
+    job, seconds, cutting, losses, tokens = workspace.job, 0.0, 0.0, {}, 0
     for line in plan:
         rnd = line["round"]
         for client in line["clients"]:
@@ -225,12 +226,14 @@ def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareT
             start = time.perf_counter()
             batches = list(step_batches(data, job.train.batch_size, steps, torch.Generator().manual_seed(seed)))
             cutting += time.perf_counter() - start
+            tokens += sum(int(b["attention_mask"].sum()) if "attention_mask" in b else len(b["labels"])
+                          for b in batches)
             start = time.perf_counter()
             losses[rnd, party] = plain_loop(
                 workspace.model, batches, lr=job.train.lr, weight_decay=job.train.weight_decay, seed=seed
             )
             seconds += time.perf_counter() - start
-    return BareTiming(seconds, cutting, losses)
+    return BareTiming(seconds, cutting, losses, tokens)
 
 
 def warm_up(workspace: Any) -> None:

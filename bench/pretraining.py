@@ -3,7 +3,9 @@
 `configs/gpt_shakespeare.yaml` (a small GPT from scratch, 8 parties = the 8 largest speaking roles of Tiny
 Shakespeare) in the three modes on the same budget of local steps. Held-out perplexity (lower is better) per
 round on the global test set (20% of every role's speeches), and each local-only model's own. Runs are cached
-in --work (a run directory with summary.json is reused). Writes ``bench/results/pretraining.md`` + ``.png``.
+in --work (a run directory with summary.json is reused). Then the cost of federating it: tokens per second of
+the federated rounds vs a bare PyTorch loop over the very same local steps (bench/overhead.py's measurement,
+on a short version of the same job). Writes ``bench/results/pretraining.md`` + ``.png``.
 
 Launch:  .venv/bin/python bench/pretraining.py [--set key=value ...]
 """
@@ -34,6 +36,55 @@ def run(mode: str, args: argparse.Namespace) -> list[dict]:
         run_local(load_job(REPO / "configs" / "gpt_shakespeare.yaml", overrides + (["resume=true"] if run_dir.exists()
                                                                                     else [])))
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def measure_throughput(args: argparse.Namespace) -> dict:
+    """Tokens per second: federated rounds (global evaluation excluded) vs the bare loop on the same batches."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import overhead  # bench/overhead.py: the same clocks and bare loop as the classification overhead table
+
+    overhead.quiet_libraries()
+    overhead.set_threads(args.threads)
+    spec = argparse.Namespace(config=str(REPO / "configs" / "gpt_shakespeare.yaml"), clients=8, rounds=2,
+                              local_steps=args.local_steps, max_examples=args.max_examples, test_fraction=0.2,
+                              repeats=args.repeats, set=["checkpoint.keep_last=0",
+                                                         "train.scheduler=constant", "train.warmup_ratio=0",
+                                                         *args.set])
+    scratch = Path(tempfile.mkdtemp(prefix="ffm-pretraining-"))
+    try:
+        measured = overhead.measure_overhead(spec, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    measured["threads"] = overhead.torch_threads()
+    return measured
+
+
+def throughput_section(m: dict) -> str:
+    feds, bares = m["feds"], m["bares"]
+    tokens = bares[0].tokens
+    calls = sum(len(line["clients"]) for line in m["plan"])
+    bare_tps = [tokens / b.steps for b in bares]
+    fed_tps = [tokens / f.rounds for f in feds]
+    inside = [f.rounds / (f.train_steps - min(b.cutting for b in bares)) for f in feds]
+    runs = lambda xs, d=0: ", ".join(f"{x:,.{d}f}" for x in xs)  # noqa: E731
+    return f"""## Tokens per second per client: federated rounds vs the bare training loop
+
+Short job: the same config with `{' '.join(m['overrides'])}` (torch threads {m['threads']}): {calls} client
+calls, {m['steps']} optimizer steps over {tokens:,} tokens. Federated = ServerApp + LocalGrid + ClientApp rounds,
+the server's global evaluation excluded; bare = seed, AdamW, forward/backward/step over the same batches from
+the same round-start states (largest loss difference per client call: {m['loss_diff']:.1e}). Runs alternate;
+the best of each is compared.
+
+| | tokens / s (best) | every run |
+|---|---:|---|
+| bare PyTorch loop | {max(bare_tps):,.0f} | {runs(bare_tps)} |
+| federated rounds | {max(fed_tps):,.0f} | {runs(fed_tps)} |
+| **overhead ratio** = bare / federated tokens per second | **{max(bare_tps) / max(fed_tps):.3f}** | |
+| same ratio within each federated run (rounds / its own `train_steps`) | {min(inside):.3f} | {runs(inside, 3)} |
+"""
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> None:
@@ -69,10 +120,15 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="more key=value overrides of the config")
     parser.add_argument("--work", type=Path, default=REPO / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pretraining.md")
+    parser.add_argument("--local-steps", type=int, default=8, help="train.local_steps of the throughput job")
+    parser.add_argument("--max-examples", type=int, default=4000, help="data.max_examples of the throughput job")
+    parser.add_argument("--repeats", type=int, default=3, help="federated and bare runs each, throughput job")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the throughput job (0: default)")
     args = parser.parse_args()
     started = time.perf_counter()
     curves = {mode: run(mode, args) for mode in MODES}
     plot(curves, args.out.with_suffix(".png"))
+    throughput = throughput_section(measure_throughput(args))
     rounds = max(line["round"] for line in curves["federated"])
     header = "| mode | " + " | ".join(f"round {r}" for r in range(rounds + 1)) + " |"
     rows = [f"| {mode} | " + " | ".join(f"{line['test_perplexity']:.1f}" for line in lines) + " |"
@@ -101,7 +157,8 @@ Local-only (mean above): each party's own model on the same global held-out set 
 ![perplexity per round]({args.out.with_suffix('.png').name})
 
 Federated model's sample from the fixed prompt after the last round: `{json.loads(samples[-1])['text']}`
-"""
+
+{throughput}"""
     args.out.write_text(text)
     print(text)
 

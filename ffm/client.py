@@ -9,14 +9,18 @@ It never learns which Grid carried it.
 
 from __future__ import annotations
 
+import math
+import random
+from collections.abc import Iterable, Iterator
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ffm.config import job_from_run_config
-from ffm.local_training import make_optimizer, run_scheduler, train_steps
+from ffm.config import JobConfig, job_from_run_config
+from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, train_steps
 from ffm.models import split_personal, trainable_state
-from ffm.mods import job_mods
+from ffm.mods import FLIP_LABELS_KEY, job_mods
 from ffm.strategies import ARRAYS_KEY, METRICS_KEY, STRATEGIES, round_seed
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
@@ -28,19 +32,22 @@ app = ClientApp(mods=[job_mods])
 PERSONAL_KEY = "personal"  # the node state's record of the parameters that never leave this client
 
 
-def _workspace(context: Context) -> tuple[Workspace, int, int]:
-    """The workspace; (index of this node's data in it, its partition id).
+def _workspace(context: Context) -> tuple[JobConfig, Workspace, int, int]:
+    """This message's job; the workspace; (index of this node's data in it, its partition id).
 
     A node with ``data-path`` in its node config holds its own folder alone (index 0); otherwise (simulation)
-    the workspace holds every partition and the node's is at ``partition-id``.
+    the workspace holds every partition and the node's is at ``partition-id``. The job is the run config's:
+    the shared workspace may have been built for an earlier job that differs in what does not shape it
+    (strategy, rounds, mods).
     """
     data_path = context.node_config.get("data-path")
-    workspace = workspace_for(job_from_run_config(context.run_config), str(data_path) if data_path else None)
+    job = job_from_run_config(context.run_config)
+    workspace = workspace_for(job, str(data_path) if data_path else None)
     partition = int(context.node_config.get("partition-id", 0))
     index = 0 if data_path else partition
     if not 0 <= index < workspace.num_parties:
         raise ValueError(f"partition-id {partition} is outside 0..{workspace.num_parties - 1}")
-    return workspace, index, partition
+    return job, workspace, index, partition
 
 
 def _load(workspace: Workspace, msg: Message, context: Context) -> dict[str, torch.Tensor]:
@@ -58,8 +65,8 @@ def _client_record(party: int) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local steps on this node's training split, from the received global state."""
-    workspace, index, party = _workspace(context)
-    job, model = workspace.job, workspace.model
+    job, workspace, index, party = _workspace(context)
+    model = workspace.model
     global_state = _load(workspace, msg, context)
     config = msg.content["config"]
     server_round = int(config["server-round"])
@@ -67,38 +74,64 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     data = workspace.examples("train", index)
-    steps = workspace.local_steps(index)
-    optimizer = make_optimizer(model, job.train.lr, job.train.weight_decay)
-    scheduler = run_scheduler(optimizer, kind=job.train.scheduler, warmup_ratio=job.train.warmup_ratio, steps=steps,
-                              server_round=server_round, rounds=job.federation.rounds)
+    steps = straggler_steps(workspace.local_steps(index), job.train.steps_spread, seed)
+    train = job.train
+    optimizer = make_optimizer(model, train.lr, train.weight_decay, train.optimizer, train.momentum)
+    schedule = {"kind": train.scheduler, "warmup_ratio": train.warmup_ratio, "steps": steps,
+                "server_round": server_round, "rounds": job.federation.rounds}
+    rule = STRATEGIES[job.strategy.name].client_rule(msg.content, model, global_state, context.state)
+    batches = step_batches(data, train.batch_size, steps, generator)
+    if config.get(FLIP_LABELS_KEY):  # a label-flipping attacker (mod 'attack'): its own data poisoned
+        batches = flip_labels(batches, len(workspace.data.label_names))
     loss, seen = train_steps(
         model,
-        step_batches(data, job.train.batch_size, steps, generator),
+        batches,
         objective=workspace.task.loss,
         optimizer=optimizer,
-        scheduler=scheduler,
-        penalties=STRATEGIES[job.strategy.name].client_penalties(config, model, global_state),
-        max_grad_norm=job.train.max_grad_norm,
+        scheduler=run_scheduler(optimizer, **schedule),
+        penalties=rule.penalties,
+        grad_hooks=rule.grad_hooks,
+        max_grad_norm=train.max_grad_norm,
     )
+    # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.
+    lr_sum = round_lr_sum(train.lr, **schedule) / (1.0 - train.momentum if train.optimizer == "sgd" else 1.0)
     shared, personal = split_personal(trainable_state(model), job.method.personal)
     if personal:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
+    metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
+               "lr-sum": lr_sum}
     reply = RecordDict(
         {
             ARRAYS_KEY: ArrayRecord(shared),
-            METRICS_KEY: MetricRecord({"num-examples": len(data), "train-loss": loss, "examples-seen": seen}),
+            METRICS_KEY: MetricRecord(metrics),
             "client": _client_record(party),
+            **rule.finish(model, lr_sum),
         }
     )
     return Message(reply, reply_to=msg)
 
 
+def straggler_steps(steps: int, spread: float, seed: int) -> int:
+    """A straggler's share of its steps this round: uniform in [ceil((1 - spread) * steps), steps]."""
+    if spread <= 0.0:
+        return steps
+    low = max(1, math.ceil((1.0 - spread) * steps))
+    return random.Random(seed).randint(low, steps)
+
+
+def flip_labels(batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Label y becomes num_labels - 1 - y (the classic label-flipping poisoning attack)."""
+    if num_labels < 2:
+        raise ValueError("client.attack=label_flip needs a task with class labels")
+    for batch in batches:
+        yield {**batch, "labels": num_labels - 1 - batch["labels"]}
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """The task's metrics of the received state (with this node's personal part) on its own validation split."""
-    workspace, index, party = _workspace(context)
+    job, workspace, index, party = _workspace(context)
     _load(workspace, msg, context)
-    job = workspace.job
     result = workspace.task.evaluate(workspace.model, workspace.examples("val", index), job.train.eval_batch_size)
     metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()})
     return Message(RecordDict({METRICS_KEY: metrics, "client": _client_record(party)}), reply_to=msg)

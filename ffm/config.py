@@ -47,6 +47,8 @@ __all__ = [
 MODES = ("federated", "centralized", "local")
 RUNTIMES = ("local", "flower")
 SCHEDULERS = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
+ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip")
 
 
 def _f(default: Any, help: str) -> Any:  # `help` mirrors peft's field(metadata={"help": ...})
@@ -146,8 +148,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = _f(1e-3, "AdamW learning rate of the local optimizer (its peak, under a scheduler)")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
+    optimizer: str = _f("adamw", "local optimizer: adamw | sgd (SCAFFOLD and FedNova assume plain SGD steps)")
+    lr: float = _f(1e-3, "learning rate of the local optimizer (its peak, under a scheduler)")
+    momentum: float = _f(0.0, "SGD momentum (train.optimizer=sgd)")
+    weight_decay: float = _f(0.0, "weight decay of the local optimizer")
     batch_size: int = _f(16, "local batch size")
     local_epochs: int = _f(1, "passes over the local data per round (used when local_steps is 0)")
     local_steps: int = _f(0, "optimizer steps per round per client (0 = use local_epochs)")
@@ -157,6 +161,9 @@ class TrainConfig:
     )
     warmup_ratio: float = _f(0.0, "share of the run's steps spent warming the learning rate up from 0, in [0, 1)")
     max_grad_norm: float = _f(0.0, "clip each step's gradient to this L2 norm (0 = no clipping)")
+    steps_spread: float = _f(
+        0.0, "stragglers: each client's steps in a round drawn uniformly from [(1 - spread) S, S], in [0, 1)"
+    )
 
 
 @dataclass
@@ -165,6 +172,10 @@ class FederationConfig:
     rounds: int = _f(5, "federated rounds")
     fraction_train: float = _f(1.0, "share of clients sampled to train each round, in (0, 1]")
     fraction_evaluate: float = _f(1.0, "share of clients that evaluate on their validation split, in [0, 1]")
+    min_train_clients: int = _f(
+        1, "fewest usable updates a round needs; with fewer it fails: logged, global state unchanged"
+    )
+    max_failed_rounds: int = _f(3, "consecutive failed rounds after which the run stops with an error")
 
 
 @dataclass
@@ -173,6 +184,12 @@ class ClientConfig:
         default_factory=list, metadata={"help": "Flower mods around the ClientApp, outermost first; registered"}
     )
     clipping_norm: float = _f(1.0, "L2 bound on each client's update (mod 'fixedclipping')")
+    dropout: float = _f(0.0, "probability that a client drops out of a train round, mid-round (mod 'dropout')")
+    attack: str = _f("sign_flip", "what attackers send (mod 'attack'): sign_flip | scale | gaussian | label_flip")
+    attackers: float = _f(0.2, "share of the clients that attack, the lowest partition ids (mod 'attack')")
+    attack_scale: float = _f(
+        10.0, "attack strength: the update's factor (sign_flip: -scale, scale), or the noise std (gaussian)"
+    )
 
 
 @dataclass
@@ -436,14 +453,22 @@ def _validate(job: JobConfig) -> None:
     _check(train.scheduler in SCHEDULERS, f"train.scheduler: '{train.scheduler}' is not one of {', '.join(SCHEDULERS)}")
     _check(0.0 <= train.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
     _check(train.max_grad_norm >= 0.0, "train.max_grad_norm must be >= 0 (0 = no clipping)")
+    _check(train.optimizer in OPTIMIZERS, f"train.optimizer: '{train.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+    _check(0.0 <= train.momentum < 1.0, f"train.momentum must be in [0, 1), got {train.momentum}")
+    _check(0.0 <= train.steps_spread < 1.0, f"train.steps_spread must be in [0, 1), got {train.steps_spread}")
     fed = job.federation
     _check(fed.num_clients >= 1, "federation.num_clients must be at least 1")
     _check(fed.rounds >= 1, "federation.rounds must be at least 1")
     _check(0.0 < fed.fraction_train <= 1.0, f"federation.fraction_train must be in (0, 1], got {fed.fraction_train}")
     _check(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate must be in [0, 1]")
+    _check(fed.min_train_clients >= 1, "federation.min_train_clients must be at least 1")
+    _check(fed.max_failed_rounds >= 1, "federation.max_failed_rounds must be at least 1")
     for mod in job.client.mods:
         _check(mod in MODS, f"client.mods: '{mod}' is not one of {', '.join(MODS.names())}")
     _check(job.client.clipping_norm > 0.0, "client.clipping_norm must be > 0")
+    _check(0.0 <= job.client.dropout < 1.0, f"client.dropout must be in [0, 1), got {job.client.dropout}")
+    _check(job.client.attack in ATTACKS, f"client.attack: '{job.client.attack}' is not one of {', '.join(ATTACKS)}")
+    _check(0.0 <= job.client.attackers <= 1.0, f"client.attackers must be in [0, 1], got {job.client.attackers}")
     _check(job.checkpoint.keep_last >= 0, "checkpoint.keep_last must be 0 (keep all) or positive")
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Penalty", "lr_factor", "make_optimizer", "run_scheduler", "train_steps"]
+__all__ = ["GradHook", "Penalty", "lr_factor", "make_optimizer", "round_lr_sum", "run_scheduler", "train_steps"]
 
 Penalty = Callable[[], torch.Tensor]  # an extra loss term computed from the model's current parameters
 GradHook = Callable[[nn.Module], None]
@@ -38,20 +38,42 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     raise ValueError(f"unknown schedule '{kind}' (constant | linear | cosine)")
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (fresh each round: optimizer state never travels)."""
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw", momentum: float = 0.0
+) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters (fresh each round: optimizer state never travels)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{kind}' (adamw | sgd)")
+
+
+def _round_factors(
+    kind: str, warmup_ratio: float, steps: int, server_round: int, rounds: int
+) -> Callable[[int], float]:
+    total = steps * rounds
+    offset = steps * (server_round - 1)
+    warmup = round(warmup_ratio * total)
+    return lambda i: lr_factor(offset + i, total, warmup, kind)
 
 
 def run_scheduler(
     optimizer: torch.optim.Optimizer, *, kind: str, warmup_ratio: float, steps: int, server_round: int, rounds: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The run-long schedule positioned at this round's ``steps`` (see the module docstring)."""
-    total = steps * rounds
-    offset = steps * (server_round - 1)
-    warmup = round(warmup_ratio * total)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(offset + i, total, warmup, kind))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _round_factors(kind, warmup_ratio, steps, server_round, rounds))
+
+
+def round_lr_sum(lr: float, *, kind: str, warmup_ratio: float, steps: int, server_round: int, rounds: int) -> float:
+    """Sum of the learning rates of this round's ``steps`` under the run-long schedule.
+
+    SCAFFOLD's control variate and FedNova's normalization divide a client's update by it: for plain SGD the
+    update is this sum times the mean gradient (momentum beta scales it by 1 / (1 - beta)).
+    """
+    factor = _round_factors(kind, warmup_ratio, steps, server_round, rounds)
+    return lr * sum(factor(i) for i in range(steps))
 
 
 def train_steps(

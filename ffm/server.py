@@ -43,7 +43,11 @@ def build_strategy(job: JobConfig) -> Strategy:
     """The aggregation rule the job names (or the local-only baseline)."""
     if job.mode == "local":
         return LocalOnly()
-    return STRATEGIES[job.strategy.name].build(job.strategy, job.federation)
+    spec = STRATEGIES[job.strategy.name]
+    if spec.assumes_sgd and job.train.optimizer != "sgd":
+        logger.warning("strategy.name=%s reads client updates as plain SGD steps; with train.optimizer=%s its "
+                       "correction is approximate (set train.optimizer=sgd)", job.strategy.name, job.train.optimizer)
+    return spec.build(job.strategy, job.federation)
 
 
 def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
@@ -54,6 +58,7 @@ def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
         "bytes_down": log.bytes_down,
         "bytes_up": log.bytes_up,
         "wall_time_s": round(seconds, 3),
+        **({"failed": log.failed} if log.failed else {}),
     }
 
 
@@ -98,7 +103,8 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     table = report_partition(workspace.data, run.path) if job.mode != "centralized" else None
     if table:
         logger.info("%s", table)
-    guard = UpdateGuard(build_strategy(job))
+    guard = UpdateGuard(build_strategy(job), min_updates=job.federation.min_train_clients,
+                        max_failed_rounds=job.federation.max_failed_rounds)
     checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)
@@ -161,6 +167,7 @@ def _finish(
         "bytes_up": sum(m["bytes_up"] for m in metrics),
         "bytes_down": sum(m["bytes_down"] for m in metrics),
         "rejected_updates": sum(len(m["rejected"]) for m in metrics),
+        "failed_rounds": [m["round"] for m in metrics if m.get("failed")],
         "trainable_params": sum(t.numel() for t in state.values()),
         "total_params": sum(p.numel() for p in workspace.model.parameters()),
         "warnings": [warning] if warning else [],

@@ -13,13 +13,17 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from ffm.config import JobConfig, job_from_run_config
+from ffm.mods.attack import FLIP_LABELS_KEY, attack, is_attacker
 from ffm.mods.clipping import fixed_clipping
+from ffm.mods.dropout import ClientDroppedOut, dropout
 from ffm.registry import Registry
 
-__all__ = ["MODS", "job_mods"]
+__all__ = ["FLIP_LABELS_KEY", "MODS", "ClientDroppedOut", "is_attacker", "job_mods"]
 
 MODS: Registry[Callable[[JobConfig], Mod]] = Registry("client.mods")
 MODS.register("fixedclipping", fixed_clipping)
+MODS.register("dropout", dropout)
+MODS.register("attack", attack)
 
 
 def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -1,7 +1,9 @@
 """Reject unusable client updates before aggregation, and record what each round moved.
 
 A reply whose arrays hold NaN/inf, miss or add a key, or change a shape is dropped and logged; the round
-goes on with the others. Only a round with no usable update at all stops the run (RoundFailedError).
+goes on with the others. A round left with fewer usable updates than ``min_updates`` (dropouts, errors,
+rejections) fails: it is logged, the global state stays as it was, and the run goes on; ``max_failed_rounds``
+failed rounds in a row stop the run (RoundFailedError), since then something is wrong beyond bad luck.
 Flower's FedAvg already drops replies that carry an error; this wrapper adds the content checks it lacks.
 """
 
@@ -36,6 +38,7 @@ class RoundLog:
     bytes_down: int = 0
     bytes_up: int = 0
     evaluate: dict = field(default_factory=dict)
+    failed: str = ""  # why the round changed nothing (empty: it aggregated)
 
 
 def _reply_info(msg: Message) -> dict:
@@ -49,8 +52,10 @@ def _reply_info(msg: Message) -> dict:
 class UpdateGuard(StrategyWrapper):
     """Drop invalid train replies; count payload bytes each way; keep a RoundLog per round."""
 
-    def __init__(self, inner: Strategy) -> None:
+    def __init__(self, inner: Strategy, *, min_updates: int = 1, max_failed_rounds: int = 1) -> None:
         super().__init__(inner)
+        self.min_updates, self.max_failed_rounds = min_updates, max_failed_rounds
+        self.failed_in_a_row = 0
         self.rounds: dict[int, RoundLog] = {}
         self._expected: dict = {}
 
@@ -88,9 +93,18 @@ class UpdateGuard(StrategyWrapper):
             metrics = msg.content[METRICS_KEY]
             log.clients.append({**info, **{k.replace("-", "_"): v for k, v in metrics.items()}})
             kept.append(msg)
-        if not kept:
+        if len(kept) < self.min_updates:
             reasons = "; ".join(f"node {r['node']}: {r['reason']}" for r in log.rejected[:3]) or "no replies"
-            raise RoundFailedError(f"round {server_round}: no client returned a usable update ({reasons})")
+            what = "no client returned a usable update" if not kept else (
+                f"{len(kept)} usable update(s), fewer than federation.min_train_clients={self.min_updates}")
+            self.failed_in_a_row += 1
+            if self.failed_in_a_row >= self.max_failed_rounds:
+                raise RoundFailedError(f"round {server_round}: {what} ({reasons}); {self.failed_in_a_row} failed "
+                                       "round(s) in a row (federation.max_failed_rounds)")
+            log.failed = f"{what} ({reasons})"
+            logger.warning("round %d failed, global state unchanged: %s", server_round, log.failed)
+            return None, None
+        self.failed_in_a_row = 0
         return self.inner.aggregate_train(server_round, kept)
 
     def _problem(self, msg: Message) -> str | None:
