@@ -132,8 +132,10 @@ class DataConfig:
     val_fraction: float = _f(0.1, "share of each client's examples held out as its local validation split")
     partitioner: str = _f(
         "dirichlet", "how training data splits across clients: dirichlet (on the label) | iid | shards | natural (by "
-        "partition_column) | clusters (Dirichlet over k-means clusters of MiniLM embeddings: skew without labels)"
+        "partition_column) | clusters (Dirichlet over k-means clusters of MiniLM embeddings: skew without labels) | "
+        "quantity (IID labels, power-law sizes)"
     )
+    quantity_exponent: float = _f(1.0, "partitioner=quantity: client k holds a share proportional to (k + 1)^-exponent")
     clusters: int = _f(8, "partitioner=clusters: k of k-means over the texts' sentence embeddings")
     partition_column: str = _f(
         "label", "partitioner=natural: the column whose values are the parties (role for tinyshakespeare); the "
@@ -440,11 +442,12 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
-    partitioners = ("dirichlet", "iid", "shards", "natural", "clusters")
+    partitioners = ("dirichlet", "iid", "shards", "natural", "clusters", "quantity")
     _check(data.partitioner in partitioners, f"data.partitioner: '{data.partitioner}' is not one of {partitioners}")
     _check(data.alpha > 0.0, f"data.alpha must be > 0 (got {data.alpha}); try 0.5 for skewed or 100 for near-IID")
     _check(data.shards_per_client >= 1, "data.shards_per_client must be at least 1")
     _check(data.clusters >= 2, "data.clusters must be at least 2")
+    _check(data.quantity_exponent >= 0.0, f"data.quantity_exponent must be >= 0, got {data.quantity_exponent}")
     train = job.train
     _check(train.lr > 0.0, "train.lr must be > 0")
     _check(train.batch_size >= 1 and train.eval_batch_size >= 1, "train.batch_size/eval_batch_size must be >= 1")

@@ -197,7 +197,7 @@ def test_max_examples_keeps_a_stratified_subset_of_that_size(synthetic):
     assert [kept[name] for name in NAMES] == [c // 2 for c in COUNTS]
 
 
-@pytest.mark.parametrize("partitioner", ["dirichlet", "iid"])
+@pytest.mark.parametrize("partitioner", ["dirichlet", "iid", "quantity"])
 @pytest.mark.parametrize("max_examples", [0, 250])
 def test_test_and_client_splits_are_disjoint_and_cover_every_example_once(synthetic, partitioner, max_examples):
     cfg = DataConfig(partitioner=partitioner, max_examples=max_examples)
@@ -326,3 +326,18 @@ def test_the_embedding_cluster_partition_is_disjoint_complete_and_less_skewed_as
     assert sum(len(p) for p in parts) == len(set().union(*parts)) == 400  # disjoint, and all 400 are placed
     assert "cluster" in data.clients[0].train.column_names
     assert _skew(split[0.1]) > 2 * _skew(split[1000.0])
+
+
+def test_quantity_skew_gives_power_law_sizes_with_the_global_label_mix(synthetic):
+    data = split_federated(synthetic, DataConfig(partitioner="quantity", quantity_exponent=1.0), num_clients=5, seed=0)
+
+    sizes = [len(c.train) + len(c.val) for c in data.clients]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > 3 * sizes[-1]  # roughly 1 : 1/2 : ... : 1/5
+    assert sum(sizes) == len(synthetic) - len(data.test)
+
+
+def test_power_law_sizes_sum_to_the_total_and_give_every_client_two():
+    from ffm.data.partition import power_law_sizes
+
+    assert sum(power_law_sizes(103, 7, 2.0)) == 103 and min(power_law_sizes(103, 7, 2.0)) >= 2
+    assert power_law_sizes(40, 4, 0.0) == [10, 10, 10, 10]  # exponent 0: equal sizes

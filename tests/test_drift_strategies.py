@@ -109,7 +109,8 @@ def test_scaffold_moves_the_server_control_variate_by_the_sampled_share_of_the_m
     messages = list(strategy.configure_train(1, ArrayRecord({"w": torch.zeros(1)}), ConfigRecord({}), _Nodes(4)))
     replies = [_reply_to(Message(m.content, n, MessageType.TRAIN), n, {
         "arrays": ArrayRecord({"w": torch.ones(1)}), "metrics": MetricRecord({"num-examples": 1, "lr-sum": 1.0}),
-        CONTROL_UPDATE_KEY: ArrayRecord({"w": torch.tensor([float(n)])})}) for n, m in zip((1, 2), messages[:2], strict=True)]
+        CONTROL_UPDATE_KEY: ArrayRecord({"w": torch.tensor([float(n)])})})
+        for n, m in zip((1, 2), messages[:2], strict=True)]  # 2 of the 4 nodes reply
 
     strategy.aggregate_train(1, replies)
 

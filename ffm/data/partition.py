@@ -16,13 +16,22 @@ from flwr_datasets.partitioner import (
     NaturalIdPartitioner,
     Partitioner,
     ShardPartitioner,
+    SizePartitioner,
 )
 
 from ffm.config import DataConfig
 from ffm.data.clusters import add_clusters
 from ffm.errors import DataError
 
-__all__ = ["ClientData", "FederatedData", "make_partitioner", "partition_histogram", "pooled", "split_federated"]
+__all__ = [
+    "ClientData",
+    "FederatedData",
+    "make_partitioner",
+    "partition_histogram",
+    "pooled",
+    "power_law_sizes",
+    "split_federated",
+]
 
 
 @dataclass
@@ -49,6 +58,8 @@ def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples:
     by = "cluster" if cfg.partitioner == "clusters" else "label"
     if cfg.partitioner == "iid":
         return IidPartitioner(num_partitions=num_clients)
+    if cfg.partitioner == "quantity":  # the pool is already shuffled (train_test_split): sizes alone skew
+        return SizePartitioner(power_law_sizes(num_examples, num_clients, cfg.quantity_exponent))
     if cfg.partitioner == "shards":
         return ShardPartitioner(
             num_partitions=num_clients,
@@ -65,6 +76,17 @@ def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples:
         self_balancing=False,
         seed=seed,
     )
+
+
+def power_law_sizes(total: int, parts: int, exponent: float) -> list[int]:
+    """Sizes proportional to (k + 1)^-exponent that sum to ``total``, each at least 2 (train + validation)."""
+    if total < 2 * parts:
+        raise DataError(f"data.partitioner=quantity needs at least 2 examples per client ({total} for {parts})")
+    weights = [(k + 1) ** -exponent for k in range(parts)]
+    spare = total - 2 * parts
+    sizes = [2 + int(spare * w / sum(weights)) for w in weights]
+    sizes[0] += total - sum(sizes)
+    return sizes
 
 
 def _holdout(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:

@@ -9,13 +9,14 @@ they share one copy of the frozen backbone (see ``ffm.workspace``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import traceback
 import uuid
 from collections.abc import Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -99,10 +100,24 @@ class LocalGrid(Grid):
     def _deliver(self, msg: Message) -> Message:
         start = time.perf_counter()
         try:
-            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            return self.client_app(_node_copy(msg), self.contexts[msg.metadata.dst_node_id])
         except Exception as exc:  # a node's failure becomes its error reply, as on a SuperNode
             logger.warning("node %s failed:\n%s", msg.metadata.dst_node_id, traceback.format_exc(limit=4))
             reason = f"{type(exc).__name__}: {exc}"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
         finally:
             self.client_seconds += time.perf_counter() - start
+
+
+def _node_copy(msg: Message) -> Message:
+    """The message as its node receives it: a content of its own, as after a real transport.
+
+    Flower's strategies send every node the same RecordDict object; a mod or ClientApp that replaces a record
+    (the attack mod marks its train config) would otherwise change what the next virtual node receives. Config
+    and metric records are copied; array records (large, read-only by convention) are shared.
+    """
+    records = {key: (record if isinstance(record, ArrayRecord) else type(record)(dict(record)))
+               for key, record in msg.content.items()}
+    copied = copy.copy(msg)
+    copied.content = RecordDict(records)
+    return copied
