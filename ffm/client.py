@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from ffm.config import JobConfig, job_from_run_config
 from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, train_steps
+from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
 from ffm.models import split_personal, trainable_state
 from ffm.mods import FLIP_LABELS_KEY, job_mods
 from ffm.strategies import ARRAYS_KEY, METRICS_KEY, STRATEGIES, round_seed
@@ -50,12 +51,21 @@ def _workspace(context: Context) -> tuple[JobConfig, Workspace, int, int]:
     return job, workspace, index, partition
 
 
-def _load(workspace: Workspace, msg: Message, context: Context) -> dict[str, torch.Tensor]:
-    """Load the received global state and this node's personal part; return the global state."""
+def _load(workspace: Workspace, msg: Message, context: Context, rank: int | None) -> dict[str, torch.Tensor]:
+    """Load the received global state and this node's personal part (truncated to its LoRA ``rank`` in a
+    federation of heterogeneous ranks); return the global state."""
     received = msg.content[ARRAYS_KEY].to_torch_state_dict()
     mine = context.state[PERSONAL_KEY].to_torch_state_dict() if PERSONAL_KEY in context.state.array_records else None
     workspace.load(received, mine)
+    if rank is not None:
+        truncate_rank(workspace.model, rank)
     return received
+
+
+def _rank(job: JobConfig, party: int) -> int | None:
+    """This party's LoRA rank when the job gives clients different ranks, else None."""
+    ranks = getattr(job.method, "client_ranks", [])
+    return client_rank(ranks, party, job.method.r) if ranks else None
 
 
 def _client_record(party: int) -> ConfigRecord:
@@ -67,7 +77,8 @@ def train(msg: Message, context: Context) -> Message:
     """Local steps on this node's training split, from the received global state."""
     job, workspace, index, party = _workspace(context)
     model = workspace.model
-    global_state = _load(workspace, msg, context)
+    rank = _rank(job, party)
+    global_state = _load(workspace, msg, context, rank)
     config = msg.content["config"]
     server_round = int(config["server-round"])
     seed = round_seed(job.seed, server_round, salt=1000 + party)  # fixes shuffling and dropout (resume relies on it)
@@ -80,6 +91,8 @@ def train(msg: Message, context: Context) -> Message:
     schedule = {"kind": train.scheduler, "warmup_ratio": train.warmup_ratio, "steps": steps,
                 "server_round": server_round, "rounds": job.federation.rounds}
     rule = STRATEGIES[job.strategy.name].client_rule(msg.content, model, global_state, context.state)
+    if rank is not None:  # the components beyond its rank stay zero: it trains a rank-`rank` adapter
+        rule.grad_hooks.append(rank_mask_hook(model, rank))
     batches = step_batches(data, train.batch_size, steps, generator)
     if config.get(FLIP_LABELS_KEY):  # a label-flipping attacker (mod 'attack'): its own data poisoned
         batches = flip_labels(batches, len(workspace.data.label_names))
@@ -99,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     if personal:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
-               "lr-sum": lr_sum}
+               "lr-sum": lr_sum, **({RANK_KEY: rank} if rank is not None else {})}
     reply = RecordDict(
         {
             ARRAYS_KEY: ArrayRecord(shared),
@@ -131,7 +144,7 @@ def flip_labels(batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> 
 def evaluate(msg: Message, context: Context) -> Message:
     """The task's metrics of the received state (with this node's personal part) on its own validation split."""
     job, workspace, index, party = _workspace(context)
-    _load(workspace, msg, context)
+    _load(workspace, msg, context, _rank(job, party))
     result = workspace.task.evaluate(workspace.model, workspace.examples("val", index), job.train.eval_batch_size)
     metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()})
     return Message(RecordDict({METRICS_KEY: metrics, "client": _client_record(party)}), reply_to=msg)

@@ -235,7 +235,9 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
             raise ConfigError(f"{key}: expected a list (or a comma-separated string), got {value!r}")
-        return [str(item).strip() for item in items if str(item).strip()]
+        (item_kind,) = typing.get_args(kind) or (str,)
+        texts = [str(item).strip() for item in items if str(item).strip()]
+        return texts if item_kind is str else [_coerce(f"{key}[{i}]", t, item_kind) for i, t in enumerate(texts)]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -373,7 +375,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _scalars(tree: dict[str, Any]) -> dict[str, Any]:
     """Lists comma-joined: Flower's run_config holds scalars only."""
     return {
-        key: _scalars(value) if isinstance(value, dict) else ",".join(value) if isinstance(value, list) else value
+        key: _scalars(value) if isinstance(value, dict)
+        else ",".join(map(str, value)) if isinstance(value, list) else value
         for key, value in tree.items()
     }
 
@@ -465,6 +468,10 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 < fed.fraction_train <= 1.0, f"federation.fraction_train must be in (0, 1], got {fed.fraction_train}")
     _check(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate must be in [0, 1]")
     _check(fed.min_train_clients >= 1, "federation.min_train_clients must be at least 1")
+    lora_rule = getattr(job.method, "aggregation", "naive") == "exact" or getattr(job.method, "client_ranks", [])
+    _check(not lora_rule or job.strategy.name in ("fedavg", "fedprox"),
+           f"method.aggregation=exact and method.client_ranks work on the mean of the adapters: use strategy.name="
+           f"fedavg or fedprox, not '{job.strategy.name}'")
     _check(fed.max_failed_rounds >= 1, "federation.max_failed_rounds must be at least 1")
     for mod in job.client.mods:
         _check(mod in MODS, f"client.mods: '{mod}' is not one of {', '.join(MODS.names())}")
@@ -486,7 +493,7 @@ def _describe(cls: type, prefix: str, rows: list[tuple[str, str, str, str]]) -> 
                 _describe(kind, f"{prefix}{f.name}.", rows)
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        type_name = "list[str]" if typing.get_origin(kind) is list else kind.__name__
+        type_name = f"list[{typing.get_args(kind)[0].__name__}]" if typing.get_origin(kind) is list else kind.__name__
         rows.append((f"{prefix}{f.name}", type_name, repr(default), f.metadata.get("help", "")))
 
 

@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 from ffm.checkpointer import Checkpointer
 from ffm.config import JobConfig, job_from_run_config
 from ffm.evaluation import Evaluator
+from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
 from ffm.partition_report import report_partition
 from ffm.run_dir import RunDirectory
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
+from ffm.strategies.lora_aggregation import LoraAggregation
 from ffm.workspace import Workspace, workspace_for
 
 __all__ = ["app", "build_strategy", "run_job"]
@@ -47,7 +49,13 @@ def build_strategy(job: JobConfig) -> Strategy:
     if spec.assumes_sgd and job.train.optimizer != "sgd":
         logger.warning("strategy.name=%s reads client updates as plain SGD steps; with train.optimizer=%s its "
                        "correction is approximate (set train.optimizer=sgd)", job.strategy.name, job.train.optimizer)
-    return spec.build(job.strategy, job.federation)
+    strategy = spec.build(job.strategy, job.federation)
+    exact = getattr(job.method, "aggregation", "naive") == "exact"
+    ranks = getattr(job.method, "client_ranks", [])
+    if exact or ranks:
+        strategy = LoraAggregation(strategy, exact=exact, heterogeneous=bool(ranks),
+                                   scaling=job.method.alpha / job.method.r)
+    return strategy
 
 
 def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
@@ -131,6 +139,12 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
 def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Path) -> None:
     workspace.load(state)  # with the initial personal part: a client's own part never leaves it
     workspace.model.save_pretrained(target)
+    deltas = {k[len(BASE_DELTA_PREFIX):]: v for k, v in state.items() if is_base_delta(k)}
+    if deltas:  # exact LoRA aggregation: the adapter is only right on top of the base plus these deltas
+        torch.save(deltas, target / "base_deltas.pt")
+        (target / "BASE_DELTAS.md").write_text(
+            "This adapter was aggregated exactly (method.aggregation=exact): before loading it, add each tensor\n"
+            "of base_deltas.pt (keyed by the PEFT model's parameter name) to that base weight.\n")
     if workspace.tokenizer is not None:
         workspace.tokenizer.save_pretrained(target)
 
@@ -168,7 +182,7 @@ def _finish(
         "bytes_down": sum(m["bytes_down"] for m in metrics),
         "rejected_updates": sum(len(m["rejected"]) for m in metrics),
         "failed_rounds": [m["round"] for m in metrics if m.get("failed")],
-        "trainable_params": sum(t.numel() for t in state.values()),
+        "trainable_params": sum(t.numel() for k, t in state.items() if not is_base_delta(k)),
         "total_params": sum(p.numel() for p in workspace.model.parameters()),
         "warnings": [warning] if warning else [],
         "wall_time_s": round(seconds, 2),

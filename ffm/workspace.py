@@ -21,6 +21,7 @@ from ffm.config import JobConfig, job_to_dict
 from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
 from ffm.errors import DataError
 from ffm.methods import build_method
+from ffm.methods.lora_federation import apply_base_delta, is_base_delta
 from ffm.models import load_tokenizer, load_trainable_state, split_personal, trainable_state
 from ffm.tasks import Examples, Task, build_task, ensure_pad_token, steps_per_epoch
 
@@ -37,6 +38,7 @@ class Workspace:
     initial_state: dict[str, torch.Tensor]  # the round-0 global state: what travels
     initial_personal: dict[str, torch.Tensor]  # a client's personal part before it first trains
     _examples: dict[tuple[str, int], Examples] = field(default_factory=dict, repr=False)
+    _pristine_base: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # before any base delta
 
     @property
     def num_parties(self) -> int:
@@ -57,8 +59,16 @@ class Workspace:
         return self._examples[key]
 
     def load(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None) -> None:
-        """Put a travelling state into the shared model, with a personal part (default: the initial one)."""
+        """Put a travelling state into the shared model, with a personal part (default: the initial one).
+
+        Entries named ``base-delta:...`` (exact LoRA aggregation) go into the frozen base weights, on top of
+        their pristine values; a state without them restores the pristine base.
+        """
         personal = self.initial_personal if personal is None else personal
+        deltas = {k: v for k, v in state.items() if is_base_delta(k)}
+        if deltas or self._pristine_base:
+            apply_base_delta(self.model, deltas, self._pristine_base)
+            state = {k: v for k, v in state.items() if not is_base_delta(k)}
         load_trainable_state(self.model, state, partial=bool(personal))
         if personal:
             load_trainable_state(self.model, personal, partial=True)

@@ -25,9 +25,21 @@ class LoraMethodConfig(MethodConfig):
         metadata={"help": "module names that get LoRA adapters (comma-separated)"},
     )
     train_head: bool = _f(True, "train (and send) the task's head with the adapters")
+    aggregation: str = _f(
+        "naive", "naive (average A and B apart) | exact (FedEx-LoRA: the residual goes into the frozen base, which "
+        "then travels down every round; fedavg/fedprox only)"
+    )
+    client_ranks: list[int] = field(
+        default_factory=list,
+        metadata={"help": "heterogeneous ranks: client k uses client_ranks[k % len] (each <= r); empty = all use r"},
+    )
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, "method.r (LoRA rank) must be at least 1")
+        _check(self.aggregation in ("naive", "exact"), f"method.aggregation: '{self.aggregation}' is not one of "
+               "naive, exact")
+        _check(all(1 <= k <= self.r for k in self.client_ranks),
+               f"method.client_ranks {self.client_ranks}: each must be in 1..method.r={self.r}")
         _check(0.0 <= self.dropout < 1.0, "method.dropout must be in [0, 1)")
         _check(bool(self.targets), "method.targets must name at least one module")
 

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ffm.errors import RoundFailedError
+from ffm.methods.lora_federation import is_base_delta
 from ffm.models.state import check_update, state_nbytes
 from ffm.strategies.wrapper import StrategyWrapper
 
@@ -71,7 +72,8 @@ class UpdateGuard(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._expected = {name: tuple(array.shape) for name, array in arrays.items()}
+        # Base deltas (exact LoRA aggregation) travel down only: replies carry the trainable state alone.
+        self._expected = {name: tuple(array.shape) for name, array in arrays.items() if not is_base_delta(name)}
         return self._count_down(server_round, self.inner.configure_train(server_round, arrays, config, grid))
 
     def aggregate_train(

@@ -1,0 +1,117 @@
+"""How LoRA adapters federate: exact aggregation (FedEx-LoRA) and heterogeneous ranks (HetLoRA-style).
+
+**Exact aggregation** (``method.aggregation=exact``). Averaging A and B separately is not the average of the
+clients' products: mean(B_i) mean(A_i) != mean(B_i A_i). Following FedEx-LoRA (Singhal et al. 2025), the
+server keeps the adapters' plain averages and folds the error
+
+    residual = scaling * (sum_i p_i B_i A_i - B_avg A_avg)        (p_i: example weights)
+
+into the frozen base weight of every adapted module, cumulatively. The global state then carries one extra
+entry per adapted module, ``base-delta:<module>.base_layer.weight`` (the sum of all residuals so far): every
+client and the server's evaluation add it to the pristine base before use, so the global model's effective
+weights are exactly the example-weighted mean of the clients' effective weights. Cost: those entries are full
+d x k matrices and travel DOWN every round (for MiniLM with query+value adapters: 12 x 384 x 384 floats,
+about 7 MB per client per round against ~0.1 MB of adapters); clients never send them back. The run's
+``bytes_down`` counts them.
+
+**Heterogeneous ranks** (``method.client_ranks``). Every model holds adapters of the largest rank
+``method.r``; a client of rank r_i (tiers by partition id, round-robin) uses only the first r_i components:
+it zeroes A[r_i:] and B[:, r_i:] when it loads the global state (truncation) and keeps them zero while it
+trains (its gradients there are masked), so it trains and sends a rank-r_i adapter, zero-padded. The server
+averages each rank component over the clients that have it (weighted by examples): component j of the global
+adapter is the mean of the clients with r_i > j. With equal ranks this is plain FedAvg.
+
+This module holds the model side (used by the ClientApp and the workspace); the server side is
+``ffm.strategies.lora_aggregation``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BASE_DELTA_PREFIX",
+    "RANK_KEY",
+    "apply_base_delta",
+    "client_rank",
+    "is_base_delta",
+    "lora_pairs",
+    "rank_mask_hook",
+    "truncate_rank",
+]
+
+BASE_DELTA_PREFIX = "base-delta:"
+RANK_KEY = "lora-rank"  # a client's adapter rank, in its train metrics (heterogeneous ranks)
+_A = re.compile(r"^(?P<module>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
+
+
+def is_base_delta(name: str) -> bool:
+    return name.startswith(BASE_DELTA_PREFIX)
+
+
+def lora_pairs(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """{module: (its lora_A key, its lora_B key)} for every adapted module among ``names``."""
+    names = set(names)
+    pairs = {}
+    for name in names:
+        match = _A.match(name)
+        if match:
+            b = f"{match['module']}.lora_B.{match['adapter']}.weight"
+            if b in names:
+                pairs[match["module"]] = (name, b)
+    return pairs
+
+
+def client_rank(ranks: list[int], party: int, full: int) -> int:
+    """The rank of a party's tier (round-robin over ``method.client_ranks``; all ``full`` when it is empty)."""
+    return ranks[party % len(ranks)] if ranks else full
+
+
+@torch.no_grad()
+def truncate_rank(model: nn.Module, rank: int) -> None:
+    """Zero every adapter's components beyond ``rank``: A[rank:] and B[:, rank:]."""
+    params = dict(model.named_parameters())
+    for a, b in lora_pairs(params).values():
+        params[a][rank:].zero_()
+        params[b][:, rank:].zero_()
+
+
+def rank_mask_hook(model: nn.Module, rank: int):
+    """A gradient hook that keeps the components beyond ``rank`` where truncation put them (at zero)."""
+    params = dict(model.named_parameters())
+    pairs = [(params[a], params[b]) for a, b in lora_pairs(params).values()]
+
+    def hook(_model: nn.Module) -> None:
+        for a, b in pairs:
+            if a.grad is not None:
+                a.grad[rank:] = 0
+            if b.grad is not None:
+                b.grad[:, rank:] = 0
+
+    return hook
+
+
+@torch.no_grad()
+def apply_base_delta(model: nn.Module, deltas: dict[str, torch.Tensor], pristine: dict[str, torch.Tensor]) -> None:
+    """Set each adapted base weight to its pristine value plus its delta (``pristine`` is filled on first use).
+
+    A module without a delta gets its pristine weight back, so a process that served an exact-aggregation job
+    serves the next job with the backbone it loaded.
+    """
+    params = dict(model.named_parameters())
+    wanted = {name[len(BASE_DELTA_PREFIX):]: value for name, value in deltas.items()}
+    for name in set(wanted) | set(pristine):
+        weight = params[name]
+        if name not in pristine:
+            pristine[name] = weight.detach().clone()
+        delta = wanted.get(name)
+        if delta is None:
+            weight.copy_(pristine[name])
+            continue
+        if tuple(delta.shape) != tuple(weight.shape):  # Conv1D (GPT-2) stores its weight as (in, out)
+            delta = delta.T
+        weight.copy_(pristine[name] + delta.to(weight.dtype))
