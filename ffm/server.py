@@ -113,7 +113,7 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
         logger.info("%s", table)
     guard = UpdateGuard(build_strategy(job), min_updates=job.federation.min_train_clients,
                         max_failed_rounds=job.federation.max_failed_rounds)
-    checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last)
+    checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last, grid=grid)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)
     round_end = RoundEnd(evaluator, run, guard, checkpointer, offset=offset, rounds=job.federation.rounds,

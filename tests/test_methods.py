@@ -28,6 +28,24 @@ def test_a_personal_head_never_appears_in_any_message_and_stays_in_each_nodes_st
     assert not torch.equal(heads[0][first], heads[1][first])  # each client trained its own head
 
 
+def test_personal_heads_survive_an_interrupted_simulation_and_its_resume_ends_bit_identical(job_factory, monkeypatch):
+    from conftest import checkpoint_state, run_interrupted
+
+    overrides = {"method__personal": ["classifier"], "train__lr": 0.05, "federation__rounds": 3}
+    _, straight_grid = run_local(straight := job_factory("straight", **overrides))
+    broken = job_factory("broken", **overrides)
+    run_interrupted(broken, monkeypatch, at_train_call=4)  # the first client of round 2
+    broken.resume = True
+
+    _, resumed_grid = run_local(broken)
+
+    a, b = checkpoint_state(straight.run_dir, 3), checkpoint_state(broken.run_dir, 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for node, ctx in straight_grid.contexts.items():
+        mine, theirs = ctx.state["personal"].to_torch_state_dict(), resumed_grid.contexts[node].state["personal"]
+        assert all(torch.equal(mine[k], theirs.to_torch_state_dict()[k]) for k in mine)
+
+
 def test_without_personal_keys_the_head_travels_with_the_adapters(job_factory):
     workspace = workspace_for(job_factory())
 

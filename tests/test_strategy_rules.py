@@ -96,8 +96,9 @@ def test_fedavgm_without_momentum_and_server_lr_one_equals_fedavg(job_factory):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["fedadam", "fedavgm", "fedyogi"])
+@pytest.mark.parametrize("name", ["fedadam", "fedavgm", "fedyogi", "scaffold"])
 def test_a_stateful_strategy_resumed_after_round_1_of_3_ends_bit_identical(job_factory, monkeypatch, name):
+    # SCAFFOLD's state is on both sides: the server's control variate and each node's own (in node state)
     overrides = {"strategy__name": name, "federation__rounds": 3}
     straight = job_factory("straight", **overrides)
     run_local(straight)

@@ -15,8 +15,9 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -60,6 +61,18 @@ class LocalGrid(Grid):
         self.bytes_down = 0
         self.bytes_up = 0
         self.client_seconds = 0.0
+
+    def node_states(self) -> dict[int, dict[str, Any]]:
+        """Every virtual node's ``Context.state`` (SCAFFOLD's control variate, a personal head), for checkpoints.
+
+        Only an in-process Grid can offer this: on a Flower federation each SuperNode keeps its own state.
+        """
+        return {node: _pack(ctx.state) for node, ctx in self.contexts.items() if len(ctx.state)}
+
+    def load_node_states(self, states: dict[int, dict[str, Any]]) -> None:
+        """Restore what :meth:`node_states` saved (a resumed simulation continues with the nodes' own state)."""
+        for node, packed in states.items():
+            self.contexts[int(node)].state = _unpack(packed)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -121,3 +134,19 @@ def _node_copy(msg: Message) -> Message:
     copied = copy.copy(msg)
     copied.content = RecordDict(records)
     return copied
+
+
+def _pack(records: RecordDict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, record in records.items():
+        if isinstance(record, ArrayRecord):
+            out[key] = {"kind": "arrays", "items": record.to_torch_state_dict()}
+        else:
+            out[key] = {"kind": type(record).__name__, "items": dict(record)}
+    return out
+
+
+def _unpack(packed: dict[str, Any]) -> RecordDict:
+    kinds = {"ConfigRecord": ConfigRecord, "MetricRecord": MetricRecord}
+    return RecordDict({key: ArrayRecord(value["items"]) if value["kind"] == "arrays"
+                       else kinds[value["kind"]](value["items"]) for key, value in packed.items()})
