@@ -2,8 +2,11 @@
 
 from ffm.config import MethodConfig
 from ffm.methods.base import Method
+from ffm.methods.bitfit import BitFit
 from ffm.methods.full import Full
+from ffm.methods.ia3 import Ia3
 from ffm.methods.lora import Lora
+from ffm.methods.prompts import PrefixTuning, PromptTuning, PTuning
 from ffm.registry import Registry
 
 __all__ = ["METHODS", "Method", "build_method"]
@@ -11,6 +14,11 @@ __all__ = ["METHODS", "Method", "build_method"]
 METHODS: Registry[type[Method]] = Registry("method.name")
 METHODS.register("lora", Lora)
 METHODS.register("full", Full)
+METHODS.register("ia3", Ia3)
+METHODS.register("bitfit", BitFit)
+METHODS.register("prompt_tuning", PromptTuning)
+METHODS.register("prefix_tuning", PrefixTuning)
+METHODS.register("p_tuning", PTuning)
 
 
 def build_method(cfg: MethodConfig) -> Method:

@@ -14,7 +14,7 @@ from torch import nn
 from ffm.config import MethodConfig
 from ffm.tasks import Task
 
-__all__ = ["Method"]
+__all__ = ["Method", "freeze_all_but_adapters"]
 
 
 class Method:
@@ -26,3 +26,10 @@ class Method:
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         """Return the model with exactly the method's parameters trainable."""
         raise NotImplementedError
+
+
+def freeze_all_but_adapters(model: nn.Module, marker: str) -> None:
+    """Leave only parameters whose name contains ``marker`` trainable (peft would also train the head)."""
+    for name, param in model.named_parameters():
+        if marker not in name:
+            param.requires_grad_(False)

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from ffm.config import MethodConfig, _check, _f
-from ffm.methods.base import Method
+from ffm.methods.base import Method, freeze_all_but_adapters
 from ffm.tasks import Task
 
 __all__ = ["Lora", "LoraMethodConfig"]
@@ -61,7 +61,5 @@ class Lora(Method):
         )
         peft_model = get_peft_model(model, lora)
         if not cfg.train_head:
-            for name, param in peft_model.named_parameters():
-                if "lora_" not in name:
-                    param.requires_grad_(False)
+            freeze_all_but_adapters(peft_model, "lora_")
         return peft_model

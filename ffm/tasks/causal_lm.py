@@ -56,6 +56,7 @@ class CausalLM(Task):
         loss_sum, tokens = 0.0, 0
         for batch in batches(data, batch_size):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, -batch["input_ids"].shape[1]:]  # soft prompts add virtual positions in front
             targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted from tokens up to t
             loss_sum += float(F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100,
                                               reduction="sum"))
