@@ -22,6 +22,7 @@ from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, trai
 from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
 from ffm.models import split_personal, trainable_state
 from ffm.mods import FLIP_LABELS_KEY, job_mods
+from ffm.privacy import DP_WEIGHT_KEY
 from ffm.strategies import ARRAYS_KEY, METRICS_KEY, STRATEGIES, round_seed
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
@@ -112,7 +113,8 @@ def train(msg: Message, context: Context) -> Message:
     if personal:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
-               "lr-sum": lr_sum, **({RANK_KEY: rank} if rank is not None else {})}
+               "lr-sum": lr_sum, **({RANK_KEY: rank} if rank is not None else {}),
+               **({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {})}
     reply = RecordDict(
         {
             ARRAYS_KEY: ArrayRecord(shared),
@@ -146,7 +148,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     job, workspace, index, party = _workspace(context)
     _load(workspace, msg, context, _rank(job, party))
     result = workspace.task.evaluate(workspace.model, workspace.examples("val", index), job.train.eval_batch_size)
-    metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()})
+    metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()}
+                           | ({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {}))
     return Message(RecordDict({METRICS_KEY: metrics, "client": _client_record(party)}), reply_to=msg)
 
 

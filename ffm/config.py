@@ -195,6 +195,19 @@ class ClientConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    clipping: str = _f("none", "client-level DP (DP-FedAvg): none | fixed | adaptive clipping of each update")
+    side: str = _f("server", "where updates are clipped: server (trusted server) | client (a Flower mod on each node)")
+    noise_multiplier: float = _f(1.0, "z: Gaussian noise std on the sum of updates = z x clipping norm")
+    clipping_norm: float = _f(1.0, "L2 bound on each update (the initial bound for adaptive clipping)")
+    target_epsilon: float = _f(0.0, "> 0: choose z before the run so that epsilon after all rounds is this")
+    delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee")
+    target_quantile: float = _f(0.5, "adaptive: the share of updates the clipping norm should leave unclipped")
+    clip_norm_lr: float = _f(0.2, "adaptive: learning rate of the clipping norm (geometric update)")
+    clipped_count_stddev: float = _f(0.0, "adaptive: noise std on the count of clipped updates (0 = clients / 20)")
+
+
+@dataclass
 class CheckpointConfig:
     keep_last: int = _f(0, "keep only the newest this many round checkpoints (0 = keep every round)")
 
@@ -215,6 +228,7 @@ class JobConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     strategy: StrategyConfig = field(default_factory=lambda: _variant_default(StrategyConfig))
     client: ClientConfig = field(default_factory=ClientConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -479,6 +493,18 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 <= job.client.dropout < 1.0, f"client.dropout must be in [0, 1), got {job.client.dropout}")
     _check(job.client.attack in ATTACKS, f"client.attack: '{job.client.attack}' is not one of {', '.join(ATTACKS)}")
     _check(0.0 <= job.client.attackers <= 1.0, f"client.attackers must be in [0, 1], got {job.client.attackers}")
+    dp = job.privacy
+    _check(dp.clipping in ("none", "fixed", "adaptive"), f"privacy.clipping: '{dp.clipping}' is not none, fixed or "
+           "adaptive")
+    _check(dp.side in ("server", "client"), f"privacy.side: '{dp.side}' is not server or client")
+    _check(dp.noise_multiplier >= 0.0 and dp.clipping_norm > 0.0, "privacy.noise_multiplier must be >= 0 and "
+           "privacy.clipping_norm > 0")
+    _check(0.0 < dp.delta < 1.0, f"privacy.delta must be in (0, 1), got {dp.delta}")
+    _check(dp.target_epsilon >= 0.0, "privacy.target_epsilon must be >= 0 (0 = use privacy.noise_multiplier)")
+    _check(dp.target_epsilon == 0.0 or dp.clipping == "fixed", "privacy.target_epsilon calibrates fixed clipping "
+           "only: set privacy.clipping=fixed, or give privacy.noise_multiplier for adaptive clipping")
+    _check(dp.clipping == "none" or job.strategy.name in ("fedavg", "fedprox"), "privacy.clipping (DP-FedAvg) "
+           f"needs a mean of the updates: use strategy.name=fedavg or fedprox, not '{job.strategy.name}'")
     _check(job.checkpoint.keep_last >= 0, "checkpoint.keep_last must be 0 (keep all) or positive")
 
 

@@ -24,6 +24,7 @@ from ffm.config import JobConfig, job_from_run_config
 from ffm.evaluation import Evaluator
 from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
 from ffm.partition_report import report_partition
+from ffm.privacy import dp_strategy, epsilon, noise_multiplier
 from ffm.run_dir import RunDirectory
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
 from ffm.strategies.lora_aggregation import LoraAggregation
@@ -55,6 +56,8 @@ def build_strategy(job: JobConfig) -> Strategy:
     if exact or ranks:
         strategy = LoraAggregation(strategy, exact=exact, heterogeneous=bool(ranks),
                                    scaling=job.method.alpha / job.method.r)
+    if job.privacy.clipping != "none":
+        strategy = dp_strategy(strategy, job)
     return strategy
 
 
@@ -73,12 +76,12 @@ def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
 class RoundEnd:
     """``evaluate_fn`` of Strategy.start: evaluate, then append the metrics line, then checkpoint."""
 
-    def __init__(self, evaluator: Evaluator, run: RunDirectory, guard: UpdateGuard, checkpointer: Checkpointer,
-                 *, offset: int, rounds: int, progress: bool) -> None:
-        self.evaluator, self.run, self.guard, self.checkpointer = evaluator, run, guard, checkpointer
+    def __init__(self, job: JobConfig, evaluator: Evaluator, run: RunDirectory, guard: UpdateGuard,
+                 checkpointer: Checkpointer, *, offset: int) -> None:
+        self.job, self.evaluator, self.run, self.guard, self.checkpointer = job, evaluator, run, guard, checkpointer
         self.offset = offset
         self._tick = time.perf_counter()
-        self.bar = tqdm(total=rounds, initial=offset, desc="rounds", disable=not progress)
+        self.bar = tqdm(total=job.federation.rounds, initial=offset, desc="rounds", disable=not job.progress)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         true_round = server_round + self.offset
@@ -93,6 +96,9 @@ class RoundEnd:
         if true_round > 0:
             now = time.perf_counter()
             line.update(_round_record(self.guard.rounds.pop(true_round), now - self._tick))
+            if self.job.privacy.clipping != "none":  # a failed round released nothing, so it spends nothing
+                released = sum(1 for m in self.run.read_metrics() if m["round"] > 0 and not m.get("failed"))
+                line["epsilon"] = epsilon(self.job, released + (not line.get("failed")))
             self._tick = now
         self.run.append_metrics(line)
         if true_round > 0:
@@ -116,8 +122,7 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last, grid=grid)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)
-    round_end = RoundEnd(evaluator, run, guard, checkpointer, offset=offset, rounds=job.federation.rounds,
-                         progress=job.progress)
+    round_end = RoundEnd(job, evaluator, run, guard, checkpointer, offset=offset)
     start = time.perf_counter()
     final_state = initial
     if job.federation.rounds > offset:
@@ -184,6 +189,9 @@ def _finish(
         "failed_rounds": [m["round"] for m in metrics if m.get("failed")],
         "trainable_params": sum(t.numel() for k, t in state.items() if not is_base_delta(k)),
         "total_params": sum(p.numel() for p in workspace.model.parameters()),
+        "privacy": None if job.privacy.clipping == "none" else {
+            "epsilon": last.get("epsilon"), "delta": job.privacy.delta, "noise_multiplier": noise_multiplier(job),
+            "clipping": job.privacy.clipping, "side": job.privacy.side, "accountant": "opacus RDP"},
         "warnings": [warning] if warning else [],
         "wall_time_s": round(seconds, 2),
         "run_dir": str(run.path),

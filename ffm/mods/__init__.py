@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import Context, Message
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from ffm.config import JobConfig, job_from_run_config
@@ -24,13 +25,23 @@ MODS: Registry[Callable[[JobConfig], Mod]] = Registry("client.mods")
 MODS.register("fixedclipping", fixed_clipping)
 MODS.register("dropout", dropout)
 MODS.register("attack", attack)
+# Client-side DP: the server's Flower DP wrapper sends the clipping norm, these Flower mods clip to it.
+MODS.register("dpclipping", lambda job: fixedclipping_mod)
+MODS.register("adaptiveclipping", lambda job: adaptiveclipping_mod)
 
 
 def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run the mods named by the job in ``context.run_config`` around the ClientApp (first named = outermost)."""
+    """Run the mods named by the job in ``context.run_config`` around the ClientApp (first named = outermost).
+
+    Client-side DP (``privacy.side=client``) adds Flower's clipping mod of its kind innermost: the update is
+    clipped on the node, right after training, before any other mod sees it.
+    """
     job = job_from_run_config(context.run_config)
+    names = list(job.client.mods)
+    if job.privacy.clipping != "none" and job.privacy.side == "client":
+        names.append("adaptiveclipping" if job.privacy.clipping == "adaptive" else "dpclipping")
     chain = call_next
-    for name in reversed(job.client.mods):
+    for name in reversed(names):
         chain = _bind(MODS[name](job), chain)
     return chain(msg, context)
 

@@ -3,7 +3,8 @@
 ``Strategy.start`` always counts rounds from 1. A run resumed after round k must tell clients the true
 round (their seeds derive from it) and sample the same clients as an uninterrupted run would, so that the
 resumed run ends bit-identical. Flower samples with the global ``random`` module
-(``strategy_utils.sample_nodes``), so each round re-seeds it from (seed, true round).
+(``strategy_utils.sample_nodes``), so each round re-seeds it from (seed, true round); Flower's DP wrappers
+draw their noise from the global ``numpy.random``, re-seeded the same way before each aggregation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -42,6 +44,7 @@ class RoundOffset(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        np.random.seed(round_seed(self.seed, server_round + self.offset, salt=3))
         return self.inner.aggregate_train(server_round + self.offset, replies)
 
     def configure_evaluate(

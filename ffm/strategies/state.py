@@ -3,8 +3,9 @@
 ffm's own strategies and wrappers have ``state_dict()`` / ``load_state_dict()`` (wrappers pass their inner
 strategy's state through, so they compose in any order). Flower's strategies have none, so their state
 is read from the attributes that Flower's rules carry from round to round: FedOpt's moments (``m_t``,
-``v_t``), FedAvgM's ``momentum_vector`` and both families' ``current_arrays``. Values are saved as torch
-tensors (bit-exact, and loadable with ``torch.load(weights_only=True)``).
+``v_t``), FedAvgM's ``momentum_vector``, both families' ``current_arrays`` and the DP wrappers' (adaptive)
+``clipping_norm``; a Flower wrapper's inner rule (its ``strategy``) is saved under ``wrapped``. Values are
+saved as torch tensors (bit-exact, and loadable with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flwr.serverapp.strategy import Strategy
 
 __all__ = ["FLOWER_STATE_ATTRIBUTES", "load_strategy_state", "strategy_state"]
 
-FLOWER_STATE_ATTRIBUTES = ("current_arrays", "m_t", "v_t", "momentum_vector")
+FLOWER_STATE_ATTRIBUTES = ("current_arrays", "m_t", "v_t", "momentum_vector", "clipping_norm")
 
 
 def _pack(value: Any) -> Any:
@@ -48,7 +49,10 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
     """Everything the strategy carries between rounds (empty for stateless rules such as FedAvg)."""
     if hasattr(strategy, "state_dict"):
         return strategy.state_dict()
-    return {attr: _pack(getattr(strategy, attr)) for attr in FLOWER_STATE_ATTRIBUTES if hasattr(strategy, attr)}
+    state = {attr: _pack(getattr(strategy, attr)) for attr in FLOWER_STATE_ATTRIBUTES if hasattr(strategy, attr)}
+    if isinstance(getattr(strategy, "strategy", None), Strategy):  # Flower's wrappers (DP) hold their rule here
+        state["wrapped"] = strategy_state(strategy.strategy)
+    return state
 
 
 def load_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
@@ -57,6 +61,9 @@ def load_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
         strategy.load_state_dict(state)
         return
     for attr, packed in state.items():
+        if attr == "wrapped" and isinstance(getattr(strategy, "strategy", None), Strategy):
+            load_strategy_state(strategy.strategy, packed)
+            continue
         if attr not in FLOWER_STATE_ATTRIBUTES or not hasattr(strategy, attr):
             raise ValueError(f"{type(strategy).__name__} has no state '{attr}'")
         setattr(strategy, attr, _unpack(packed))

@@ -1,0 +1,98 @@
+"""Client-level differential privacy: Flower's DP wrappers and mods from the job, accounted with Opacus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import checkpoint_state, run_interrupted
+from flwr.app import MessageType
+from opacus.accountants import RDPAccountant
+
+from ffm.config import ConfigError, load_job
+from ffm.privacy import epsilon, noise_multiplier
+from ffm.runtime import run_local
+
+
+def _job(*keys: str):
+    return load_job(None, ["federation.num_clients=10", "federation.rounds=20", *keys])
+
+
+@pytest.mark.parametrize(("z", "fraction"), [(1.0, 1.0), (0.8, 0.3), (2.5, 0.5)])
+def test_epsilon_matches_opacus_accountant_stepped_round_by_round(z, fraction):
+    job = _job("privacy.clipping=fixed", f"privacy.noise_multiplier={z}", f"federation.fraction_train={fraction}")
+    accountant = RDPAccountant()
+    for _ in range(20):
+        accountant.step(noise_multiplier=z, sample_rate=int(10 * fraction) / 10)
+
+    assert epsilon(job, 20) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_epsilon_is_finite_and_falls_as_the_noise_multiplier_rises():
+    values = [epsilon(_job("privacy.clipping=fixed", f"privacy.noise_multiplier={z}"), 20) for z in (0.5, 1, 2, 4)]
+
+    assert all(v < float("inf") for v in values) and values == sorted(values, reverse=True)
+    assert epsilon(_job("privacy.clipping=fixed", "privacy.noise_multiplier=0"), 20) == float("inf")
+
+
+def test_a_target_epsilon_picks_the_noise_multiplier_that_reaches_it():
+    job = _job("privacy.clipping=fixed", "privacy.target_epsilon=4")
+
+    z = noise_multiplier(job)
+
+    assert 1 < z < 10 and 3.9 < epsilon(job, 20) <= 4.0
+
+
+def test_target_epsilon_with_adaptive_clipping_and_dp_with_a_robust_rule_are_config_errors():
+    with pytest.raises(ConfigError, match="calibrates fixed clipping only"):
+        load_job(None, ["privacy.clipping=adaptive", "privacy.target_epsilon=3"])
+    with pytest.raises(ConfigError, match=r"use strategy.name=fedavg or fedprox, not 'krum'"):
+        load_job(None, ["privacy.clipping=fixed", "strategy.name=krum"])
+
+
+def _lines(job) -> list[dict]:
+    return [json.loads(x) for x in Path(job.run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+def test_client_side_dp_clips_every_update_on_the_node_and_logs_epsilon_each_round(job_factory, carried):
+    job = job_factory(privacy__clipping="fixed", privacy__side="client", privacy__clipping_norm=0.05,
+                      privacy__noise_multiplier=0.5, train__lr=0.05)
+
+    summary, _ = run_local(job)
+
+    for msg, reply in carried:
+        if msg.metadata.message_type == MessageType.TRAIN:
+            sent, got = msg.content["arrays"].to_torch_state_dict(), reply.content["arrays"].to_torch_state_dict()
+            norm = float(torch.sqrt(sum(((got[k] - sent[k]).double() ** 2).sum() for k in sent)))
+            assert norm <= 0.05 * (1 + 1e-5)
+    eps = [line["epsilon"] for line in _lines(job)[1:]]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1] < float("inf")
+    assert summary["privacy"]["epsilon"] == eps[-1] and summary["privacy"]["accountant"] == "opacus RDP"
+
+
+def test_a_dp_run_with_noise_differs_from_the_same_run_without(job_factory):
+    finals = {}
+    for z in (0.0, 1.0):
+        job = job_factory(f"z{z}", privacy__clipping="fixed", privacy__noise_multiplier=z, federation__rounds=1)
+        run_local(job)
+        finals[z] = checkpoint_state(job.run_dir, 1)
+
+    assert any(not torch.equal(finals[0.0][k], finals[1.0][k]) for k in finals[0.0])
+    assert all(torch.isfinite(v).all() for v in finals[1.0].values())
+
+
+def test_an_adaptive_dp_run_resumed_mid_way_ends_bit_identical(job_factory, monkeypatch):
+    overrides = {"privacy__clipping": "adaptive", "privacy__noise_multiplier": 0.05, "privacy__clipping_norm": 0.01,
+                 "federation__rounds": 3, "train__lr": 0.05}
+    run_local(straight := job_factory("straight", **overrides))
+    broken = job_factory("broken", **overrides)
+    run_interrupted(broken, monkeypatch, at_train_call=4)
+    broken.resume = True
+
+    run_local(broken)
+
+    a, b = checkpoint_state(straight.run_dir, 3), checkpoint_state(broken.run_dir, 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _lines(straight)[-1]["epsilon"] == _lines(broken)[-1]["epsilon"]
