@@ -7,14 +7,15 @@ for all virtual clients.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from peft import get_peft_model
 from torch import nn
 
 from ffm.config import MethodConfig
 from ffm.tasks import Task
 
-__all__ = ["Method", "freeze_all_but_adapters"]
+__all__ = ["Method", "with_peft_adapters"]
 
 
 class Method:
@@ -28,8 +29,19 @@ class Method:
         raise NotImplementedError
 
 
-def freeze_all_but_adapters(model: nn.Module, marker: str) -> None:
-    """Leave only parameters whose name contains ``marker`` trainable (peft would also train the head)."""
-    for name, param in model.named_parameters():
-        if marker not in name:
-            param.requires_grad_(False)
+def with_peft_adapters(model: nn.Module, task: Task, config_class: type, *, marker: str, train_head: bool,
+                       **settings: Any) -> nn.Module:
+    """Wrap ``model`` with the peft adapter ``config_class`` builds from ``settings``, for ``task``.
+
+    A SEQ_CLS task makes peft train the head itself; a task with a fresh head of another kind names it
+    (``task.head_modules``, e.g. the masked LM's transform); without ``train_head`` only the parameters whose
+    name contains ``marker`` (the adapters) train.
+    """
+    config = config_class(task_type=task.peft_task_type,
+                          modules_to_save=(list(task.head_modules) or None) if train_head else [], **settings)
+    peft_model = get_peft_model(model, config)
+    if not train_head:
+        for name, param in peft_model.named_parameters():
+            if marker not in name:
+                param.requires_grad_(False)
+    return peft_model

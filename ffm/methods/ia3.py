@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import IA3Config, get_peft_model
+from peft import IA3Config
 from torch import nn
 
 from ffm.config import MethodConfig, _f
-from ffm.methods.base import Method, freeze_all_but_adapters
+from ffm.methods.base import Method, with_peft_adapters
 from ffm.tasks import Task
 
 __all__ = ["Ia3", "Ia3MethodConfig"]
@@ -36,13 +36,6 @@ class Ia3(Method):
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         cfg = self.cfg
-        ia3 = IA3Config(
-            task_type=task.peft_task_type,
-            target_modules=list(cfg.targets) or None,
-            feedforward_modules=list(cfg.feedforward) or None,
-            modules_to_save=(list(task.head_modules) or None) if cfg.train_head else [],
-        )
-        peft_model = get_peft_model(model, ia3)
-        if not cfg.train_head:
-            freeze_all_but_adapters(peft_model, "ia3_")
-        return peft_model
+        return with_peft_adapters(model, task, IA3Config, marker="ia3_", train_head=cfg.train_head,
+                                  target_modules=list(cfg.targets) or None,
+                                  feedforward_modules=list(cfg.feedforward) or None)

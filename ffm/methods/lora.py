@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from torch import nn
 
 from ffm.config import MethodConfig, _check, _f
-from ffm.methods.base import Method, freeze_all_but_adapters
+from ffm.methods.base import Method, with_peft_adapters
 from ffm.tasks import Task
 
 __all__ = ["Lora", "LoraMethodConfig"]
@@ -49,17 +49,5 @@ class Lora(Method):
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         cfg = self.cfg
-        lora = LoraConfig(
-            task_type=task.peft_task_type,
-            r=cfg.r,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=list(cfg.targets),
-            # A SEQ_CLS task makes peft train the head itself; a task with a fresh head of another kind names it
-            # (masked LM); without train_head only the adapters are trainable.
-            modules_to_save=(list(task.head_modules) or None) if cfg.train_head else [],
-        )
-        peft_model = get_peft_model(model, lora)
-        if not cfg.train_head:
-            freeze_all_but_adapters(peft_model, "lora_")
-        return peft_model
+        return with_peft_adapters(model, task, LoraConfig, marker="lora_", train_head=cfg.train_head, r=cfg.r,
+                                  lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
