@@ -85,3 +85,17 @@ def test_every_registered_strategy_runs_a_federated_job(job_factory, name):
     summary, _ = run_local(job_factory(strategy__name=name, federation__rounds=1))
 
     assert summary["rounds"] == 1 and summary["rejected_updates"] == 0
+
+
+class _Nodes:
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def test_the_aggregate_keeps_the_global_states_dtypes_even_when_the_rule_computes_in_float64():
+    guard = UpdateGuard(build_strategy(load_job(None, ["strategy.name=fedadam"])))  # FedOpt returns float64
+    guard.configure_train(1, ArrayRecord({"w": torch.zeros(2), "b": torch.zeros(1)}), ConfigRecord({}), _Nodes())
+
+    arrays, _ = guard.aggregate_train(1, [_reply(1, {"w": torch.ones(2), "b": torch.ones(1)}, num_examples=1)])
+
+    assert {name: array.dtype for name, array in arrays.items()} == {"w": "float32", "b": "float32"}

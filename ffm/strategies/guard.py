@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -59,6 +59,7 @@ class UpdateGuard(StrategyWrapper):
         self.failed_in_a_row = 0
         self.rounds: dict[int, RoundLog] = {}
         self._expected: dict = {}
+        self._dtypes: dict = {}
 
     def _log(self, server_round: int) -> RoundLog:
         return self.rounds.setdefault(server_round, RoundLog())
@@ -74,6 +75,7 @@ class UpdateGuard(StrategyWrapper):
     ) -> Iterable[Message]:
         # Base deltas (exact LoRA aggregation) travel down only: replies carry the trainable state alone.
         self._expected = {name: tuple(array.shape) for name, array in arrays.items() if not is_base_delta(name)}
+        self._dtypes = {name: array.dtype for name, array in arrays.items()}
         return self._count_down(server_round, self.inner.configure_train(server_round, arrays, config, grid))
 
     def aggregate_train(
@@ -107,7 +109,16 @@ class UpdateGuard(StrategyWrapper):
             logger.warning("round %d failed, global state unchanged: %s", server_round, log.failed)
             return None, None
         self.failed_in_a_row = 0
-        return self.inner.aggregate_train(server_round, kept)
+        arrays, metrics = self.inner.aggregate_train(server_round, kept)
+        return (None if arrays is None else self._same_dtypes(arrays)), metrics
+
+    def _same_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The aggregate in the global state's dtypes: Flower's FedOpt rules return float64 arrays, which would
+        double every later round's bytes down (and are not what the model holds)."""
+        if all(self._dtypes.get(name, array.dtype) == array.dtype for name, array in arrays.items()):
+            return arrays
+        return ArrayRecord({name: Array(array.numpy().astype(self._dtypes.get(name, array.dtype), copy=False))
+                            for name, array in arrays.items()})
 
     def _problem(self, msg: Message) -> str | None:
         """Records are found by key: other records (a control variate, a score table) pass to the strategy."""
