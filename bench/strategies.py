@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--max-examples", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--local-steps", type=int, default=8)
-    parser.add_argument("--sgd-lr", type=float, default=0.05)
+    parser.add_argument("--sgd-lr", type=float, default=0.3, help="lr of the SGD runs (0.05 left LoRA undertrained)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=[], help="run names to (re)run and report (default: all)")
     parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
