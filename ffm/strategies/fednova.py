@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
 
-from ffm.config import FederationConfig, StrategyConfig
+from ffm.config import StrategyConfig
 from ffm.strategies.guard import ARRAYS_KEY, METRICS_KEY
-from ffm.strategies.spec import StrategySpec
+from ffm.strategies.spec import FlowerStrategy
 
 __all__ = ["FEDNOVA", "FedNova", "FedNovaConfig", "WORK_KEY"]
 
@@ -49,7 +49,7 @@ class FedNova(FedAvg):
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
             return None, None
-        _, metrics = super().aggregate_train(server_round, valid)  # metrics as FedAvg aggregates them
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)  # as FedAvg does
         weights, work, states = [], [], []
         for msg in valid:
             reported = msg.content[METRICS_KEY]
@@ -76,13 +76,8 @@ class FedNovaConfig(StrategyConfig):
     name: str = "fednova"
 
 
-class FedNovaSpec(StrategySpec):
-    config = FedNovaConfig
+class FedNovaSpec(FlowerStrategy):
     assumes_sgd = True
 
-    def build(self, cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
-        return FedNova(fraction_train=fed.fraction_train, fraction_evaluate=fed.fraction_evaluate,
-                       min_train_nodes=1, min_evaluate_nodes=int(fed.fraction_evaluate > 0), min_available_nodes=1)
 
-
-FEDNOVA = FedNovaSpec()
+FEDNOVA = FedNovaSpec(FedNova, FedNovaConfig)

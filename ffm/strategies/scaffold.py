@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, validate_message_reply_consistency
 from torch import nn
 
-from ffm.config import FederationConfig, StrategyConfig, _check, _f
-from ffm.strategies.spec import ClientRule, StrategySpec
+from ffm.config import StrategyConfig, _check, _f
+from ffm.strategies.spec import ClientRule, FlowerStrategy
 
 __all__ = ["CLIENT_CONTROL_KEY", "CONTROL_KEY", "CONTROL_UPDATE_KEY", "SCAFFOLD", "Scaffold", "ScaffoldConfig"]
 
@@ -141,19 +141,12 @@ class ScaffoldClient(ClientRule):
         return {CONTROL_UPDATE_KEY: ArrayRecord(change)}
 
 
-class ScaffoldSpec(StrategySpec):
-    config = ScaffoldConfig
+class ScaffoldSpec(FlowerStrategy):
     assumes_sgd = True
-
-    def build(self, cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
-        assert isinstance(cfg, ScaffoldConfig)
-        return Scaffold(global_lr=cfg.global_lr, fraction_train=fed.fraction_train,
-                        fraction_evaluate=fed.fraction_evaluate, min_train_nodes=1,
-                        min_evaluate_nodes=int(fed.fraction_evaluate > 0), min_available_nodes=1)
 
     def client_rule(self, content: RecordDict, model: nn.Module, global_state: dict[str, torch.Tensor],
                     node_state: RecordDict) -> ClientRule:
         return ScaffoldClient(content, model, global_state, node_state)
 
 
-SCAFFOLD = ScaffoldSpec()
+SCAFFOLD = ScaffoldSpec(Scaffold, ScaffoldConfig)
