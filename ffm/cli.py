@@ -1,5 +1,5 @@
-"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]``, ``ffm deploy ...`` and ``ffm config``: the user's
-entry points.
+"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]``, ``ffm compare ...``, ``ffm deploy ...`` and
+``ffm config``: the user's entry points.
 
 User errors (FfmError) print one line and exit with code 2; nothing already written is removed.
 """
@@ -13,6 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ffm.compare_cli import add_compare_parser, compare_main
 from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job
 from ffm.deploy_cli import add_deploy_parser, deploy_main
 from ffm.errors import FfmError
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines and library warnings")
     add_deploy_parser(sub)
+    add_compare_parser(sub)
     config = sub.add_parser("config", help="list every config key, or print a resolved job")
     config.add_argument("config", nargs="?", help="YAML job file to resolve and print")
     config.add_argument("overrides", nargs="*", help="dotted overrides")
@@ -147,9 +149,12 @@ def _config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for reports
     try:
         if args.command == "deploy":
             return deploy_main(args)
+        if args.command == "compare":
+            return compare_main(args)
         return _run(args) if args.command == "run" else _config(args)
     except FfmError as exc:
         print(f"ffm: error: {exc}", file=sys.stderr)

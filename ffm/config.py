@@ -130,6 +130,10 @@ class DataConfig:
     max_examples: int = _f(0, "use a stratified subset of this many examples (0 = all)")
     test_fraction: float = _f(0.2, "share of examples held out as the global test set (stratified)")
     val_fraction: float = _f(0.1, "share of each client's examples held out as its local validation split")
+    unseen_fraction: float = _f(
+        0.0, "parties that never train, as a share of federation.num_clients (0.2 with 10 clients adds 2): "
+        "partitioned like the others, they measure generalization to unseen parties (train.eval_parties)"
+    )
     partitioner: str = _f(
         "dirichlet", "how training data splits across clients: dirichlet (on the label) | iid | shards | natural (by "
         "partition_column) | clusters (Dirichlet over k-means clusters of MiniLM embeddings: skew without labels) | "
@@ -158,6 +162,11 @@ class TrainConfig:
     local_epochs: int = _f(1, "passes over the local data per round (used when local_steps is 0)")
     local_steps: int = _f(0, "optimizer steps per round per client (0 = use local_epochs)")
     eval_batch_size: int = _f(64, "batch size for evaluation")
+    eval_parties: bool = _f(
+        False, "at the end, evaluate the final model(s) on every party's validation split, on a sample of the "
+        "training data (the overfitting gap) and on the unseen parties; into summary.json (ffm compare sets it)"
+    )
+    eval_train_examples: int = _f(512, "eval_parties: training examples sampled for the train metric (0 = all)")
     scheduler: str = _f(
         "constant", "learning-rate schedule over the whole run (every round continues it): constant | linear | cosine"
     )
@@ -458,6 +467,7 @@ def _validate(job: JobConfig) -> None:
     _check(data.source not in sources[5:] or bool(data.path), f"data.path must be set for data.source={data.source}")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+    _check(0.0 <= data.unseen_fraction <= 1.0, "data.unseen_fraction must be in [0, 1]")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
     partitioners = ("dirichlet", "iid", "shards", "natural", "clusters", "quantity")
     _check(data.partitioner in partitioners, f"data.partitioner: '{data.partitioner}' is not one of {partitioners}")

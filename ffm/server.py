@@ -24,6 +24,7 @@ from ffm.config import JobConfig, job_from_run_config
 from ffm.evaluation import Evaluator
 from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
 from ffm.partition_report import report_partition
+from ffm.party_evaluation import evaluate_parties
 from ffm.privacy import dp_strategy, epsilon, noise_multiplier
 from ffm.run_dir import RunDirectory
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
@@ -171,6 +172,10 @@ def _finish(
     best = None
     for value in values:
         best = value if best is None or task.better(value, best) else best
+    parties = None
+    if job.train.eval_parties:
+        own = {pid: a.to_torch_state_dict() for pid, a in party_states.items()} if party_states else None
+        parties = evaluate_parties(workspace, state, own)
     warning = task.diagnose({k.removeprefix("test_").replace("_", "-"): v for k, v in last.items()})
     if warning:
         logger.warning("ffm: warning: %s", warning)
@@ -178,6 +183,7 @@ def _finish(
         "mode": job.mode,
         "task": job.task.name,
         "primary_metric": task.primary_metric,
+        "higher_is_better": task.higher_is_better,
         "rounds": len(metrics),
         f"final_{primary}": last.get(primary),
         "final_test_loss": last.get("test_loss"),
@@ -192,6 +198,9 @@ def _finish(
         "privacy": None if job.privacy.clipping == "none" else {
             "epsilon": last.get("epsilon"), "delta": job.privacy.delta, "noise_multiplier": noise_multiplier(job),
             "clipping": job.privacy.clipping, "side": job.privacy.side, "accountant": "opacus RDP"},
+        "parties": parties,
+        "overfit_gap": None if parties is None or last.get(primary) is None
+        else parties[f"train_{task.primary_metric}"] - last[primary],
         "warnings": [warning] if warning else [],
         "wall_time_s": round(seconds, 2),
         "run_dir": str(run.path),

@@ -6,7 +6,7 @@ adds the held-out global test set, the per-client validation split and input che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "pooled",
     "power_law_sizes",
     "split_federated",
+    "unseen_count",
 ]
 
 
@@ -44,11 +45,18 @@ class ClientData:
 
 @dataclass
 class FederatedData:
-    """The global test set (None on a data owner's node) and the clients' data (empty on the server)."""
+    """The global test set (None on a data owner's node), the clients' data (empty on the server) and the
+    unseen parties' (``data.unseen_fraction``): partitioned like the clients, never given to any training."""
 
     test: datasets.Dataset | None
     clients: list[ClientData]
     label_names: list[str]
+    unseen: list[ClientData] = field(default_factory=list)
+
+
+def unseen_count(cfg: DataConfig, num_clients: int) -> int:
+    """Parties held out of training: ``unseen_fraction`` of the clients, at least one when the share is > 0."""
+    return max(1, round(cfg.unseen_fraction * num_clients)) if cfg.unseen_fraction > 0 else 0
 
 
 def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples: int) -> Partitioner:
@@ -144,10 +152,12 @@ def _test_split(ds: datasets.Dataset, cfg: DataConfig, seed: int) -> tuple[datas
 
 
 def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, seed: int) -> FederatedData:
-    """Global test split (stratified when labelled), then the rest partitioned across ``num_clients`` clients."""
+    """Global test split (stratified when labelled), then the rest partitioned across ``num_clients`` clients
+    and the unseen parties (the last partition ids)."""
     label_names = ds.features["label"].names if "label" in ds.column_names else []
+    parties = num_clients + unseen_count(cfg, num_clients)
     if cfg.partitioner == "natural":
-        ds = _largest_groups(ds, cfg.partition_column, num_clients)
+        ds = _largest_groups(ds, cfg.partition_column, parties)
     if cfg.max_examples and cfg.max_examples < len(ds):
         if "label" in ds.column_names:
             ds = _stratified_split(ds, seed, train_size=cfg.max_examples)["train"]
@@ -156,15 +166,16 @@ def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, see
     pool, test = _test_split(ds, cfg, seed)
     if cfg.partitioner == "clusters":
         pool = add_clusters(pool, cfg.clusters, seed)
-    if num_clients * 2 > len(pool):
+    if parties * 2 > len(pool):
         raise DataError(
-            f"federation.num_clients={num_clients} is too many for {len(pool)} training examples "
-            f"(each client needs at least 2); lower federation.num_clients or use more data"
+            f"{parties} parties (federation.num_clients={num_clients} and data.unseen_fraction="
+            f"{cfg.unseen_fraction}) are too many for {len(pool)} training examples "
+            f"(each needs at least 2); lower federation.num_clients or use more data"
         )
-    partitioner = make_partitioner(cfg, num_clients, seed, len(pool))
+    partitioner = make_partitioner(cfg, parties, seed, len(pool))
     partitioner.dataset = pool
     clients: list[ClientData] = []
-    for pid in range(num_clients):
+    for pid in range(parties):
         try:
             part = partitioner.load_partition(pid)
         except ValueError as exc:
@@ -179,7 +190,8 @@ def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, see
             )
         train, val = _holdout(part, cfg.val_fraction, seed * 1_000_003 + pid)
         clients.append(ClientData(train=train, val=val))
-    return FederatedData(test=test, clients=clients, label_names=list(label_names))
+    return FederatedData(test=test, clients=clients[:num_clients], label_names=list(label_names),
+                         unseen=clients[num_clients:])
 
 
 def partition_histogram(data: FederatedData) -> tuple[str, list[str], list[list[int]]] | None:
@@ -201,4 +213,5 @@ def pooled(data: FederatedData) -> FederatedData:
     """All clients' data held by one party: the centralized baseline (the privacy-violating upper bound)."""
     train = datasets.concatenate_datasets([c.train for c in data.clients])
     val = datasets.concatenate_datasets([c.val for c in data.clients])
-    return FederatedData(test=data.test, clients=[ClientData(train=train, val=val)], label_names=data.label_names)
+    return FederatedData(test=data.test, clients=[ClientData(train=train, val=val)], label_names=data.label_names,
+                         unseen=data.unseen)

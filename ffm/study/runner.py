@@ -1,0 +1,63 @@
+"""Run a study: each run of the plan in a child process (``ffm run``), so its peak memory is its own and one
+crashed run cannot take the study down. A run with a summary is reused; an interrupted one resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ffm.study.plan import StudyPlan, StudyRun
+
+__all__ = ["run_study", "run_one"]
+
+RUN_RECORD = "study_run.json"  # the study's own figures of a run: peak memory, wall time, exit status
+
+
+def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path) -> dict:
+    """Run (or resume, or reuse) one run; return its study record."""
+    run_dir = runs_dir / run.name
+    record_path = run_dir / RUN_RECORD
+    if (run_dir / "summary.json").is_file() and record_path.is_file():
+        return json.loads(record_path.read_text())
+    resume = ["resume=true"] if (run_dir / "config.yaml").is_file() else []
+    cmd = [sys.executable, "-m", "ffm", "run", config, *overrides, *run.overrides,
+           f"run_dir={run_dir}", "progress=false", "train.eval_parties=true", *resume]
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with (runs_dir / f"{run.name}.log").open("a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    record = {
+        "exit": child.returncode,
+        "wall_s": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports kilobytes
+        "resumed": bool(resume),
+        "command": cmd,
+    }
+    if child.returncode == 0:
+        record_path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_study(plan: StudyPlan, config: str, overrides: list[str], study_dir: Path, *, progress: bool = True
+              ) -> dict[str, dict]:
+    """Run every run of ``plan``; return each run's record by name (failed ones carry their exit status)."""
+    runs_dir = study_dir / "runs"
+    records: dict[str, dict] = {}
+    bar = tqdm(plan.runs(), desc="study runs", unit="run", disable=not progress)
+    for run in bar:
+        bar.set_postfix_str(run.name)
+        records[run.name] = run_one(run, config, overrides, runs_dir)
+        if records[run.name]["exit"] != 0:
+            tqdm.write(f"ffm compare: run {run.name} failed (exit {records[run.name]['exit']}); "
+                       f"see {runs_dir / (run.name + '.log')}")
+    return records

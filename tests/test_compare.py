@@ -1,0 +1,150 @@
+"""``ffm compare``: one study over modes, seeds and a grid; the choice on validation data; unseen parties."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ffm.cli import main
+from ffm.errors import ConfigError
+from ffm.runtime import run_local
+from ffm.study import StudyPlan, choose, load_results, paired_difference, save_results
+from ffm.study.report import headline
+from ffm.study.results import COLUMNS
+from ffm.workspace import Workspace, workspace_for
+
+
+def _tiny_config(tmp_path: Path, model_dir: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": str(model_dir), "max_length": 32},
+        "data": {"source": "bbc_news", "max_examples": 90, "partitioner": "iid", "unseen_fraction": 0.34},
+        "train": {"batch_size": 8, "local_steps": 2, "eval_batch_size": 32, "eval_train_examples": 40},
+        "federation": {"num_clients": 3, "rounds": 2},
+    }))
+    return path
+
+
+pytestmark_slow = pytest.mark.slow  # the study runs 8 child processes (about a minute)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, list[str]]:
+    """2 modes x 2 seeds x 2 learning rates of the tiny model, run once for the module's tests."""
+    tmp = tmp_path_factory.mktemp("study")
+    argv = ["compare", str(_tiny_config(tmp, tiny_model_dir)), "--seeds", "2", "--modes", "federated,centralized",
+            "--grid", "train.lr=1e-4,3e-2", "--study-dir", str(tmp / "study")]
+    assert main(argv) == 0
+    return tmp / "study", argv
+
+
+@pytestmark_slow
+def test_a_study_writes_a_run_per_mode_seed_and_grid_point_and_every_report_file(tiny_study) -> None:
+    study, argv = tiny_study
+    runs = sorted(p.name for p in (study / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 8
+    assert all((study / "runs" / r / "summary.json").is_file() for r in runs)
+    for name in ("REPORT.md", "results.csv", "study.json", "accuracy_per_round.png", "overfitting_gap.png",
+                 "party_accuracy.png", "accuracy_vs_bytes.png"):
+        assert (study / name).stat().st_size > 0, name
+    report = (study / "REPORT.md").read_text()
+    assert "federated - centralized" in report and "What the numbers show" in report
+    assert "Membership inference was not measured" in report
+    assert f"`ffm {' '.join(argv)}`" in report
+
+
+@pytestmark_slow
+def test_each_mode_gets_the_grid_point_with_the_best_mean_validation_metric(tiny_study) -> None:
+    study, _ = tiny_study
+    rows = load_results(study / "results.csv")
+    for (_, mode), grid in choose(rows).items():
+        means = {}
+        for point in {r["grid"] for r in rows if r["mode"] == mode}:
+            vals = [r["val"] for r in rows if r["mode"] == mode and r["grid"] == point]
+            means[point] = sum(vals) / len(vals)
+        assert grid == max(means, key=means.get)
+        # the choice never looks at the test metric: swapping test values leaves it unchanged
+    shuffled = [dict(r, final_test=1.0 - (r["final_test"] or 0)) for r in rows]
+    assert choose(shuffled) == choose(rows)
+
+
+@pytestmark_slow
+def test_results_csv_round_trips_into_the_same_tables(tiny_study, tmp_path: Path) -> None:
+    study, _ = tiny_study
+    rows = load_results(study / "results.csv")
+    assert list(rows[0]) == COLUMNS
+    save_results(rows, tmp_path / "again.csv")
+    assert load_results(tmp_path / "again.csv") == rows
+    assert headline(load_results(tmp_path / "again.csv")) == headline(rows)
+    with (study / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+
+
+@pytestmark_slow
+def test_a_rerun_reuses_finished_runs_and_resumes_an_interrupted_one(tiny_study) -> None:
+    study, argv = tiny_study
+    runs = study / "runs"
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    interrupted = runs / "federated-seed1-lr3e-2"
+    (interrupted / "summary.json").unlink()  # as if killed after its last checkpoint, before the summary
+    (interrupted / "study_run.json").unlink()
+    assert main(argv) == 0
+    after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    redone = [name for name in after if after[name] != stamps.get(name)]
+    assert redone == ["federated-seed1-lr3e-2"]
+    record = json.loads((interrupted / "study_run.json").read_text())
+    assert record["resumed"] and "resume=true" in record["command"]
+
+
+@pytestmark_slow
+def test_a_study_dir_refuses_another_studys_shared_settings(tiny_study) -> None:
+    _, argv = tiny_study
+    assert main([*argv, "federation.rounds=3"]) == 2
+
+
+def test_plan_names_runs_by_condition_mode_seed_and_grid_point() -> None:
+    plan = StudyPlan(modes=["federated", "local"], seeds=[0, 1], grid={"train.lr": ["1e-3", "5e-3"]},
+                     vary={"data.alpha": ["0.5", "0.1"]})
+    names = [r.name for r in plan.runs()]
+    assert len(names) == len(set(names)) == 16
+    assert "alpha0.1-local-seed1-lr5e-3" in names
+    with pytest.raises(ConfigError, match="--modes"):
+        StudyPlan(modes=["federal"], seeds=[0])
+
+
+def test_paired_difference_has_a_t_interval_over_seeds() -> None:
+    mean, _, hi, n = paired_difference({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.8, 1: 0.75, 2: 0.8})
+    assert n == 3 and mean == pytest.approx(1 / 15)
+    # t(0.975, 2) = 4.303; the differences 0.10, 0.05, 0.05 have sd 0.02887
+    assert hi - mean == pytest.approx(4.3027 * 0.028868 / 3**0.5, rel=1e-3)
+    assert paired_difference({0: 1.0}, {0: 0.5})[1] is None
+
+
+def test_unseen_parties_never_train_and_are_measured(job_factory, carried, monkeypatch) -> None:
+    job = job_factory(data__unseen_fraction=0.34, train__eval_parties=True)
+    touched: list[tuple[str, int]] = []
+    examples = Workspace.examples
+
+    def record(self, split, party=0):
+        touched.append((split, party))
+        return examples(self, split, party)
+
+    monkeypatch.setattr(Workspace, "examples", record)
+    summary, _ = run_local(job)
+    ws = workspace_for(job)
+    assert len(ws.data.clients) == 3 and len(ws.data.unseen) == 1
+    unseen_texts = set(ws.data.unseen[0].train["text"]) | set(ws.data.unseen[0].val["text"])
+    assert not unseen_texts & {t for c in ws.data.clients for t in c.train["text"]}
+    assert {party for split, party in touched if split == "train"} <= {0, 1, 2}
+    trained = [int(reply.content["client"]["partition-id"]) for msg, reply in carried
+               if msg.metadata.message_type == "train" and reply.has_content()]
+    assert sorted(set(trained)) == [0, 1, 2]
+    parties = summary["parties"]
+    assert parties["unseen_parties"] == 1 and parties["unseen_examples"] == len(unseen_texts)
+    assert 0.0 <= parties["unseen_accuracy"] <= 1.0
+    assert set(parties["party_val_accuracy"]) == {"0", "1", "2"}
+    assert summary["overfit_gap"] == pytest.approx(parties["train_accuracy"] - summary["final_test_accuracy"])
