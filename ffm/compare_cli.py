@@ -30,6 +30,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                          help="conditions reported apart, e.g. data.alpha=0.5,0.1 (repeatable)")
     compare.add_argument("--study-dir", help="default runs/study-<config name>")
+    compare.add_argument("--workers", type=int, default=1, help="runs at once (default 1; peak memory adds up)")
     compare.add_argument("--report-only", action="store_true", help="rewrite the report from the runs done; run none")
 
 
@@ -68,9 +69,9 @@ def compare_main(args: argparse.Namespace) -> int:
           f"{len(plan.grid_points())} grid points x {len(plan.conditions())} conditions) -> {study_dir}")
     if args.report_only:
         records = {r.name: json.loads(p.read_text()) if (p := study_dir / "runs" / r.name / "study_run.json").is_file()
-                   else {"exit": None} for r in runs}
+                   else {"exit": None, "not_run": True} for r in runs}
     else:
-        records = run_study(plan, str(args.config), list(args.overrides), study_dir)
+        records = run_study(plan, str(args.config), list(args.overrides), study_dir, workers=args.workers)
     rows = [row_of(run, records[run.name], study_dir / "runs" / run.name) for run in runs]
     save_results(rows, study_dir / "results.csv")
     plan_text = (f"Plan: modes {', '.join(plan.modes)}; seeds {plan.seeds}; grid "

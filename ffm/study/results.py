@@ -39,7 +39,8 @@ def _worst_share(values: list[float], higher_is_better: bool, share: float = 0.1
 def row_of(run: StudyRun, record: dict, run_dir: Path) -> dict[str, Any]:
     """The row of one run: its record, summary and per-party figures (a failed run keeps its keys, empty)."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    status = "done" if record.get("exit") == 0 else f"failed (exit {record.get('exit')})"
+    status = ("done" if record.get("exit") == 0 else "not run" if record.get("not_run")
+              else f"failed (exit {record.get('exit')})")
     row.update(name=run.name, condition=_pairs(run.condition), mode=run.mode, seed=run.seed, grid=_pairs(run.grid),
                run_dir=str(run_dir), status=status)
     if record.get("exit") != 0 or not (run_dir / "summary.json").is_file():

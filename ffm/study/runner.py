@@ -1,5 +1,6 @@
 """Run a study: each run of the plan in a child process (``ffm run``), so its peak memory is its own and one
-crashed run cannot take the study down. A run with a summary is reused; an interrupted one resumes."""
+crashed run cannot take the study down. A run with a summary is reused; an interrupted one resumes.
+With ``workers`` > 1 that many children run at once (each with its share of the cores: set OMP_NUM_THREADS)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -19,7 +21,7 @@ __all__ = ["run_study", "run_one"]
 RUN_RECORD = "study_run.json"  # the study's own figures of a run: peak memory, wall time, exit status
 
 
-def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path) -> dict:
+def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path, threads: int = 0) -> dict:
     """Run (or resume, or reuse) one run; return its study record."""
     run_dir = runs_dir / run.name
     record_path = run_dir / RUN_RECORD
@@ -33,7 +35,10 @@ def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path) ->
     with (runs_dir / f"{run.name}.log").open("a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        env = os.environ.copy()
+        if threads and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(threads)  # workers share the cores instead of each taking them all
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     record = {
@@ -48,16 +53,23 @@ def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path) ->
     return record
 
 
-def run_study(plan: StudyPlan, config: str, overrides: list[str], study_dir: Path, *, progress: bool = True
-              ) -> dict[str, dict]:
-    """Run every run of ``plan``; return each run's record by name (failed ones carry their exit status)."""
+def run_study(plan: StudyPlan, config: str, overrides: list[str], study_dir: Path, *, workers: int = 1,
+              progress: bool = True) -> dict[str, dict]:
+    """Run every run of ``plan``, ``workers`` at a time; return each run's record by name (failed ones carry
+    their exit status)."""
     runs_dir = study_dir / "runs"
     records: dict[str, dict] = {}
-    bar = tqdm(plan.runs(), desc="study runs", unit="run", disable=not progress)
-    for run in bar:
-        bar.set_postfix_str(run.name)
-        records[run.name] = run_one(run, config, overrides, runs_dir)
-        if records[run.name]["exit"] != 0:
-            tqdm.write(f"ffm compare: run {run.name} failed (exit {records[run.name]['exit']}); "
-                       f"see {runs_dir / (run.name + '.log')}")
+    runs = plan.runs()
+    with tqdm(total=len(runs), desc="study runs", unit="run", disable=not progress) as bar, \
+            ThreadPoolExecutor(max(1, workers)) as pool:
+        threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+        futures = {pool.submit(run_one, run, config, overrides, runs_dir, threads): run for run in runs}
+        for future in as_completed(futures):
+            run = futures[future]
+            records[run.name] = future.result()
+            bar.set_postfix_str(run.name)
+            bar.update(1)
+            if records[run.name]["exit"] != 0:
+                tqdm.write(f"ffm compare: run {run.name} failed (exit {records[run.name]['exit']}); "
+                           f"see {runs_dir / (run.name + '.log')}")
     return records
