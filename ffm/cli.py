@@ -106,7 +106,23 @@ def _quiet_libraries(verbose: bool) -> None:
     datasets.disable_progress_bars()
 
 
+def _print_search_summary(summary: dict) -> None:
+    template, words = summary["selected"]
+    print(f"\nprompt search finished: {summary['rounds']} rounds, {summary['candidates_scored']} candidates scored "
+          f"by clients, in {summary['wall_time_s']:.0f} s")
+    print(f"  selected       {template!r} with label words {words}")
+    print(f"  test accuracy  selected {summary['final_test_accuracy']:.4f}  first candidate "
+          f"{summary['initial_test_accuracy']:.4f}  central choice {summary['central_test_accuracy'] or 0:.4f}")
+    if summary["epsilon"] is not None:
+        print(f"  privacy        epsilon {summary['epsilon']:.2f} at delta {summary['delta']}")
+    print(f"  traffic        {summary['bytes_up']:,} bytes up (scores only), {summary['bytes_down']:,} bytes down")
+    print(f"  run directory  {summary['run_dir']}  (metrics.jsonl, summary.json)")
+
+
 def _print_summary(summary: dict) -> None:
+    if summary["mode"] == "prompt_search":
+        _print_search_summary(summary)
+        return
     metric = summary["primary_metric"]
     mb_up, mb_down = summary["bytes_up"] / 1e6, summary["bytes_down"] / 1e6
     final, best = summary[f"final_test_{metric}"], summary[f"best_test_{metric}"]

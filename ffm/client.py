@@ -23,6 +23,7 @@ from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, t
 from ffm.models import split_personal, trainable_state
 from ffm.mods import FLIP_LABELS_KEY, job_mods
 from ffm.privacy import DP_WEIGHT_KEY
+from ffm.prompt_search import CANDIDATES_KEY, scores_reply
 from ffm.strategies import ARRAYS_KEY, METRICS_KEY, STRATEGIES, round_seed
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
@@ -155,6 +156,12 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Which data owner this node is (a reply without tensors; the local-only baseline asks it after a resume)."""
+    """Replies without tensors: which data owner this node is (the local-only baseline asks it after a resume),
+    with the scores of candidate prompts when the message carries some (``mode=prompt_search``)."""
     party = int(context.node_config.get("partition-id", 0))
-    return Message(RecordDict({"client": _client_record(party)}), reply_to=msg)
+    content = RecordDict({"client": _client_record(party)})
+    if CANDIDATES_KEY in msg.content.config_records:
+        _, workspace, index, party = _workspace(context)
+        for key, record in scores_reply(workspace, index, msg.content.config_records[CANDIDATES_KEY]).items():
+            content[key] = record
+    return Message(content, reply_to=msg)

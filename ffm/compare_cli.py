@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ffm.config import MODES, load_job
+from ffm.config import TRAINING_MODES, load_job
 from ffm.errors import ConfigError
 
 __all__ = ["add_compare_parser", "compare_main"]
@@ -24,7 +24,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("config", help="YAML job file")
     compare.add_argument("overrides", nargs="*", help="dotted overrides shared by every run")
     compare.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (split, partition, init); default 3")
-    compare.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, default {','.join(MODES)}")
+    compare.add_argument("--modes", default=",".join(TRAINING_MODES),
+                         help=f"comma-separated, default {','.join(TRAINING_MODES)}")
     compare.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                          help="tuned per mode on validation data, e.g. train.lr=1e-4,5e-4,1e-3 (repeatable)")
     compare.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",

@@ -44,7 +44,8 @@ __all__ = [
     "load_job",
 ]
 
-MODES = ("federated", "centralized", "local")
+TRAINING_MODES = ("federated", "centralized", "local")  # what ffm compare compares
+MODES = (*TRAINING_MODES, "prompt_search")
 RUNTIMES = ("local", "flower")
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
@@ -217,13 +218,41 @@ class PrivacyConfig:
 
 
 @dataclass
+class SearchConfig:
+    templates: list[str] = field(
+        default_factory=list,
+        metadata={"help": "mode=prompt_search: candidate templates, each with {text} (empty = task.template)"},
+    )
+    verbalizers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "mode=prompt_search: candidate label words, one string per candidate with the words "
+                  "in label order separated by | (empty = task.verbalizer)"},
+    )
+    cues: list[str] = field(
+        default_factory=lambda: ["Topic:", "Category:", "Section:", "This article is about"],
+        metadata={"help": "mode=prompt_search: endings an edit may put after the text of the best template"},
+    )
+    instructions: list[str] = field(
+        default_factory=lambda: ["", "Classify the news article by topic."],
+        metadata={"help": "mode=prompt_search: first lines an edit may put in front of the best template"},
+    )
+    edits: int = _f(4, "mode=prompt_search: new candidates made from the best so far in every round after the first")
+    score: str = _f("accuracy", "mode=prompt_search: what clients score a candidate by: accuracy | loss")
+    noise_multiplier: float = _f(
+        0.0, "mode=prompt_search: Gaussian noise on the sum of the clients' score vectors, in units of its "
+        "sensitivity (client-level DP; score=accuracy only); epsilon is reported")
+    delta: float = _f(1e-5, "mode=prompt_search: delta of the reported (epsilon, delta)")
+
+
+@dataclass
 class CheckpointConfig:
     keep_last: int = _f(0, "keep only the newest this many round checkpoints (0 = keep every round)")
 
 
 @dataclass
 class JobConfig:
-    mode: str = _f("federated", "federated | centralized (all data pooled) | local (each client alone)")
+    mode: str = _f("federated", "federated | centralized (all data pooled) | local (each client alone) | "
+                   "prompt_search (choose a discrete prompt from clients' private scores; no training)")
     runtime: str = _f("local", "which Grid carries the messages: local (in-process) or flower (`ffm deploy run`)")
     seed: int = _f(0, "seed of every random choice: split, partition, init, sampling, shuffling")
     run_dir: str = _f("", "run directory (empty = runs/<config name>-<time>)")
@@ -238,6 +267,7 @@ class JobConfig:
     strategy: StrategyConfig = field(default_factory=lambda: _variant_default(StrategyConfig))
     client: ClientConfig = field(default_factory=ClientConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -468,6 +498,14 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
     _check(0.0 <= data.unseen_fraction <= 1.0, "data.unseen_fraction must be in [0, 1]")
+    search = job.search
+    _check(search.score in ("accuracy", "loss"), f"search.score: '{search.score}' is not accuracy or loss")
+    _check(search.edits >= 0 and search.noise_multiplier >= 0, "search.edits and search.noise_multiplier must be >= 0")
+    _check(search.noise_multiplier == 0 or search.score == "accuracy",
+           "search.noise_multiplier > 0 needs search.score=accuracy (a bounded score; loss has no bound)")
+    _check(all("{text}" in t for t in search.templates), "every template of search.templates must contain {text}")
+    _check(job.mode != "prompt_search" or job.task.name == "verbalizer_classification",
+           f"mode=prompt_search scores prompts of task.name=verbalizer_classification, not '{job.task.name}'")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
     partitioners = ("dirichlet", "iid", "shards", "natural", "clusters", "quantity")
     _check(data.partitioner in partitioners, f"data.partitioner: '{data.partitioner}' is not one of {partitioners}")

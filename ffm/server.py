@@ -26,6 +26,7 @@ from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
 from ffm.partition_report import report_partition
 from ffm.party_evaluation import evaluate_parties
 from ffm.privacy import dp_strategy, epsilon, noise_multiplier
+from ffm.prompt_search import run_prompt_search
 from ffm.run_dir import RunDirectory
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
 from ffm.strategies.lora_aggregation import LoraAggregation
@@ -114,6 +115,8 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     """Run (or resume) ``job`` over ``grid``; write the run directory; return the summary."""
     run = RunDirectory(job.run_dir)
     workspace = workspace_for(job)  # bad data or model fails here, before anything is written
+    if job.mode == "prompt_search":  # no training: its own loop of query messages
+        return run_prompt_search(grid, job, workspace, run)
     run.start(job)
     table = report_partition(workspace.data, run.path) if job.mode != "centralized" else None
     if table:

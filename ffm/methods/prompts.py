@@ -26,7 +26,7 @@ from ffm.tasks import Task
 
 __all__ = ["PTuning", "PrefixTuning", "PromptTuning"]
 
-SUPPORTED = {"SEQ_CLS": "text_classification", "CAUSAL_LM": "causal_lm"}
+SUPPORTED = {"SEQ_CLS": "text_classification", "CAUSAL_LM": "causal_lm or verbalizer_classification"}
 
 
 @dataclass

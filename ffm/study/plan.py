@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from ffm.config import MODES
+from ffm.config import TRAINING_MODES
 from ffm.errors import ConfigError
 
 __all__ = ["StudyPlan", "StudyRun", "parse_axis"]
@@ -55,9 +55,9 @@ class StudyPlan:
     vary: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.modes if m not in MODES]
+        unknown = [m for m in self.modes if m not in TRAINING_MODES]
         if unknown or not self.modes:
-            raise ConfigError(f"--modes: {unknown or 'none given'} not among {', '.join(MODES)}")
+            raise ConfigError(f"--modes: {unknown or 'none given'} not among {', '.join(TRAINING_MODES)}")
         if not self.seeds:
             raise ConfigError("--seeds must be at least 1")
         shared = set(self.grid) & set(self.vary)

@@ -9,6 +9,7 @@ from ffm.tasks.contrastive import ImageTextContrastive
 from ffm.tasks.examples import Examples, batches, step_batches, steps_per_epoch
 from ffm.tasks.image_classification import ImageClassification
 from ffm.tasks.masked_lm import MaskedLM
+from ffm.tasks.verbalizer import VerbalizerClassification
 
 __all__ = ["TASKS", "Examples", "Task", "batches", "build_task", "ensure_pad_token", "step_batches", "steps_per_epoch"]
 
@@ -18,6 +19,7 @@ TASKS.register("causal_lm", CausalLM)
 TASKS.register("masked_lm", MaskedLM)
 TASKS.register("image_classification", ImageClassification)
 TASKS.register("image_text_contrastive", ImageTextContrastive)
+TASKS.register("verbalizer_classification", VerbalizerClassification)
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -1,0 +1,227 @@
+"""Discrete prompt selection from private scores (``mode=prompt_search``): no tensor ever travels.
+
+Each round the server proposes candidate prompts (template x label words); every sampled client scores each
+candidate zero-shot with the frozen model on its own data and replies with one number per candidate; the
+server averages the scores (weighted by examples, or uniformly plus Gaussian noise for client-level DP) and
+keeps the best. Rounds after the first propose *edits* of the best so far (another ending after the text,
+another first line, one class's word taken from another candidate), so the search climbs.
+
+None of the anchors has this, and flwr has no strategy for replies without arrays, so the loop is written
+here on the Grid API (``query`` messages): the same ServerApp / ClientApp run it on a Flower federation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from ffm.config import JobConfig
+from ffm.errors import ConfigError
+from ffm.run_dir import RunDirectory
+from ffm.tasks.verbalizer import VerbalizerClassification
+from ffm.workspace import Workspace
+
+__all__ = ["CANDIDATES_KEY", "Candidate", "aggregate_scores", "edits", "run_prompt_search", "score_candidates"]
+
+logger = logging.getLogger("ffm")
+
+CANDIDATES_KEY = "prompt-candidates"  # the query's ConfigRecord: the candidates as JSON
+SCORES_KEY = "prompt-scores"  # the reply's MetricRecord: score-<i> per candidate and num-examples
+
+
+@dataclass(frozen=True)
+class Candidate:
+    template: str
+    words: tuple[str, ...]
+
+    def as_json(self) -> list:
+        return [self.template, list(self.words)]
+
+
+def initial_candidates(job: JobConfig, task: VerbalizerClassification) -> list[Candidate]:
+    templates = job.search.templates or [task.cfg.template]
+    verbalizers = [tuple(w.strip() for w in v.split("|")) for v in job.search.verbalizers] or [tuple(task.words())]
+    return [Candidate(t, v) for t in templates for v in verbalizers]
+
+
+def _split(template: str) -> tuple[str, str, str]:
+    """(first line, the part holding {text} up to its end, the ending after the text)."""
+    lines = template.split("\n")
+    first = lines[0] if len(lines) > 1 and "{text}" not in lines[0] else ""
+    rest = "\n".join(lines[1:]) if first else template
+    before, after = rest.split("{text}", 1)
+    return first, before + "{text}", after
+
+
+def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Random) -> list[Candidate]:
+    """Up to ``search.edits`` new candidates, each one simple edit of ``best``."""
+    first, body, ending = _split(best.template)
+    made: list[Candidate] = []
+    options: list[Candidate] = []
+    for cue in job.search.cues:
+        new_ending = ("\n" if "\n" in ending or not ending else " ") + cue if cue else ending
+        options.append(Candidate((first + "\n" if first else "") + body + new_ending, best.words))
+    for line in job.search.instructions:
+        options.append(Candidate((line + "\n" if line else "") + body + ending, best.words))
+    for other in pool:
+        for k, (mine, theirs) in enumerate(zip(best.words, other.words, strict=False)):
+            if mine != theirs:
+                options.append(Candidate(best.template, (*best.words[:k], theirs, *best.words[k + 1:])))
+    rng.shuffle(options)
+    seen = set(pool)
+    for option in options:
+        if option not in seen and len(made) < job.search.edits:
+            made.append(option)
+            seen.add(option)
+    return made
+
+
+def score_candidates(ws: Workspace, index: int, candidates: list[Candidate]) -> tuple[list[float], int]:
+    """A client's zero-shot score of each candidate on all its own examples (train and validation)."""
+    import datasets
+
+    client = ws.data.clients[index]
+    data = datasets.concatenate_datasets([client.train, client.val])
+    scores = []
+    for cand in candidates:
+        task = ws.task.with_prompt(cand.template, list(cand.words))
+        result = task.evaluate(ws.model, task.encode(data, ws.tokenizer, ws.job.model.max_length),
+                               ws.job.train.eval_batch_size)
+        scores.append(result["accuracy"] if ws.job.search.score == "accuracy" else -result["loss"])
+    return scores, len(data)
+
+
+def aggregate_scores(replies: list[tuple[list[float], int]], job: JobConfig, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """Mean score per candidate: weighted by examples; with noise, uniform over clients plus Gaussian noise of
+    std z * sqrt(K) on the sum (each client's K scores lie in [0, 1], so that is the sum's L2 sensitivity)."""
+    scores = np.array([s for s, _ in replies], dtype=np.float64)
+    z = job.search.noise_multiplier
+    if z <= 0:
+        weights = np.array([n for _, n in replies], dtype=np.float64)
+        return weights @ scores / weights.sum()
+    total = scores.sum(axis=0) + rng.normal(0.0, z * np.sqrt(scores.shape[1]), size=scores.shape[1])
+    return total / len(replies)
+
+
+def search_epsilon(job: JobConfig, rounds: int) -> float:
+    """(epsilon at search.delta) of ``rounds`` noisy releases with clients sampled at federation.fraction_train."""
+    from opacus.accountants import RDPAccountant
+
+    if job.search.noise_multiplier <= 0:
+        return float("inf")
+    accountant = RDPAccountant()
+    accountant.history = [(job.search.noise_multiplier, job.federation.fraction_train, rounds)]
+    return float(accountant.get_epsilon(job.search.delta))
+
+
+def _test_accuracy(ws: Workspace, cand: Candidate) -> float:
+    task = ws.task.with_prompt(cand.template, list(cand.words))
+    examples = task.encode(ws.data.test, ws.tokenizer, ws.job.model.max_length)
+    return task.evaluate(ws.model, examples, ws.job.train.eval_batch_size)["accuracy"]
+
+
+def _ask(grid: Grid, nodes: list[int], candidates: list[Candidate]) -> tuple[list[tuple[int, list[float], int]], int]:
+    payload = json.dumps([c.as_json() for c in candidates])
+    messages = [Message(RecordDict({CANDIDATES_KEY: ConfigRecord({"candidates": payload})}), dst_node_id=node,
+                        message_type=MessageType.QUERY) for node in nodes]
+    replies = []
+    for reply in grid.send_and_receive(messages):
+        if reply.has_error() or SCORES_KEY not in reply.content.metric_records:
+            logger.warning("prompt search: node %s sent no scores; left out", reply.metadata.src_node_id)
+            continue
+        metrics = reply.content.metric_records[SCORES_KEY]
+        party = int(reply.content.config_records["client"]["partition-id"])
+        replies.append((party, [float(metrics[f"score-{i}"]) for i in range(len(candidates))],
+                        int(metrics["num-examples"])))
+    return replies, len(payload.encode()) * len(nodes)
+
+
+def run_prompt_search(grid: Grid, job: JobConfig, ws: Workspace, run: RunDirectory) -> dict[str, Any]:
+    """Rounds of propose, score privately, aggregate, keep the best; then the comparisons on the test set."""
+    if run.read_metrics():
+        raise ConfigError(f"run_dir '{run.path}' already holds a prompt search (a search is short and does not "
+                          "resume); choose another run_dir")
+    run.start(job)
+    started = time.perf_counter()
+    rng, noise = random.Random(job.seed), np.random.default_rng(job.seed)
+    candidates = initial_candidates(job, ws.task)
+    tried: dict[Candidate, float] = {}
+    own_best: dict[int, Candidate] = {}  # each client's own choice: what it would pick alone
+    bytes_down = bytes_up = 0
+    best = candidates[0]
+    for server_round in range(1, job.federation.rounds + 1):
+        if server_round > 1:
+            candidates = [best, *edits(best, list(tried), job, rng)]
+        nodes = sorted(grid.get_node_ids())
+        nodes = sorted(rng.sample(nodes, max(1, round(len(nodes) * job.federation.fraction_train))))
+        replies, sent = _ask(grid, nodes, candidates)
+        bytes_down += sent
+        bytes_up += sum(8 * (len(s) + 1) for _, s, _ in replies)
+        if not replies:
+            logger.warning("prompt search: round %d got no scores; the best so far stands", server_round)
+            continue
+        means = aggregate_scores([(s, n) for _, s, n in replies], job, noise)
+        for cand, value in zip(candidates, means, strict=True):
+            tried[cand] = float(value)
+        for party, scores, _ in replies:
+            own_best[party] = candidates[int(np.argmax(scores))]
+        best = max(tried, key=tried.get)
+        line = {"round": server_round, "candidates": [c.as_json() for c in candidates],
+                "scores": [float(v) for v in means], "best": best.as_json(), "best_score": tried[best],
+                "test_accuracy": _test_accuracy(ws, best), "clients": [p for p, _, _ in replies],
+                "bytes_down": sent, "bytes_up": sum(8 * (len(s) + 1) for _, s, _ in replies)}
+        if job.search.noise_multiplier > 0:
+            line["epsilon"] = search_epsilon(job, server_round)
+        run.append_metrics(line)
+        logger.info("round %d: best %r score %.4f test accuracy %.4f", server_round, best.template,
+                    tried[best], line["test_accuracy"])
+    central = _central_choice(ws, list(tried)) if ws.data.clients else None  # simulation: the server holds all
+    single = {str(p): _test_accuracy(ws, c) for p, c in sorted(own_best.items())}
+    summary = {
+        "mode": job.mode, "task": job.task.name, "primary_metric": "accuracy", "higher_is_better": True,
+        "rounds": job.federation.rounds, "selected": best.as_json(),
+        "final_test_accuracy": _test_accuracy(ws, best), "best_test_accuracy": _test_accuracy(ws, best),
+        "initial_test_accuracy": _test_accuracy(ws, initial_candidates(job, ws.task)[0]),
+        "central_choice": central and central.as_json(),
+        "central_test_accuracy": central and _test_accuracy(ws, central),
+        "single_client_test_accuracy": single,
+        "candidates_scored": len(tried), "bytes_up": bytes_up, "bytes_down": bytes_down,
+        "epsilon": search_epsilon(job, job.federation.rounds) if job.search.noise_multiplier > 0 else None,
+        "delta": job.search.delta,
+        "wall_time_s": round(time.perf_counter() - started, 2), "run_dir": str(run.path),
+    }
+    run.write_summary(summary)
+    return summary
+
+
+def _central_choice(ws: Workspace, candidates: list[Candidate]) -> Candidate:
+    """The baseline that sees all data: the candidate with the best score on the pooled training data."""
+    import datasets
+
+    pooled = datasets.concatenate_datasets([d for c in ws.data.clients for d in (c.train, c.val)])
+    best, best_score = candidates[0], -float("inf")
+    for cand in candidates:
+        task = ws.task.with_prompt(cand.template, list(cand.words))
+        result = task.evaluate(ws.model, task.encode(pooled, ws.tokenizer, ws.job.model.max_length),
+                               ws.job.train.eval_batch_size)
+        value = result["accuracy"] if ws.job.search.score == "accuracy" else -result["loss"]
+        if value > best_score:
+            best, best_score = cand, value
+    return best
+
+
+def scores_reply(ws: Workspace, index: int, record: ConfigRecord) -> RecordDict:
+    """The client half: the scores of the candidates in ``record``, and nothing else."""
+    candidates = [Candidate(t, tuple(w)) for t, w in json.loads(str(record["candidates"]))]
+    scores, count = score_candidates(ws, index, candidates)
+    metrics = MetricRecord({f"score-{i}": float(s) for i, s in enumerate(scores)} | {"num-examples": count})
+    return RecordDict({SCORES_KEY: metrics})

@@ -1,0 +1,127 @@
+"""Classification by a frozen language model: a prompt template around the text, and label words scored by the
+LM head at the last position (a *verbalizer*). No new head: a decoder such as SmolLM2 classifies zero-shot,
+and prompt tuning / prefix tuning / LoRA adapt it (peft's CAUSAL_LM methods), with the loss restricted to
+the label words.
+
+The template holds ``{text}``; the text is truncated to fit ``model.max_length`` so the template's ending
+(e.g. "Topic:") is never cut. Each label word is scored by its first token (with a leading space, as it
+follows the prompt); two label words with the same first token are an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from ffm.config import ConfigError, ModelConfig, TaskConfig, _check, _f
+from ffm.models.backbone import load_model
+from ffm.tasks.base import Task, ensure_pad_token
+from ffm.tasks.examples import Examples, batches
+
+__all__ = ["VerbalizerClassification", "VerbalizerConfig"]
+
+
+@dataclass
+class VerbalizerConfig(TaskConfig):
+    name: str = "verbalizer_classification"
+    template: str = _f("Article: {text}\nTopic:", "prompt around each text; must contain {text}")
+    verbalizer: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "one label word per class, in label order (empty = the data set's label names)"},
+    )
+
+    def __post_init__(self) -> None:
+        _check("{text}" in self.template, f"task.template must contain {{text}} (got {self.template!r})")
+
+
+class VerbalizerClassification(Task):
+    config = VerbalizerConfig
+    columns = ("text", "label")
+    primary_metric = "accuracy"
+    higher_is_better = True
+    peft_task_type = "CAUSAL_LM"
+
+    def __init__(self, cfg: VerbalizerConfig) -> None:
+        super().__init__(cfg)
+        self.label_names: list[str] = []
+
+    def with_prompt(self, template: str, verbalizer: list[str]) -> VerbalizerClassification:
+        """The same task with another template and label words (a candidate of discrete prompt search)."""
+        task = VerbalizerClassification(dataclasses.replace(self.cfg, template=template, verbalizer=list(verbalizer)))
+        task.label_names = self.label_names
+        return task
+
+    def build_model(
+        self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
+    ) -> PreTrainedModel:
+        self.label_names = list(label_names)
+        return load_model(AutoModelForCausalLM, model, tokenizer, seed)
+
+    def words(self) -> list[str]:
+        words = self.cfg.verbalizer or [name.lower() for name in self.label_names]
+        if self.label_names and len(words) != len(self.label_names):
+            raise ConfigError(f"task.verbalizer has {len(words)} words for {len(self.label_names)} classes "
+                              f"({self.label_names}); give one word per class, in label order")
+        return words
+
+    def label_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+        ids = [tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"][0] for w in self.words()]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"task.verbalizer {self.words()}: two label words start with the same token; "
+                              "choose words whose first tokens differ")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        ensure_pad_token(tokenizer)
+        before, after = self.cfg.template.split("{text}", 1)
+        head = tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
+        tail = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        room = max_length - len(head) - len(tail)
+        if room < 1:
+            raise ConfigError(f"task.template takes {len(head) + len(tail)} tokens, more than model.max_length="
+                              f"{max_length}; raise model.max_length or shorten the template")
+        texts = tokenizer(list(ds["text"]), add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+        rows = [head + text + tail for text in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # right padding: the last real token is at length - 1
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        words = self.label_token_ids(tokenizer)
+        tensors = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor(ds["label"], dtype=torch.long),
+                   "label_token_ids": words.expand(len(rows), -1).clone()}
+        return Examples(tensors, mask.sum(dim=1))
+
+    def _label_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, classes): the LM head's logits of each label word at each example's last real position."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits[:, -ids.shape[1]:]  # soft prompts add virtual positions in front
+        last = mask.sum(dim=1) - 1
+        at_last = logits[torch.arange(len(ids)), last]  # (B, V)
+        return at_last.gather(1, batch["label_token_ids"])
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self._label_logits(model, batch), batch["labels"])
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
+        """Cross-entropy over the label words, accuracy, and how many distinct classes were predicted."""
+        model.eval()
+        loss_sum, correct, predicted = 0.0, 0, set()
+        for batch in batches(data, batch_size):
+            scores = self._label_logits(model, batch)
+            loss_sum += float(F.cross_entropy(scores, batch["labels"], reduction="sum"))
+            guesses = scores.argmax(dim=-1)
+            correct += int((guesses == batch["labels"]).sum())
+            predicted.update(guesses.tolist())
+        n = max(len(data), 1)
+        return {"loss": loss_sum / n, "accuracy": correct / n, "predicted-classes": len(predicted),
+                "num-examples": len(data)}

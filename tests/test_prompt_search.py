@@ -1,0 +1,149 @@
+"""Classification by label words of a frozen LM, and discrete prompts chosen from clients' private scores."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from ffm.config import ConfigError
+from ffm.models import resolve_model_path
+from ffm.prompt_search import Candidate, aggregate_scores, edits, search_epsilon
+from ffm.runtime import run_local
+from ffm.tasks import build_task
+from ffm.tasks.verbalizer import VerbalizerConfig
+from ffm.workspace import workspace_for
+
+TEMPLATES = ["Article: {text}\nTopic:", "{text}\nCategory:"]
+VERBALIZERS = ["business|entertainment|politics|sport|tech", "money|film|government|football|computers"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _search_job(job_factory, tiny_llama_dir, name: str = "search", **overrides):
+    settings = {"mode": "prompt_search", "task__name": "verbalizer_classification", "method__name": "full",
+                "model__name": str(tiny_llama_dir), "search__templates": TEMPLATES,
+                "search__verbalizers": VERBALIZERS, **overrides}
+    return job_factory(name, **settings)
+
+
+class _Oracle(torch.nn.Module):
+    """A 'language model' whose next-token logits at every position favour the token id in ``favour``."""
+
+    def __init__(self, favour: torch.Tensor, vocab: int) -> None:
+        super().__init__()
+        self.favour, self.vocab = favour, vocab
+
+    def forward(self, input_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[torch.arange(len(input_ids)), :, self.favour[: len(input_ids)]] = 5.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_the_verbalizer_scores_each_label_word_at_the_last_real_token(tiny_llama_dir):
+    import datasets
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    task = build_task(VerbalizerConfig(template="News: {text}\nTopic:", verbalizer=["sport", "tech"]))
+    task.label_names = ["sport", "tech"]
+    ds = datasets.Dataset.from_dict({"text": ["a long text " * 40, "short"], "label": [1, 0]})
+    data = task.encode(ds, tokenizer, max_length=24)
+    tail = tokenizer("\nTopic:", add_special_tokens=False)["input_ids"]
+    for row, length in zip(data.tensors["input_ids"], data.lengths, strict=True):
+        assert row[length - len(tail):length].tolist() == tail  # the template's ending is never truncated
+    assert int(data.lengths.max()) <= 24
+    words = task.label_token_ids(tokenizer)
+    right = _Oracle(words[torch.tensor([1, 0])], tokenizer.vocab_size)
+    assert task.evaluate(right, data, batch_size=2)["accuracy"] == 1.0
+    wrong = _Oracle(words[torch.tensor([0, 1])], tokenizer.vocab_size)
+    assert task.evaluate(wrong, data, batch_size=2)["accuracy"] == 0.0
+
+
+def test_label_words_sharing_a_first_token_are_an_error(tiny_llama_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    task = build_task(VerbalizerConfig(verbalizer=["sport", "sport"]))
+    with pytest.raises(ConfigError, match="same token"):
+        task.label_token_ids(tokenizer)
+
+
+def test_prompt_tuning_federates_a_frozen_decoder_classifying_by_label_words(job_factory, tiny_llama_dir):
+    job = job_factory("soft", task__name="verbalizer_classification", method__name="prompt_tuning",
+                      method__virtual_tokens=4, model__name=str(tiny_llama_dir), train__lr=0.05)
+    summary, _ = run_local(job)
+    assert summary["rounds"] == 2 and 0.0 <= summary["final_test_accuracy"] <= 1.0
+    assert summary["trainable_params"] == 4 * 32  # the virtual tokens' embeddings alone
+
+
+def test_a_search_round_carries_no_tensors_and_replies_scores_only(job_factory, tiny_llama_dir, carried):
+    job = _search_job(job_factory, tiny_llama_dir)
+    summary, grid = run_local(job)
+    assert grid.bytes_down == grid.bytes_up == 0
+    assert carried and all(not msg.content.array_records for msg, _ in carried)
+    for _, reply in carried:
+        assert not reply.content.array_records
+        assert set(reply.content.metric_records) <= {"prompt-scores"}
+    assert summary["selected"] and summary["candidates_scored"] >= 4
+    assert 0.0 <= summary["final_test_accuracy"] <= 1.0 and summary["epsilon"] is None
+
+
+def test_the_aggregate_is_the_example_weighted_mean_of_the_clients_scores(job_factory, tiny_llama_dir):
+    job = _search_job(job_factory, tiny_llama_dir)
+    replies = [([0.5, 0.25], 10), ([1.0, 0.0], 30)]
+    expected = [(0.5 * 10 + 1.0 * 30) / 40, (0.25 * 10) / 40]
+    assert aggregate_scores(replies, job, np.random.default_rng(0)).tolist() == pytest.approx(expected)
+
+
+def test_the_first_round_matches_a_hand_computation_over_the_clients(job_factory, tiny_llama_dir):
+    from ffm.prompt_search import initial_candidates, score_candidates
+
+    job = _search_job(job_factory, tiny_llama_dir, federation__rounds=1)
+    summary, _ = run_local(job)
+    ws = workspace_for(job)
+    candidates = initial_candidates(job, ws.task)
+    by_client = [score_candidates(ws, i, candidates) for i in range(3)]
+    total = sum(n for _, n in by_client)
+    hand = [sum(s[k] * n for s, n in by_client) / total for k in range(len(candidates))]
+    line = (Path(job.run_dir) / "metrics.jsonl").read_text().splitlines()[0]
+    assert json.loads(line)["scores"] == pytest.approx(hand)
+    assert summary["selected"] == candidates[int(np.argmax(hand))].as_json()
+
+
+def test_noisy_scores_give_a_finite_epsilon_that_falls_as_the_noise_grows(job_factory, tiny_llama_dir):
+    job = _search_job(job_factory, tiny_llama_dir, search__noise_multiplier=1.0)
+    summary, _ = run_local(job)
+    assert 0 < summary["epsilon"] < float("inf")
+    louder = _search_job(job_factory, tiny_llama_dir, "louder", search__noise_multiplier=2.0)
+    assert search_epsilon(louder, 2) < search_epsilon(job, 2)
+    noisy = aggregate_scores([([0.5, 0.5], 10)], job, np.random.default_rng(0))
+    assert noisy.tolist() != [0.5, 0.5]
+
+
+def test_edits_change_one_thing_of_the_best_and_repeat_nothing(job_factory, tiny_llama_dir):
+    job = _search_job(job_factory, tiny_llama_dir, search__edits=6)
+    best = Candidate("Article: {text}\nTopic:", ("business", "entertainment", "politics", "sport", "tech"))
+    other = Candidate("Article: {text}\nTopic:", ("money", "film", "government", "football", "computers"))
+    made = edits(best, [best, other], job, random.Random(0))
+    assert len(made) == 6 and best not in made and other not in made and len(set(made)) == 6
+    for cand in made:
+        changed_words = sum(a != b for a, b in zip(cand.words, best.words, strict=True))
+        assert (cand.template != best.template) + changed_words == 1
+
+
+def test_prompt_search_needs_the_verbalizer_task(job_factory, tiny_llama_dir):
+    with pytest.raises(ConfigError, match="verbalizer_classification"):
+        job_factory("bad", mode="prompt_search")
