@@ -43,9 +43,15 @@ def _mean(results: list[dict[str, float]], key: str) -> float:
 
 
 def evaluate_parties(
-    ws: Workspace, state: dict[str, torch.Tensor], party_states: dict[int, dict[str, torch.Tensor]] | None = None
+    ws: Workspace, state: dict[str, torch.Tensor], party_states: dict[int, dict[str, torch.Tensor]] | None = None,
+    personal: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any] | None:
-    """Train, per-party validation and unseen-party figures of the final model (or the parties' own models)."""
+    """Train, per-party validation and unseen-party figures of the final model (or the parties' own models).
+
+    With ``personal`` (each party's kept part, ``method.personal``: FedPer / FedRep style) every party's
+    validation split is also measured with the global state plus its own part, beside the global model alone
+    (the initial personal part): what personalization buys each party.
+    """
     data = ws.data
     if not data.clients:
         return None
@@ -73,6 +79,13 @@ def evaluate_parties(
         f"party_val_{metric}": {str(pid): r[metric] for pid, r in enumerate(val)},
         "unseen_parties": len(data.unseen),
     }
+    if personal:
+        mine = []
+        for pid, client in enumerate(data.clients):
+            ws.load(state, personal.get(pid))
+            mine.append(_measure(ws, client.val))
+        result[f"val_personal_{metric}"] = _mean(mine, metric)
+        result[f"party_val_personal_{metric}"] = {str(pid): r[metric] for pid, r in enumerate(mine)}
     if data.unseen:
         unseen = datasets.concatenate_datasets([d for c in data.unseen for d in (c.train, c.val)])
         scores = []

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from ffm.checkpointer import Checkpointer
+from ffm.client import PERSONAL_KEY
 from ffm.config import JobConfig, job_from_run_config
 from ffm.evaluation import Evaluator
 from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
@@ -140,7 +141,7 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
         if len(result.arrays) > 0:  # Flower keeps the last aggregate; the local baseline never makes one
             final_state = result.arrays.to_torch_state_dict()
     round_end.bar.close()
-    summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start)
+    summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start, _personal_parts(grid))
     run.write_summary(summary)
     return summary
 
@@ -158,8 +159,16 @@ def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Pa
         workspace.tokenizer.save_pretrained(target)
 
 
+def _personal_parts(grid: Grid) -> dict[int, dict[str, torch.Tensor]]:
+    """Each virtual node's kept part by partition id: only an in-process Grid can show them (for evaluation)."""
+    contexts = getattr(grid, "contexts", {})
+    return {int(ctx.node_config["partition-id"]): ctx.state[PERSONAL_KEY].to_torch_state_dict()
+            for ctx in contexts.values() if PERSONAL_KEY in ctx.state.array_records}
+
+
 def _finish(
-    job: JobConfig, workspace: Workspace, run: RunDirectory, guard: UpdateGuard, state: dict, seconds: float
+    job: JobConfig, workspace: Workspace, run: RunDirectory, guard: UpdateGuard, state: dict, seconds: float,
+    personal: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     task = workspace.task
     metrics = [m for m in run.read_metrics() if m["round"] > 0]
@@ -178,7 +187,7 @@ def _finish(
     parties = None
     if job.train.eval_parties:
         own = {pid: a.to_torch_state_dict() for pid, a in party_states.items()} if party_states else None
-        parties = evaluate_parties(workspace, state, own)
+        parties = evaluate_parties(workspace, state, own, personal)
     warning = task.diagnose({k.removeprefix("test_").replace("_", "-"): v for k, v in last.items()})
     if warning:
         logger.warning("ffm: warning: %s", warning)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -67,3 +69,18 @@ def test_a_registry_refuses_a_second_entry_under_a_registered_name():
 def test_a_registry_refuses_a_name_that_is_not_a_plain_identifier():
     with pytest.raises(ValueError, match="not a valid name"):
         Registry("method.name").register("Lo-RA", object())
+
+
+def test_each_party_is_measured_with_its_personal_part_beside_the_global_model(job_factory):
+    job = job_factory(method__personal=["classifier"], train__lr=0.05, train__eval_parties=True)
+
+    summary, grid = run_local(job)
+
+    parties = summary["parties"]
+    assert set(parties["party_val_personal_accuracy"]) == set(parties["party_val_accuracy"]) == {"0", "1", "2"}
+    ws = workspace_for(job)
+    head = grid.contexts[2].state["personal"].to_torch_state_dict()  # node 2 holds partition 1
+    final = torch.load(sorted((Path(job.run_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=True)["state"]
+    ws.load(final, head)
+    own = ws.task.evaluate(ws.model, ws.task.encode(ws.data.clients[1].val, ws.tokenizer, 32), 32)["accuracy"]
+    assert parties["party_val_personal_accuracy"]["1"] == pytest.approx(own)
