@@ -22,15 +22,13 @@ Launch:  .venv/bin/python bench/strategies.py [--workers 2] [--max-examples 1500
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from runs import REPO, acc, curve, mb, run_cached
+
 ATTACK = ["client.mods=[attack]", "client.attack=sign_flip", "client.attackers=0.2", "client.attack_scale=10"]
 
 
@@ -69,36 +67,7 @@ def shared(args: argparse.Namespace) -> list[str]:
 
 
 def run(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
-    run_dir = args.work / name
-    if not (run_dir / "summary.json").is_file():
-        cmd = [str(REPO / ".venv" / "bin" / "ffm"), "run", str(REPO / "configs" / "demo.yaml"), *shared(args),
-               *overrides, f"run_dir={run_dir}"] + (["resume=true"] if run_dir.exists() else [])
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        started = time.perf_counter()
-        log = args.work / f"{name}.log"
-        with log.open("w") as out:
-            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        print(f"  {name}: exit {code}, {time.perf_counter() - started:.0f} s", flush=True)
-        if code != 0:
-            return {"name": name, "error": log.read_text()[-400:]}
-    summary = json.loads((run_dir / "summary.json").read_text())
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {"name": name, "summary": summary, "lines": lines}
-
-
-def acc(result: dict) -> str:
-    return "failed" if "error" in result else f"{result['summary']['final_test_accuracy']:.4f}"
-
-
-def curve(result: dict) -> str:
-    return "" if "error" in result else ", ".join(f"{ln['test_accuracy']:.3f}" for ln in result["lines"])
-
-
-def mb(result: dict, key: str) -> str:
-    if "error" in result:
-        return "-"
-    rounds = max(1, result["summary"]["rounds"])
-    return f"{result['summary'][key] / rounds / 1e6:.2f}"
+    return run_cached(args.work, name, REPO / "configs" / "demo.yaml", [*shared(args), *overrides])
 
 
 def plot(results: dict[str, dict], path: Path) -> None:

@@ -1,0 +1,47 @@
+"""What the hand-run benchmarks share: one cached `ffm run` child process per named run, and its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cached(work: Path, name: str, config: Path, overrides: list[str]) -> dict:
+    """Run ``ffm run CONFIG OVERRIDES`` into ``work/name`` unless its summary exists (an interrupted run
+    resumes); return its summary and metrics lines, or the log's tail when it failed."""
+    run_dir = work / name
+    if not (run_dir / "summary.json").is_file():
+        cmd = [str(REPO / ".venv" / "bin" / "ffm"), "run", str(config), *overrides, f"run_dir={run_dir}"]
+        cmd += ["resume=true"] if run_dir.exists() else []
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        started = time.perf_counter()
+        log = work / f"{name}.log"
+        with log.open("w") as out:
+            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        print(f"  {name}: exit {code}, {time.perf_counter() - started:.0f} s", flush=True)
+        if code != 0:
+            return {"name": name, "error": log.read_text()[-400:]}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {"name": name, "summary": summary, "lines": lines}
+
+
+def acc(result: dict) -> str:
+    return "failed" if "error" in result else f"{result['summary']['final_test_accuracy']:.4f}"
+
+
+def curve(result: dict) -> str:
+    return "" if "error" in result else ", ".join(f"{ln['test_accuracy']:.3f}" for ln in result["lines"])
+
+
+def mb(result: dict, key: str) -> str:
+    """Megabytes per round of ``bytes_up`` / ``bytes_down``."""
+    if "error" in result:
+        return "-"
+    rounds = max(1, result["summary"]["rounds"])
+    return f"{result['summary'][key] / rounds / 1e6:.2f}"
