@@ -1,5 +1,5 @@
-"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]``, ``ffm compare ...``, ``ffm deploy ...`` and
-``ffm config``: the user's entry points.
+"""``ffm run CONFIG [key=value ...] [--resume RUN_DIR]``, ``ffm compare ...``, ``ffm audit RUN_DIR``,
+``ffm deploy ...`` and ``ffm config``: the user's entry points.
 
 User errors (FfmError) print one line and exit with code 2; nothing already written is removed.
 """
@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines and library warnings")
     add_deploy_parser(sub)
     add_compare_parser(sub)
+    audit = sub.add_parser("audit", help="membership-inference audit of a finished run (into its summary.json)")
+    audit.add_argument("run_dir", help="the run directory to attack")
+    audit.add_argument("--examples", type=int, default=200, help="member targets (as many non-members)")
+    audit.add_argument("--shadows", type=int, default=0, help="shadow models for LiRA (0 = loss attack only)")
+    audit.add_argument("--shadow-steps", type=int, default=0, help="steps per shadow (0 = the run's budget)")
+    audit.add_argument("--seed", type=int, default=0)
     config = sub.add_parser("config", help="list every config key, or print a resolved job")
     config.add_argument("config", nargs="?", help="YAML job file to resolve and print")
     config.add_argument("overrides", nargs="*", help="dotted overrides")
@@ -150,6 +156,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    _quiet_libraries(False)
+    from ffm.audit import audit_run
+
+    result = audit_run(args.run_dir, examples=args.examples, shadows=args.shadows, shadow_steps=args.shadow_steps,
+                       seed=args.seed)
+    print(f"membership inference on {args.run_dir}: {result['members']} members vs {result['nonmembers']} "
+          "non-members")
+    for name in ("loss_attack", "lira"):
+        if result[name]:
+            print(f"  {name:<12} AUC {result[name]['auc']:.4f}  TPR at 1% FPR {result[name]['tpr_at_1pct_fpr']:.4f}")
+    print(f"  written to {args.run_dir}/audit.json and summary.json (audit)")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     _split_positionals(args)
     if args.config is None and not args.overrides:
@@ -171,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return deploy_main(args)
         if args.command == "compare":
             return compare_main(args)
+        if args.command == "audit":
+            return _audit(args)
         return _run(args) if args.command == "run" else _config(args)
     except FfmError as exc:
         print(f"ffm: error: {exc}", file=sys.stderr)

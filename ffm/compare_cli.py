@@ -32,6 +32,9 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                          help="conditions reported apart, e.g. data.alpha=0.5,0.1 (repeatable)")
     compare.add_argument("--study-dir", help="default runs/study-<config name>")
     compare.add_argument("--workers", type=int, default=1, help="runs at once (default 1; peak memory adds up)")
+    compare.add_argument("--audit-examples", type=int, default=200,
+                         help="membership-inference audit of every run on this many members (0 = none)")
+    compare.add_argument("--audit-shadows", type=int, default=0, help="LiRA shadow models per audit (0 = loss attack)")
     compare.add_argument("--report-only", action="store_true", help="rewrite the report from the runs done; run none")
 
 
@@ -72,7 +75,8 @@ def compare_main(args: argparse.Namespace) -> int:
         records = {r.name: json.loads(p.read_text()) if (p := study_dir / "runs" / r.name / "study_run.json").is_file()
                    else {"exit": None, "not_run": True} for r in runs}
     else:
-        records = run_study(plan, str(args.config), list(args.overrides), study_dir, workers=args.workers)
+        records = run_study(plan, str(args.config), list(args.overrides), study_dir, workers=args.workers,
+                            audit=(args.audit_examples, args.audit_shadows))
     rows = [row_of(run, records[run.name], study_dir / "runs" / run.name) for run in runs]
     save_results(rows, study_dir / "results.csv")
     plan_text = (f"Plan: modes {', '.join(plan.modes)}; seeds {plan.seeds}; grid "

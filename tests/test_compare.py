@@ -37,7 +37,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     """2 modes x 2 seeds x 2 learning rates of the tiny model, run once for the module's tests."""
     tmp = tmp_path_factory.mktemp("study")
     argv = ["compare", str(_tiny_config(tmp, tiny_model_dir)), "--seeds", "2", "--modes", "federated,centralized",
-            "--grid", "train.lr=1e-4,3e-2", "--study-dir", str(tmp / "study")]
+            "--grid", "train.lr=1e-4,3e-2", "--study-dir", str(tmp / "study"), "--audit-examples", "10",
+            "--workers", "2"]
     assert main(argv) == 0
     return tmp / "study", argv
 
@@ -53,7 +54,9 @@ def test_a_study_writes_a_run_per_mode_seed_and_grid_point_and_every_report_file
         assert (study / name).stat().st_size > 0, name
     report = (study / "REPORT.md").read_text()
     assert "federated - centralized" in report and "What the numbers show" in report
-    assert "Membership inference was not measured" in report
+    assert "Membership-inference AUC" in report  # every run was audited (ffm audit, loss attack)
+    rows = load_results(study / "results.csv")
+    assert all(0.0 <= r["mia_auc"] <= 1.0 for r in rows)
     assert f"`ffm {' '.join(argv)}`" in report
 
 

@@ -17,7 +17,7 @@ PACKAGES = ("torch", "transformers", "peft", "flwr", "flwr-datasets", "datasets"
 MEASURES = [  # (column, header); every measure is of the mode's chosen grid point, over seeds
     ("final_test", "test {m}"), ("val", "val {m} (chooses)"), ("overfit_gap", "train - test"),
     ("unseen", "unseen parties {m}"), ("party_worst10", "worst 10% parties"), ("party_std", "party spread (std)"),
-    ("mia_auc", "MIA AUC"), ("mb_up", "MB up"), ("mb_down", "MB down"), ("wall_s", "wall s"),
+    ("mia_auc", "MIA AUC"), ("mia_tpr_1pct", "MIA TPR at 1% FPR"), ("mb_up", "MB up"), ("mb_down", "MB down"), ("wall_s", "wall s"),
     ("peak_rss_mb", "peak MB"),
 ]
 
@@ -101,8 +101,13 @@ def _summary_text(rows: list[dict[str, Any]]) -> str:
         cost = {m: statistics.fmean(r["mb_up"] + r["mb_down"] for r in group if r["mode"] == m) for m in mean}
         said.append("Traffic (MB up + down): " + ", ".join(f"{m} {v:.2f}" for m, v in cost.items()) + ".")
         if all(r["mia_auc"] is None for r in group):
-            said.append("Membership inference was not measured (no `ffm audit` yet), so this study makes no "
+            said.append("Membership inference was not measured (--audit-examples 0), so this study makes no "
                         "privacy claim beyond where the data stayed.")
+        else:
+            auc = {m: statistics.fmean(x) for m in mean
+                   if (x := [r["mia_auc"] for r in group if r["mode"] == m and r["mia_auc"] is not None])}
+            said.append("Membership-inference AUC (0.5 = members indistinguishable): "
+                        + ", ".join(f"{m} {v:.3f}" for m, v in auc.items()) + ".")
         lines.append(" ".join(said))
     return "\n\n".join(lines)
 

@@ -19,7 +19,7 @@ __all__ = ["COLUMNS", "choose", "chosen_rows", "load_results", "paired_differenc
 COLUMNS = [
     "name", "condition", "mode", "seed", "grid", "status", "metric", "higher_is_better", "final_test", "best_test",
     "val", "train", "overfit_gap", "unseen", "party_worst10", "party_mean", "party_std", "party_min", "rounds",
-    "mb_up", "mb_down", "wall_s", "peak_rss_mb", "mia_auc", "run_dir",
+    "mb_up", "mb_down", "wall_s", "peak_rss_mb", "mia_auc", "mia_tpr_1pct", "run_dir",
 ]
 _TEXT = {"name", "condition", "mode", "grid", "status", "metric", "run_dir"}
 _INT = {"seed", "rounds", "higher_is_better"}
@@ -58,6 +58,7 @@ def row_of(run: StudyRun, record: dict, run_dir: Path) -> dict[str, Any]:
         mb_up=summary["bytes_up"] / 1e6, mb_down=summary["bytes_down"] / 1e6,
         wall_s=record.get("wall_s"), peak_rss_mb=record.get("peak_rss_mb"),
         mia_auc=(summary.get("audit") or {}).get("mia_auc"),
+        mia_tpr_1pct=(summary.get("audit") or {}).get("tpr_at_1pct_fpr"),
     )
     if per_party:
         row.update(party_worst10=_worst_share(per_party, higher), party_mean=statistics.fmean(per_party),

@@ -56,6 +56,15 @@ class Task:
         """Metrics over ``data``: at least ``loss``, the primary metric and ``num-examples``."""
         raise NotImplementedError
 
+    @torch.inference_mode()
+    def example_losses(self, model: nn.Module, data: Examples) -> torch.Tensor:
+        """(N,) loss of each example (what a membership-inference attack reads); one example per forward here,
+        a task may do it batched."""
+        from ffm.tasks.examples import batches
+
+        model.eval()
+        return torch.tensor([float(self.loss(model, batch)) for batch in batches(data, 1)])
+
     def diagnose(self, metrics: dict[str, Any]) -> str | None:
         """Why these metrics look like a broken run (a warning for the user), or None."""
         return None

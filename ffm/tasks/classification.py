@@ -7,6 +7,7 @@ from typing import Any
 
 import datasets
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -67,6 +68,15 @@ class TextClassification(Task):
         n = max(len(data), 1)
         return {"loss": loss_sum / n, "accuracy": correct / n, "predicted-classes": len(predicted),
                 "num-examples": len(data)}
+
+    @torch.inference_mode()
+    def example_losses(self, model: nn.Module, data: Examples, batch_size: int = 64) -> torch.Tensor:
+        model.eval()
+        out = []
+        for batch in batches(data, batch_size):
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            out.append(F.cross_entropy(logits, batch["labels"], reduction="none"))
+        return torch.cat(out) if out else torch.zeros(0)
 
     def diagnose(self, metrics: dict[str, Any]) -> str | None:
         if metrics.get("predicted-classes") == 1:
