@@ -17,7 +17,8 @@ PACKAGES = ("torch", "transformers", "peft", "flwr", "flwr-datasets", "datasets"
 MEASURES = [  # (column, header); every measure is of the mode's chosen grid point, over seeds
     ("final_test", "test {m}"), ("val", "val {m} (chooses)"), ("overfit_gap", "train - test"),
     ("unseen", "unseen parties {m}"), ("party_worst10", "worst 10% parties"), ("party_std", "party spread (std)"),
-    ("mia_auc", "MIA AUC"), ("mia_tpr_1pct", "MIA TPR at 1% FPR"), ("mb_up", "MB up"), ("mb_down", "MB down"), ("wall_s", "wall s"),
+    ("mia_auc", "MIA AUC"), ("mia_tpr_1pct", "MIA TPR at 1% FPR"),
+    ("mb_up", "MB up"), ("mb_down", "MB down"), ("wall_s", "wall s"),
     ("peak_rss_mb", "peak MB"),
 ]
 
