@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ffm.config import JobConfig, job_from_run_config
+from ffm.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, train_steps
 from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
 from ffm.models import split_personal, trainable_state
@@ -33,6 +35,7 @@ __all__ = ["app"]
 app = ClientApp(mods=[job_mods])
 
 PERSONAL_KEY = "personal"  # the node state's record of the parameters that never leave this client
+DP_SGD_KEY = "dp-sgd"  # the node state's count of its DP-SGD steps (its own privacy accounting)
 
 
 def _workspace(context: Context) -> tuple[JobConfig, Workspace, int, int]:
@@ -95,19 +98,30 @@ def train(msg: Message, context: Context) -> Message:
     rule = STRATEGIES[job.strategy.name].client_rule(msg.content, model, global_state, context.state)
     if rank is not None:  # the components beyond its rank stay zero: it trains a rank-`rank` adapter
         rule.grad_hooks.append(rank_mask_hook(model, rank))
-    batches = step_batches(data, train.batch_size, steps, generator)
+    private = job.privacy.dp_sgd
+    sample_rate = min(1.0, train.batch_size / len(data))
+    batches = (poisson_batches(data, sample_rate, steps, generator) if private
+               else step_batches(data, train.batch_size, steps, generator))
     if config.get(FLIP_LABELS_KEY):  # a label-flipping attacker (mod 'attack'): its own data poisoned
         batches = flip_labels(batches, len(workspace.data.label_names))
-    loss, seen = train_steps(
-        model,
-        batches,
-        objective=workspace.task.loss,
-        optimizer=optimizer,
-        scheduler=run_scheduler(optimizer, **schedule),
-        penalties=rule.penalties,
-        grad_hooks=rule.grad_hooks,
-        max_grad_norm=train.max_grad_norm,
-    )
+    scheduler = run_scheduler(optimizer, **schedule)
+    with ExitStack() as stack:
+        trained, stepping = model, optimizer
+        if private:  # Opacus's hooks live for this client's round only (the backbone is shared)
+            trained, stepping = stack.enter_context(dp_sgd_session(
+                model, optimizer, noise_multiplier=job.privacy.sgd_noise_multiplier, clip=job.privacy.sgd_clip,
+                expected_batch_size=train.batch_size, seed=seed))
+        loss, seen = train_steps(
+            trained,
+            batches,
+            objective=workspace.task.loss,
+            optimizer=stepping,
+            scheduler=scheduler,
+            penalties=rule.penalties,
+            grad_hooks=rule.grad_hooks,
+            max_grad_norm=0.0 if private else train.max_grad_norm,
+        )
+    private_metrics = _dp_sgd_account(job, context, steps, sample_rate) if private else {}
     # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.
     lr_sum = round_lr_sum(train.lr, **schedule) / (1.0 - train.momentum if train.optimizer == "sgd" else 1.0)
     shared, personal = split_personal(trainable_state(model), job.method.personal)
@@ -115,7 +129,7 @@ def train(msg: Message, context: Context) -> Message:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
                "lr-sum": lr_sum, **({RANK_KEY: rank} if rank is not None else {}),
-               **({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {})}
+               **({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {}), **private_metrics}
     reply = RecordDict(
         {
             ARRAYS_KEY: ArrayRecord(shared),
@@ -125,6 +139,14 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(reply, reply_to=msg)
+
+
+def _dp_sgd_account(job: JobConfig, context: Context, steps: int, sample_rate: float) -> dict[str, float]:
+    """Add this round's DP-SGD steps to the node's count; this client's epsilon so far."""
+    done = int(context.state[DP_SGD_KEY]["steps"]) if DP_SGD_KEY in context.state.metric_records else 0
+    context.state[DP_SGD_KEY] = MetricRecord({"steps": done + steps, "sample-rate": sample_rate})
+    return {"dp-sgd-epsilon": dp_sgd_epsilon(done + steps, sample_rate, job.privacy.sgd_noise_multiplier,
+                                             job.privacy.delta)}
 
 
 def straggler_steps(steps: int, spread: float, seed: int) -> int:

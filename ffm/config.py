@@ -49,6 +49,7 @@ MODES = (*TRAINING_MODES, "prompt_search")
 RUNTIMES = ("local", "flower")
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
+DP_SGD_METHODS = ("lora", "bitfit")  # methods whose trainable layers Opacus differentiates per example (tested)
 ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip")
 
 
@@ -215,6 +216,9 @@ class PrivacyConfig:
     target_quantile: float = _f(0.5, "adaptive: the share of updates the clipping norm should leave unclipped")
     clip_norm_lr: float = _f(0.2, "adaptive: learning rate of the clipping norm (geometric update)")
     clipped_count_stddev: float = _f(0.0, "adaptive: noise std on the count of clipped updates (0 = clients / 20)")
+    dp_sgd: bool = _f(False, "sample-level DP-SGD in local training (Opacus): per-example clipping and noise")
+    sgd_noise_multiplier: float = _f(1.0, "dp_sgd: noise std on each step's summed gradient, in units of sgd_clip")
+    sgd_clip: float = _f(1.0, "dp_sgd: L2 bound on each example's gradient")
 
 
 @dataclass
@@ -498,6 +502,18 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
     _check(0.0 < data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
     _check(0.0 <= data.unseen_fraction <= 1.0, "data.unseen_fraction must be in [0, 1]")
+    _check(not job.privacy.dp_sgd or (job.privacy.sgd_noise_multiplier > 0 and job.privacy.sgd_clip > 0),
+           "privacy.sgd_noise_multiplier and privacy.sgd_clip must be > 0 with privacy.dp_sgd=true")
+    _check(not job.privacy.dp_sgd or job.mode != "prompt_search", "privacy.dp_sgd trains; mode=prompt_search does not")
+    _check(not job.privacy.dp_sgd or job.strategy.name not in ("fedprox", "scaffold"),
+           f"privacy.dp_sgd=true with strategy.name={job.strategy.name}: DP-SGD's noisy per-example step would drop "
+           "its client-side correction; use fedavg, fedavgm, fedadam, fedyogi or another server-side rule")
+    _check(not job.privacy.dp_sgd or job.method.name in DP_SGD_METHODS,
+           f"privacy.dp_sgd=true supports method.name={' or '.join(DP_SGD_METHODS)}, not {job.method.name}: Opacus "
+           "gives no per-sample gradients for peft's IA3 vectors, and wrong-sized ones for embeddings fed broadcast "
+           "ids (BERT's positions under full fine-tuning, soft prompts' virtual tokens)")
+    _check(not job.privacy.dp_sgd or not getattr(job.method, "client_ranks", []),
+           "privacy.dp_sgd=true cannot mask heterogeneous LoRA ranks (method.client_ranks); use one rank")
     search = job.search
     _check(search.score in ("accuracy", "loss"), f"search.score: '{search.score}' is not accuracy or loss")
     _check(search.edits >= 0 and search.noise_multiplier >= 0, "search.edits and search.noise_multiplier must be >= 0")

@@ -210,6 +210,10 @@ def _finish(
         "privacy": None if job.privacy.clipping == "none" else {
             "epsilon": last.get("epsilon"), "delta": job.privacy.delta, "noise_multiplier": noise_multiplier(job),
             "clipping": job.privacy.clipping, "side": job.privacy.side, "accountant": "opacus RDP"},
+        "dp_sgd": None if not job.privacy.dp_sgd else {
+            "epsilon_max": max((c.get("dp_sgd_epsilon", 0.0) for m in metrics for c in m["clients"]), default=0.0),
+            "delta": job.privacy.delta, "noise_multiplier": job.privacy.sgd_noise_multiplier,
+            "clip": job.privacy.sgd_clip, "accountant": "opacus RDP, per client"},
         "parties": parties,
         "overfit_gap": None if parties is None or last.get(primary) is None
         else parties[f"train_{task.primary_metric}"] - last[primary],

@@ -121,6 +121,10 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     if tokenizer is not None:
         ensure_pad_token(tokenizer, backbone)
     model = build_method(job.method).apply(backbone, task)
+    if job.privacy.dp_sgd:
+        from ffm.dp_sgd import check_supported
+
+        check_supported(model, job.method.name)
     for name, param in model.named_parameters():
         if any(prefix in name for prefix in task.frozen_prefixes):
             param.requires_grad_(False)  # e.g. a LiT text tower: it neither trains nor travels
