@@ -237,8 +237,9 @@ class SearchConfig:
         metadata={"help": "mode=prompt_search: endings an edit may put after the text of the best template"},
     )
     instructions: list[str] = field(
-        default_factory=lambda: ["", "Classify the news article by topic."],
-        metadata={"help": "mode=prompt_search: first lines an edit may put in front of the best template"},
+        default_factory=lambda: ["Classify the news article by topic."],
+        metadata={"help": "mode=prompt_search: first lines an edit may put in front of the best template (or "
+                  "an edit drops the first line)"},
     )
     edits: int = _f(4, "mode=prompt_search: new candidates made from the best so far in every round after the first")
     score: str = _f("accuracy", "mode=prompt_search: what clients score a candidate by: accuracy | loss")

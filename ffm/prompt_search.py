@@ -69,7 +69,7 @@ def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Ra
     for cue in job.search.cues:
         new_ending = ("\n" if "\n" in ending or not ending else " ") + cue if cue else ending
         options.append(Candidate((first + "\n" if first else "") + body + new_ending, best.words))
-    for line in job.search.instructions:
+    for line in ["", *job.search.instructions]:
         options.append(Candidate((line + "\n" if line else "") + body + ending, best.words))
     for other in pool:
         for k, (mine, theirs) in enumerate(zip(best.words, other.words, strict=False)):
