@@ -216,6 +216,16 @@ class PrivacyConfig:
     target_quantile: float = _f(0.5, "adaptive: the share of updates the clipping norm should leave unclipped")
     clip_norm_lr: float = _f(0.2, "adaptive: learning rate of the clipping norm (geometric update)")
     clipped_count_stddev: float = _f(0.0, "adaptive: noise std on the count of clipped updates (0 = clients / 20)")
+    secure_aggregation: bool = _f(
+        False, "SecAgg+: the server learns only the weighted sum of the updates (fedavg/fedprox; composes with "
+        "clipping=fixed side=client, whose noise is then added by the clients before masking)")
+    secagg_threshold: float = _f(0.7, "secure_aggregation: share of a client's neighbours whose shares rebuild "
+                                 "its secrets (up to 1 - this of them may drop out)")
+    secagg_neighbours: int = _f(0, "secure_aggregation: neighbours per client in SecAgg+'s graph (0 = all others)")
+    secagg_bound: float = _f(0.5, "secure_aggregation: each coordinate of an update is clipped to +-this")
+    secagg_bits: int = _f(20, "secure_aggregation: quantization steps per bound (2^bits), in a 64-bit ring")
+    secagg_max_norm: float = _f(0.0, "secure_aggregation: a client refuses to send an update whose L2 norm is "
+                                "above this (0 = no check; NaN/inf are always refused)")
     dp_sgd: bool = _f(False, "sample-level DP-SGD in local training (Opacus): per-example clipping and noise")
     sgd_noise_multiplier: float = _f(1.0, "dp_sgd: noise std on each step's summed gradient, in units of sgd_clip")
     sgd_clip: float = _f(1.0, "dp_sgd: L2 bound on each example's gradient")
@@ -484,6 +494,24 @@ def load_job(path: str | Path | None, overrides: list[str] | None = None) -> Job
     return job_from_dict(apply_overrides(raw, overrides or []))
 
 
+def _check_secure_aggregation(job: JobConfig) -> None:
+    """SecAgg+ gives the server only a sum: rules that need each update, and server-side DP, cannot use it."""
+    dp = job.privacy
+    if not dp.secure_aggregation:
+        return
+    _check(job.mode == "federated", f"privacy.secure_aggregation needs mode=federated (not {job.mode})")
+    _check(job.strategy.name in ("fedavg", "fedprox"),
+           f"privacy.secure_aggregation: the server sees only the sum of the updates, so strategy.name="
+           f"{job.strategy.name} (which needs each update, or its own state) cannot run on it; use fedavg or fedprox")
+    _check(dp.clipping == "none" or (dp.clipping == "fixed" and dp.side == "client"),
+           "privacy.secure_aggregation with client-level DP needs privacy.clipping=fixed privacy.side=client (the "
+           "clients clip and add their share of the noise before masking)")
+    _check(getattr(job.method, "aggregation", "naive") != "exact" and not getattr(job.method, "client_ranks", []),
+           "privacy.secure_aggregation sums updates: it cannot run method.aggregation=exact or method.client_ranks")
+    _check(0.0 < dp.secagg_threshold <= 1.0 and dp.secagg_bound > 0 and 8 <= dp.secagg_bits <= 30,
+           "privacy.secagg_threshold must be in (0, 1], secagg_bound > 0 and secagg_bits in [8, 30]")
+
+
 def _validate(job: JobConfig) -> None:
     """Reject values out of range, naming the key and what would be valid (variants check their own keys)."""
     from ffm.mods import MODS  # local import: the registries import flwr; config must stay light to import
@@ -515,6 +543,7 @@ def _validate(job: JobConfig) -> None:
            "ids (BERT's positions under full fine-tuning, soft prompts' virtual tokens)")
     _check(not job.privacy.dp_sgd or not getattr(job.method, "client_ranks", []),
            "privacy.dp_sgd=true cannot mask heterogeneous LoRA ranks (method.client_ranks); use one rank")
+    _check_secure_aggregation(job)
     search = job.search
     _check(search.score in ("accuracy", "loss"), f"search.score: '{search.score}' is not accuracy or loss")
     _check(search.edits >= 0 and search.noise_multiplier >= 0, "search.edits and search.noise_multiplier must be >= 0")

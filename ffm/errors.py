@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "FfmError", "ModelError", "RoundFailedError"]
+__all__ = [
+    "AggregationFailed", "CheckpointError", "ConfigError", "DataError", "FfmError", "ModelError", "RoundFailedError"]
 
 
 class FfmError(Exception):
@@ -27,3 +28,8 @@ class CheckpointError(FfmError):
 
 class RoundFailedError(FfmError):
     """A round in which no client returned a usable update."""
+
+
+class AggregationFailed(Exception):
+    """The aggregation of one round could not complete (e.g. too few shares to unmask); the round fails and the
+    global state stays as it was."""

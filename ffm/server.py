@@ -29,6 +29,7 @@ from ffm.party_evaluation import evaluate_parties
 from ffm.privacy import dp_strategy, epsilon, noise_multiplier
 from ffm.prompt_search import run_prompt_search
 from ffm.run_dir import RunDirectory
+from ffm.secagg import SecAggPlus
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
 from ffm.strategies.lora_aggregation import LoraAggregation
 from ffm.workspace import Workspace, workspace_for
@@ -59,6 +60,8 @@ def build_strategy(job: JobConfig) -> Strategy:
     if exact or ranks:
         strategy = LoraAggregation(strategy, exact=exact, heterogeneous=bool(ranks),
                                    scaling=job.method.alpha / job.method.r)
+    if job.privacy.secure_aggregation:  # the clients clip and add their share of DP noise before masking
+        return SecAggPlus(strategy, job)
     if job.privacy.clipping != "none":
         strategy = dp_strategy(strategy, job)
     return strategy
@@ -214,6 +217,10 @@ def _finish(
             "epsilon_max": max((c.get("dp_sgd_epsilon", 0.0) for m in metrics for c in m["clients"]), default=0.0),
             "delta": job.privacy.delta, "noise_multiplier": job.privacy.sgd_noise_multiplier,
             "clip": job.privacy.sgd_clip, "accountant": "opacus RDP, per client"},
+        "secure_aggregation": None if not job.privacy.secure_aggregation else {
+            "rounds": {str(k): v for k, v in getattr(guard, "costs", {}).items()},
+            "bits": job.privacy.secagg_bits, "bound": job.privacy.secagg_bound,
+            "threshold": job.privacy.secagg_threshold, "neighbours": job.privacy.secagg_neighbours},
         "parties": parties,
         "overfit_gap": None if parties is None or last.get(primary) is None
         else parties[f"train_{task.primary_metric}"] - last[primary],

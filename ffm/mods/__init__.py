@@ -18,6 +18,7 @@ from ffm.mods.attack import FLIP_LABELS_KEY, attack, is_attacker
 from ffm.mods.clipping import fixed_clipping
 from ffm.mods.dropout import ClientDroppedOut, dropout
 from ffm.registry import Registry
+from ffm.secagg.mod import secagg_mod
 
 __all__ = ["FLIP_LABELS_KEY", "MODS", "ClientDroppedOut", "is_attacker", "job_mods"]
 
@@ -28,6 +29,7 @@ MODS.register("attack", attack)
 # Client-side DP: the server's Flower DP wrapper sends the clipping norm, these Flower mods clip to it.
 MODS.register("dpclipping", lambda job: fixedclipping_mod)
 MODS.register("adaptiveclipping", lambda job: adaptiveclipping_mod)
+MODS.register("secaggplus", secagg_mod)
 
 
 def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -38,7 +40,9 @@ def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     """
     job = job_from_run_config(context.run_config)
     names = list(job.client.mods)
-    if job.privacy.clipping != "none" and job.privacy.side == "client":
+    if job.privacy.secure_aggregation:  # outermost: it masks the update the other mods leave (and clips for DP)
+        names.insert(0, "secaggplus")
+    elif job.privacy.clipping != "none" and job.privacy.side == "client":
         names.append("adaptiveclipping" if job.privacy.clipping == "adaptive" else "dpclipping")
     chain = call_next
     for name in reversed(names):

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ffm.errors import RoundFailedError
+from ffm.errors import AggregationFailed, RoundFailedError
 from ffm.methods.lora_federation import is_base_delta
 from ffm.models.state import check_update, state_nbytes
 from ffm.strategies.wrapper import StrategyWrapper
@@ -101,16 +101,22 @@ class UpdateGuard(StrategyWrapper):
             reasons = "; ".join(f"node {r['node']}: {r['reason']}" for r in log.rejected[:3]) or "no replies"
             what = "no client returned a usable update" if not kept else (
                 f"{len(kept)} usable update(s), fewer than federation.min_train_clients={self.min_updates}")
-            self.failed_in_a_row += 1
-            if self.failed_in_a_row >= self.max_failed_rounds:
-                raise RoundFailedError(f"round {server_round}: {what} ({reasons}); {self.failed_in_a_row} failed "
-                                       "round(s) in a row (federation.max_failed_rounds)")
-            log.failed = f"{what} ({reasons})"
-            logger.warning("round %d failed, global state unchanged: %s", server_round, log.failed)
-            return None, None
+            return self._fail(server_round, log, f"{what} ({reasons})")
+        try:
+            arrays, metrics = self.inner.aggregate_train(server_round, kept)
+        except AggregationFailed as exc:
+            return self._fail(server_round, log, str(exc))
         self.failed_in_a_row = 0
-        arrays, metrics = self.inner.aggregate_train(server_round, kept)
         return (None if arrays is None else self._same_dtypes(arrays)), metrics
+
+    def _fail(self, server_round: int, log: RoundLog, what: str) -> tuple[None, None]:
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row >= self.max_failed_rounds:
+            raise RoundFailedError(f"round {server_round}: {what}; {self.failed_in_a_row} failed round(s) in a row "
+                                   "(federation.max_failed_rounds)")
+        log.failed = what
+        logger.warning("round %d failed, global state unchanged: %s", server_round, log.failed)
+        return None, None
 
     def _same_dtypes(self, arrays: ArrayRecord) -> ArrayRecord:
         """The aggregate in the global state's dtypes: Flower's FedOpt rules return float64 arrays, which would
