@@ -174,3 +174,24 @@ def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_super
     assert "Node Unavailable" in lines[2]["rejected"][0]["reason"]
     assert (Path(job.run_dir) / "final" / "adapter_model.safetensors").is_file()
     print(f"round times with node 3 killed after round 1: {[line['wall_time_s'] for line in lines[1:]]} s")
+
+
+@pytest.mark.slow
+def test_secure_aggregation_runs_unchanged_on_a_loopback_federation_of_three_supernodes(job_factory, tmp_path):
+    # Prepare: the plain LocalGrid run is the reference; one round (4 messages per node: setup, share-keys,
+    # collect, unmask; each a fresh ClientApp process, the node's secrets kept in its Context.state between)
+    one_round = {**NO_EVAL, "federation__rounds": 1}
+    local = job_factory("local", **one_round)
+    job = job_factory("deployed", runtime="flower", privacy__secure_aggregation=True, **one_round)
+    run_local(local)
+
+    # Execute
+    with federation(tmp_path / "fed") as fed:
+        fed.run(job, timeout=240)
+
+    # Assert: the securely aggregated state equals FedAvg's within half a quantization step
+    bound = 0.5 * job.privacy.secagg_bound / 2**job.privacy.secagg_bits + 1e-6
+    secure, plain = _checkpoint(job.run_dir, 1), _checkpoint(local.run_dir, 1)
+    assert max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain) <= bound
+    summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
+    assert summary["secure_aggregation"]["rounds"]["1"]["survivors"] == 3
