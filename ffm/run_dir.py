@@ -18,12 +18,15 @@ from typing import Any
 import torch
 import yaml
 
-from ffm.config import JobConfig, job_to_dict
+from ffm.config import JobConfig, _flatten, job_to_dict
 from ffm.errors import CheckpointError, ConfigError
 
 __all__ = ["Checkpoint", "RunDirectory"]
 
 Checkpoint = dict[str, Any]
+# What a resumed run may change: how long it goes, what it prints and keeps, how it is measured at the end.
+RESUMABLE_CHANGES = {"resume", "run_dir", "progress", "federation.rounds", "checkpoint.keep_last",
+                     "train.eval_parties", "train.eval_train_examples", "runtime"}
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -39,15 +42,30 @@ class RunDirectory:
         self.metrics = self.path / "metrics.jsonl"
 
     def start(self, job: JobConfig) -> None:
-        """Create the directory for a new run; refuse to overwrite another run's results."""
+        """Create the directory for a new run; refuse to overwrite another run's results, and refuse to resume
+        a run under a config that changes what it computes."""
         if not job.resume and self.checkpoints.is_dir() and any(self.checkpoints.iterdir()):
             raise ConfigError(
                 f"run_dir '{self.path}' already holds a run; continue it with --resume {self.path} "
                 "or choose another run_dir"
             )
+        if job.resume and (self.path / "config.yaml").is_file():
+            self._check_same_job(job)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(job_to_dict(job) | {"resume": False}, sort_keys=False)
         _atomic_write(self.path / "config.yaml", lambda p: p.write_text(text))
+
+    def _check_same_job(self, job: JobConfig) -> None:
+        before = _flatten(yaml.safe_load((self.path / "config.yaml").read_text()) or {})
+        now = _flatten(job_to_dict(job))
+        differing = sorted(k for k in before.keys() | now.keys()
+                           if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+        if differing:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing[:5])
+            raise ConfigError(
+                f"cannot resume '{self.path}' under another config ({shown}); resume with the run's own config "
+                "(ffm run --resume RUN_DIR) or start a new run_dir"
+            )
 
     def append_metrics(self, line: dict[str, Any]) -> None:
         with self.metrics.open("a") as handle:

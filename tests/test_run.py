@@ -10,6 +10,7 @@ import torch
 from conftest import run_interrupted
 from peft import PeftModel
 
+from ffm.errors import ConfigError
 from ffm.run_dir import RunDirectory
 from ffm.runtime import LocalGrid, run_local
 from ffm.workspace import workspace_for
@@ -124,3 +125,16 @@ def test_a_run_interrupted_before_its_first_checkpoint_resumes_with_one_line_per
     run_local(job)
 
     assert [line["round"] for line in _lines(job.run_dir)] == [0, 1, 2]
+
+
+def test_resuming_under_a_config_that_changes_the_computation_is_refused_naming_the_keys(job_factory):
+    job = job_factory(federation__rounds=1)
+    run_local(job)
+    changed = job_factory(federation__rounds=2, train__lr=0.5, resume=True)
+
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.01 -> 0\.5"):
+        run_local(changed)
+
+    longer = job_factory(federation__rounds=2, resume=True)  # more rounds is what resume is for
+    summary, _ = run_local(longer)
+    assert summary["rounds"] == 2
