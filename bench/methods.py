@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import REPO, acc, curve, mb, run_cached
+from runs import REPO, acc, budget, budget_parser, curve, mb, run_cached
 
 METHODS = {  # run name -> (label, overrides of configs/demo.yaml)
     "methods-full": ("full", ["method.name=full", "train.lr=5e-5"]),
@@ -41,10 +41,7 @@ HEAD = ("| method | final test accuracy | parameters that travel | MB up / round
 
 def shared(args: argparse.Namespace) -> list[str]:
     """bench/strategies.py's budget at alpha 0.5, so that its a0.5-fedavg run is this LoRA r=8 run."""
-    return ["data.source=ag_news", f"data.max_examples={args.max_examples}", "data.test_fraction=0.2",
-            "federation.num_clients=10", f"federation.rounds={args.rounds}", "federation.fraction_train=1.0",
-            "federation.fraction_evaluate=0", f"train.local_steps={args.local_steps}", "train.local_epochs=1",
-            "progress=false", f"seed={args.seed}", "data.alpha=0.5", "strategy.name=fedavg"]
+    return [*budget(args), "data.alpha=0.5", "strategy.name=fedavg"]
 
 
 def plot(results: dict[str, dict], path: Path) -> None:
@@ -70,14 +67,8 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-strategies")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "methods.md")
+    parser = budget_parser(__doc__.splitlines()[0], "methods.md")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--max-examples", type=int, default=1500)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--local-steps", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from runs import REPO, acc, run_cached
+from runs import REPO, acc, budget, budget_parser, run_cached
 
 DEMO = REPO / "configs" / "demo.yaml"
 DP = ["privacy.clipping=fixed", "privacy.side=server", "privacy.clipping_norm=0.5"]
@@ -48,10 +48,7 @@ SEC_HEAD = ("| clients | aggregation | round s | vs FedAvg | protocol s (server 
 
 def shared(args: argparse.Namespace) -> list[str]:
     """bench/strategies.py's budget at alpha 0.5."""
-    return ["data.source=ag_news", f"data.max_examples={args.max_examples}", "data.test_fraction=0.2",
-            "federation.num_clients=10", f"federation.rounds={args.rounds}", "federation.fraction_train=1.0",
-            "federation.fraction_evaluate=0", f"train.local_steps={args.local_steps}", "train.local_epochs=1",
-            "progress=false", f"seed={args.seed}", "data.alpha=0.5", "strategy.name=fedavg"]
+    return [*budget(args), "data.alpha=0.5", "strategy.name=fedavg"]
 
 
 def epsilon(result: dict) -> str:
@@ -112,13 +109,7 @@ def plot(points: list[tuple[str, float, float]], secagg: dict[str, dict], path: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-strategies")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "privacy.md")
-    parser.add_argument("--max-examples", type=int, default=1500)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--local-steps", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = budget_parser(__doc__.splitlines()[0], "privacy.md")
     parser.add_argument("--audit-examples", type=int, default=200)
     parser.add_argument("--shadows", type=int, default=2)
     parser.add_argument("--shadow-steps", type=int, default=80)

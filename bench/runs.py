@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -45,3 +46,23 @@ def mb(result: dict, key: str) -> str:
         return "-"
     rounds = max(1, result["summary"]["rounds"])
     return f"{result['summary'][key] / rounds / 1e6:.2f}"
+
+
+def budget_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every AG News benchmark shares: where runs are cached, where the table goes, the budget."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-strategies")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / out)
+    parser.add_argument("--max-examples", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--local-steps", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def budget(args: argparse.Namespace) -> list[str]:
+    """The shared budget as overrides of configs/demo.yaml: 10 clients, all training every round."""
+    return ["data.source=ag_news", f"data.max_examples={args.max_examples}", "data.test_fraction=0.2",
+            "federation.num_clients=10", f"federation.rounds={args.rounds}", "federation.fraction_train=1.0",
+            "federation.fraction_evaluate=0", f"train.local_steps={args.local_steps}", "train.local_epochs=1",
+            "progress=false", f"seed={args.seed}"]

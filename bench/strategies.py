@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import REPO, acc, curve, mb, run_cached
+from runs import REPO, acc, budget, budget_parser, curve, mb, run_cached
 
 ATTACK = ["client.mods=[attack]", "client.attack=sign_flip", "client.attackers=0.2", "client.attack_scale=10"]
 
@@ -59,15 +59,8 @@ def plan(args: argparse.Namespace) -> dict[str, list[str]]:
     return runs
 
 
-def shared(args: argparse.Namespace) -> list[str]:
-    return ["data.source=ag_news", f"data.max_examples={args.max_examples}", "data.test_fraction=0.2",
-            "federation.num_clients=10", f"federation.rounds={args.rounds}", "federation.fraction_train=1.0",
-            "federation.fraction_evaluate=0", f"train.local_steps={args.local_steps}", "train.local_epochs=1",
-            "progress=false", f"seed={args.seed}"]
-
-
 def run(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
-    return run_cached(args.work, name, REPO / "configs" / "demo.yaml", [*shared(args), *overrides])
+    return run_cached(args.work, name, REPO / "configs" / "demo.yaml", [*budget(args), *overrides])
 
 
 def plot(results: dict[str, dict], path: Path) -> None:
@@ -97,15 +90,9 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-strategies")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "strategies.md")
+    parser = budget_parser(__doc__.splitlines()[0], "strategies.md")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--max-examples", type=int, default=1500)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--local-steps", type=int, default=8)
     parser.add_argument("--sgd-lr", type=float, default=0.3, help="lr of the SGD runs (0.05 left LoRA undertrained)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=[], help="run names to (re)run and report (default: all)")
     parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
     args = parser.parse_args()
