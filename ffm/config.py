@@ -49,6 +49,7 @@ MODES = (*TRAINING_MODES, "prompt_search")
 RUNTIMES = ("local", "flower")
 SCHEDULERS = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
+PROMPT_TASKS = {"verbalizer_classification": "{text}", "image_text_contrastive": "{}"}  # and where the input goes
 DP_SGD_METHODS = ("lora", "bitfit")  # methods whose trainable layers Opacus differentiates per example (tested)
 ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip")
 
@@ -252,6 +253,8 @@ class SearchConfig:
                   "an edit drops the first line)"},
     )
     edits: int = _f(4, "mode=prompt_search: new candidates made from the best so far in every round after the first")
+    init_from: str = _f("", "mode=prompt_search: a run directory whose last checkpoint the frozen model starts "
+                        "from (e.g. a federated CLIP run; every node must be able to read it)")
     score: str = _f("accuracy", "mode=prompt_search: what clients score a candidate by: accuracy | loss")
     noise_multiplier: float = _f(
         0.0, "mode=prompt_search: Gaussian noise on the sum of the clients' score vectors, in units of its "
@@ -549,9 +552,10 @@ def _validate(job: JobConfig) -> None:
     _check(search.edits >= 0 and search.noise_multiplier >= 0, "search.edits and search.noise_multiplier must be >= 0")
     _check(search.noise_multiplier == 0 or search.score == "accuracy",
            "search.noise_multiplier > 0 needs search.score=accuracy (a bounded score; loss has no bound)")
-    _check(all("{text}" in t for t in search.templates), "every template of search.templates must contain {text}")
-    _check(job.mode != "prompt_search" or job.task.name == "verbalizer_classification",
-           f"mode=prompt_search scores prompts of task.name=verbalizer_classification, not '{job.task.name}'")
+    _check(job.mode != "prompt_search" or job.task.name in PROMPT_TASKS,
+           f"mode=prompt_search scores prompts of task.name={' or '.join(PROMPT_TASKS)}, not '{job.task.name}'")
+    slot = PROMPT_TASKS.get(job.task.name, "{text}")
+    _check(all(slot in t for t in search.templates), f"every template of search.templates must contain {slot}")
     _check(data.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
     partitioners = ("dirichlet", "iid", "shards", "natural", "clusters", "quantity")
     _check(data.partitioner in partitioners, f"data.partitioner: '{data.partitioner}' is not one of {partitioners}")

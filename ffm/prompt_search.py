@@ -1,7 +1,8 @@
 """Discrete prompt selection from private scores (``mode=prompt_search``): no tensor ever travels.
 
-Each round the server proposes candidate prompts (template x label words); every sampled client scores each
-candidate zero-shot with the frozen model on its own data and replies with one number per candidate; the
+Each round the server proposes candidate prompts (template x label words: a text template around the article
+for a decoder with a verbalizer, or a caption template and class names for a CLIP-style model); every
+sampled client scores each candidate zero-shot with the frozen model on its own data and replies with one number per candidate; the
 server averages the scores (weighted by examples, or uniformly plus Gaussian noise for client-level DP) and
 keeps the best. Rounds after the first propose *edits* of the best so far (another ending after the text,
 another first line, one class's word taken from another candidate), so the search climbs.
@@ -47,7 +48,7 @@ class Candidate:
 
 
 def initial_candidates(job: JobConfig, task: VerbalizerClassification) -> list[Candidate]:
-    templates = job.search.templates or [task.cfg.template]
+    templates = job.search.templates or [task.prompt_template]
     verbalizers = [tuple(w.strip() for w in v.split("|")) for v in job.search.verbalizers] or [tuple(task.words())]
     return [Candidate(t, v) for t in templates for v in verbalizers]
 
@@ -62,15 +63,19 @@ def _split(template: str) -> tuple[str, str, str]:
 
 
 def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Random) -> list[Candidate]:
-    """Up to ``search.edits`` new candidates, each one simple edit of ``best``."""
-    first, body, ending = _split(best.template)
+    """Up to ``search.edits`` new candidates, each a simple edit of ``best``: another ending or first line
+    (text prompts), another candidate's template or label words, or one class's word from another."""
     made: list[Candidate] = []
     options: list[Candidate] = []
-    for cue in job.search.cues:
-        new_ending = ("\n" if "\n" in ending or not ending else " ") + cue if cue else ending
-        options.append(Candidate((first + "\n" if first else "") + body + new_ending, best.words))
-    for line in ["", *job.search.instructions]:
-        options.append(Candidate((line + "\n" if line else "") + body + ending, best.words))
+    if "{text}" in best.template:  # a text prompt: another ending after the text, another first line
+        first, body, ending = _split(best.template)
+        for cue in job.search.cues:
+            new_ending = ("\n" if "\n" in ending or not ending else " ") + cue if cue else ending
+            options.append(Candidate((first + "\n" if first else "") + body + new_ending, best.words))
+        for line in ["", *job.search.instructions]:
+            options.append(Candidate((line + "\n" if line else "") + body + ending, best.words))
+    for other in pool:  # another candidate's template with the best's words, or its words with the best's template
+        options += [Candidate(other.template, best.words), Candidate(best.template, other.words)]
     for other in pool:
         for k, (mine, theirs) in enumerate(zip(best.words, other.words, strict=False)):
             if mine != theirs:
@@ -124,6 +129,7 @@ def search_epsilon(job: JobConfig, rounds: int) -> float:
 
 
 def _test_accuracy(ws: Workspace, cand: Candidate) -> float:
+    """The candidate's zero-shot accuracy on the global test set (the server's, never shown to the search)."""
     task = ws.task.with_prompt(cand.template, list(cand.words))
     examples = task.encode(ws.data.test, ws.tokenizer, ws.job.model.max_length)
     return task.evaluate(ws.model, examples, ws.job.train.eval_batch_size)["accuracy"]

@@ -128,9 +128,25 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     for name, param in model.named_parameters():
         if any(prefix in name for prefix in task.frozen_prefixes):
             param.requires_grad_(False)  # e.g. a LiT text tower: it neither trains nor travels
+    if job.mode == "prompt_search" and job.search.init_from:
+        _load_run_state(model, job.search.init_from)
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
     shared, personal = split_personal(trainable_state(model), job.method.personal)
     return Workspace(job, task, model, tokenizer, data, initial_state=shared, initial_personal=personal)
+
+
+def _load_run_state(model: nn.Module, run_dir: str) -> None:
+    """The trainable state of another run's last checkpoint, into ``model`` (the search scores that model)."""
+    from ffm.run_dir import RunDirectory
+
+    checkpoint = RunDirectory(run_dir).latest_checkpoint()
+    if checkpoint is None:
+        raise DataError(f"search.init_from='{run_dir}' holds no checkpoint; pass a finished run's directory")
+    try:
+        load_trainable_state(model, checkpoint["state"])
+    except ValueError as exc:
+        raise DataError(f"search.init_from='{run_dir}' is a run of another model or method ({exc}); pass a run "
+                        "of the same model, task and method") from None
 
 
 def _shaping_key(job: JobConfig) -> str:

@@ -147,3 +147,29 @@ def test_edits_change_one_thing_of_the_best_and_repeat_nothing(job_factory, tiny
 def test_prompt_search_needs_the_verbalizer_task(job_factory, tiny_llama_dir):
     with pytest.raises(ConfigError, match="verbalizer_classification"):
         job_factory("bad", mode="prompt_search")
+
+
+def test_caption_search_scores_a_trained_clip_models_zero_shot_prompts(job_factory):
+    from test_tasks import _clip_job
+
+    trained = _clip_job(job_factory, "clip", task__freeze_text=True, task__caption="{}", federation__rounds=1)
+    run_local(trained)
+    search = _clip_job(job_factory, "captions", task__freeze_text=True, task__caption="{}", mode="prompt_search",
+                       federation__rounds=2, search__init_from=trained.run_dir,
+                       search__templates=["{}", "digit {}"], search__edits=2)
+    summary, grid = run_local(search)
+
+    assert grid.bytes_up == grid.bytes_down == 0
+    assert summary["candidates_scored"] >= 2 and 0.0 <= summary["final_test_accuracy"] <= 1.0
+    trained_line = json.loads((Path(trained.run_dir) / "metrics.jsonl").read_text().splitlines()[-1])
+    # the first candidate ("{}" with the class names) is the trained run's own zero-shot prompt
+    assert summary["initial_test_accuracy"] == pytest.approx(trained_line["test_accuracy"])
+
+
+def test_search_from_a_run_of_another_model_is_a_clear_error(job_factory, tiny_llama_dir):
+    from ffm.errors import DataError
+
+    other = job_factory("other", federation__rounds=1)
+    run_local(other)
+    with pytest.raises(DataError, match="another model or method"):
+        run_local(_search_job(job_factory, tiny_llama_dir, search__init_from=other.run_dir))

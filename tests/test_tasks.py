@@ -101,11 +101,12 @@ def test_an_image_folder_is_read_per_label_and_converted_to_the_tasks_size(tmp_p
 
 
 def _clip_job(job_factory, name: str, **overrides):
-    return job_factory(name, task__name="image_text_contrastive", task__projection_dim=32, model__architecture="vit",
-                       model__hidden_size=32, model__layers=1, model__heads=2, method__name="full",
-                       data__source="digits", data__max_examples=600, task__image_size=8, task__patch_size=2,
-                       train__lr=5e-3, train__local_steps=25, train__batch_size=32, federation__rounds=3,
-                       federation__fraction_evaluate=0.0, **overrides)
+    settings = {"task__name": "image_text_contrastive", "task__projection_dim": 32, "model__architecture": "vit",
+                "model__hidden_size": 32, "model__layers": 1, "model__heads": 2, "method__name": "full",
+                "data__source": "digits", "data__max_examples": 600, "task__image_size": 8, "task__patch_size": 2,
+                "train__lr": 5e-3, "train__local_steps": 25, "train__batch_size": 32, "federation__rounds": 3,
+                "federation__fraction_evaluate": 0.0}
+    return job_factory(name, **{**settings, **overrides})
 
 
 def test_clip_style_training_raises_zero_shot_accuracy(job_factory):

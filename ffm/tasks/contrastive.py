@@ -10,6 +10,7 @@ the class names through ``task.caption`` ("a photo of the digit three").
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import datasets
@@ -25,7 +26,7 @@ from transformers import (
     VisionTextDualEncoderModel,
 )
 
-from ffm.config import ModelConfig, TaskConfig, _check, _f
+from ffm.config import ConfigError, ModelConfig, TaskConfig, _check, _f
 from ffm.models.backbone import load_pretrained
 from ffm.tasks.base import Task
 from ffm.tasks.examples import Examples, batches
@@ -73,6 +74,8 @@ class ImageTextContrastive(Task):
     def __init__(self, cfg: ImageTextContrastiveConfig) -> None:
         super().__init__(cfg)
         self.prompts: dict[str, torch.Tensor] = {}
+        self.label_names: list[str] = []
+        self._tokenizer: PreTrainedTokenizerBase | None = None
         self.frozen_prefixes = ("text_model.",) if cfg.freeze_text else ()
 
     def build_model(
@@ -90,12 +93,32 @@ class ImageTextContrastive(Task):
         torch.manual_seed(seed)
         vision = AutoModel.from_config(vision_config)
         vision.pooler, text.pooler = _FirstToken(), _MeanOfTokens()  # see the two classes above
+        self.label_names, self._tokenizer = list(label_names), tokenizer
         self.prompts = dict(tokenizer([self.cfg.caption.format(n) for n in label_names], padding=True,
                                       return_tensors="pt"))
         return VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text).eval()
 
+    @property
+    def prompt_template(self) -> str:
+        """The caption template a discrete prompt search starts from (mode=prompt_search)."""
+        return self.cfg.caption
+
+    def words(self) -> list[str]:
+        """The class names the captions are built from."""
+        return list(self.label_names)
+
+    def with_prompt(self, template: str, words: list[str]) -> ImageTextContrastive:
+        """The same task zero-shot classifying with another caption template and class names."""
+        if "{}" not in template or len(words) != len(self.label_names):
+            raise ConfigError(f"a caption candidate needs {{}} and {len(self.label_names)} class names; got "
+                              f"{template!r} with {words}")
+        task = ImageTextContrastive(dataclasses.replace(self.cfg, caption=template))
+        task.label_names, task._tokenizer, task.frozen_prefixes = list(words), self._tokenizer, self.frozen_prefixes
+        task.prompts = dict(self._tokenizer([template.format(n) for n in words], padding=True, return_tensors="pt"))
+        return task
+
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
-        names = ds.features["label"].names
+        names = self.label_names or ds.features["label"].names
         captions = [self.cfg.caption.format(names[y]) for y in ds["label"]]
         enc = tokenizer(captions, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
         pixels = image_tensor(list(ds["image"]), self.cfg.image_size, self.cfg.channels)

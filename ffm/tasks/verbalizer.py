@@ -51,6 +51,11 @@ class VerbalizerClassification(Task):
         super().__init__(cfg)
         self.label_names: list[str] = []
 
+    @property
+    def prompt_template(self) -> str:
+        """The template a discrete prompt search starts from (mode=prompt_search)."""
+        return self.cfg.template
+
     def with_prompt(self, template: str, verbalizer: list[str]) -> VerbalizerClassification:
         """The same task with another template and label words (a candidate of discrete prompt search)."""
         task = VerbalizerClassification(dataclasses.replace(self.cfg, template=template, verbalizer=list(verbalizer)))
