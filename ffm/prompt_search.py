@@ -4,8 +4,9 @@ Each round the server proposes candidate prompts (template x label words: a text
 article for a decoder with a verbalizer, or a caption template and class names for a CLIP-style model);
 every sampled client scores each candidate zero-shot with the frozen model on its own data and replies with
 one number per candidate; the server averages the scores (weighted by examples, or uniformly plus Gaussian
-noise for client-level DP) and keeps the best. Rounds after the first propose *edits* of the best so far (another ending after the text,
-another first line, one class's word taken from another candidate), so the search climbs.
+noise for client-level DP) and keeps the best. Rounds after the first propose *edits* of the best so far
+(another ending after the text, another first line, another candidate's template or words, one class's word
+taken from another candidate), so the search climbs.
 
 None of the anchors has this, and flwr has no strategy for replies without arrays, so the loop is written
 here on the Grid API (``query`` messages): the same ServerApp / ClientApp run it on a Flower federation.
