@@ -133,6 +133,7 @@ def plot(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     picked = chosen_rows(rows)
     groups = _by_condition(picked)
@@ -158,6 +159,7 @@ def plot(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
                 ax.fill_between(xs, [y - s for y, s in zip(ys, sd, strict=True)],
                                 [y + s for y, s in zip(ys, sd, strict=True)], alpha=0.15)
             ax.set_title(condition.replace(";", ", ") or "as configured")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("round")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
