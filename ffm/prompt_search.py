@@ -90,6 +90,13 @@ def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Ra
     return made
 
 
+def _candidate_task(ws: Workspace, cand: Candidate) -> VerbalizerClassification:
+    task = ws.task.with_prompt(cand.template, list(cand.words))
+    if hasattr(task, "with_loss"):  # CLIP-style: the contrastive loss costs a text forward per image
+        task.with_loss = ws.job.search.score == "loss"
+    return task
+
+
 def score_candidates(ws: Workspace, index: int, candidates: list[Candidate]) -> tuple[list[float], int]:
     """A client's zero-shot score of each candidate on all its own examples (train and validation)."""
     import datasets
@@ -98,7 +105,7 @@ def score_candidates(ws: Workspace, index: int, candidates: list[Candidate]) -> 
     data = datasets.concatenate_datasets([client.train, client.val])
     scores = []
     for cand in candidates:
-        task = ws.task.with_prompt(cand.template, list(cand.words))
+        task = _candidate_task(ws, cand)
         result = task.evaluate(ws.model, task.encode(data, ws.tokenizer, ws.job.model.max_length),
                                ws.job.train.eval_batch_size)
         scores.append(result["accuracy"] if ws.job.search.score == "accuracy" else -result["loss"])
@@ -131,7 +138,7 @@ def search_epsilon(job: JobConfig, rounds: int) -> float:
 
 def _test_accuracy(ws: Workspace, cand: Candidate) -> float:
     """The candidate's zero-shot accuracy on the global test set (the server's, never shown to the search)."""
-    task = ws.task.with_prompt(cand.template, list(cand.words))
+    task = _candidate_task(ws, cand)
     examples = task.encode(ws.data.test, ws.tokenizer, ws.job.model.max_length)
     return task.evaluate(ws.model, examples, ws.job.train.eval_batch_size)["accuracy"]
 
@@ -217,7 +224,7 @@ def _central_choice(ws: Workspace, candidates: list[Candidate]) -> Candidate:
     pooled = datasets.concatenate_datasets([d for c in ws.data.clients for d in (c.train, c.val)])
     best, best_score = candidates[0], -float("inf")
     for cand in candidates:
-        task = ws.task.with_prompt(cand.template, list(cand.words))
+        task = _candidate_task(ws, cand)
         result = task.evaluate(ws.model, task.encode(pooled, ws.tokenizer, ws.job.model.max_length),
                                ws.job.train.eval_batch_size)
         value = result["accuracy"] if ws.job.search.score == "accuracy" else -result["loss"]
