@@ -74,3 +74,15 @@ def test_auditing_a_run_without_checkpoints_is_a_clear_error(job_factory, tmp_pa
     assert "no checkpoint" in capsys.readouterr().err
     with pytest.raises(Exception, match="no checkpoint"):
         audit_run(job.run_dir)
+
+
+def test_a_language_model_is_audited_on_its_text_blocks(job_factory):
+    from test_language_models import _lm_job
+
+    job = _lm_job(job_factory, "lm", "causal_lm", "gpt2", federation__rounds=1, train__local_steps=2)
+    run_local(job)
+
+    result = audit_run(job.run_dir, examples=20)
+
+    assert result["members"] > 0 and result["nonmembers"] > 0
+    assert 0.0 <= result["loss_attack"]["auc"] <= 1.0
