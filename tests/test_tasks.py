@@ -128,3 +128,35 @@ def test_a_frozen_lit_text_tower_neither_trains_nor_travels(job_factory):
     assert text and not any(p.requires_grad for p in text)
     assert not any(n.startswith("text_model.") for n in workspace.initial_state)
     assert any(n.startswith("vision_model.") for n in workspace.initial_state)
+
+
+@pytest.mark.parametrize(("method", "keys"), [("lora", {"method__targets": ["q_proj", "v_proj"]}),
+                                              ("ia3", {"method__targets": ["k_proj", "v_proj", "fc2"],
+                                                       "method__feedforward": ["fc2"]}), ("bitfit", {})])
+def test_peft_methods_federate_a_vit_training_only_their_parameters_and_the_head(job_factory, method, keys):
+    from ffm.workspace import workspace_for
+
+    job = _vit_job(job_factory, f"vit-{method}", "digits", method__name=method, federation__rounds=1,
+                   train__local_steps=2, **keys)
+    summary, _ = run_local(job)
+    ws = workspace_for(job)
+    assert summary["rounds"] == 1 and not summary["failed_rounds"]
+    assert summary["trainable_params"] < summary["total_params"] / 2
+    assert any("classifier" in name for name in ws.initial_state)  # the fresh head trains along
+
+
+def test_soft_prompts_on_an_image_model_are_a_one_line_error(job_factory):
+    from ffm.config import ConfigError
+    from ffm.workspace import workspace_for
+
+    with pytest.raises(ConfigError, match="supports task.name"):
+        workspace_for(_vit_job(job_factory, "vit-prompt", "digits", method__name="prompt_tuning"))
+
+
+def test_adapters_that_match_no_layer_name_the_layers_there_are(job_factory):
+    from ffm.config import ConfigError
+    from ffm.workspace import workspace_for
+
+    with pytest.raises(ConfigError, match="q_proj"):  # transformers 5's ViT names its projections q/k/v_proj
+        workspace_for(_vit_job(job_factory, "vit-bad", "digits", method__name="lora",
+                               method__targets=["query", "value"]))

@@ -13,6 +13,7 @@ from peft import get_peft_model
 from torch import nn
 
 from ffm.config import MethodConfig
+from ffm.errors import ConfigError
 from ffm.tasks import Task
 
 __all__ = ["Method", "with_peft_adapters"]
@@ -37,9 +38,18 @@ def with_peft_adapters(model: nn.Module, task: Task, config_class: type, *, mark
     (``task.head_modules``, e.g. the masked LM's transform); without ``train_head`` only the parameters whose
     name contains ``marker`` (the adapters) train.
     """
-    config = config_class(task_type=task.peft_task_type,
-                          modules_to_save=(list(task.head_modules) or None) if train_head else [], **settings)
-    peft_model = get_peft_model(model, config)
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, nn.Linear)})
+    try:
+        config = config_class(task_type=task.peft_task_type,
+                              modules_to_save=(list(task.head_modules) or None) if train_head else [], **settings)
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:  # peft: no default targets for this architecture, or none matched
+        raise ConfigError(
+            f"peft could not place {config_class.__name__.removesuffix('Config')} adapters in "
+            f"{type(model).__name__} ({str(exc).splitlines()[0][:120]}); its linear layers are named "
+            f"{', '.join(linear)}: set method.targets to some of them"
+        ) from None
     if not train_head:
         for name, param in peft_model.named_parameters():
             if marker not in name:
