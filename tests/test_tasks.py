@@ -149,7 +149,7 @@ def test_soft_prompts_on_an_image_model_are_a_one_line_error(job_factory):
     from ffm.config import ConfigError
     from ffm.workspace import workspace_for
 
-    with pytest.raises(ConfigError, match="supports task.name"):
+    with pytest.raises(ConfigError, match=r"supports task\.name"):
         workspace_for(_vit_job(job_factory, "vit-prompt", "digits", method__name="prompt_tuning"))
 
 
