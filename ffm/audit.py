@@ -100,6 +100,7 @@ def audit_run(run_dir: str | Path, *, examples: int = 200, shadows: int = 0, sha
     if ws.data.test is None or not ws.data.clients:
         raise CheckpointError("ffm audit needs the whole split in this process (a simulation's data source)")
     rng = np.random.default_rng(seed)
+    examples = min(examples, len(ws.data.test))  # as many non-members as members: the test set bounds both
     parties = _find(checkpoint.get("extra", {}), "states") if job.mode == "local" else None
     if parties:
         owners = {int(pid): state for pid, state in parties.items()}
@@ -108,7 +109,7 @@ def audit_run(run_dir: str | Path, *, examples: int = 200, shadows: int = 0, sha
     else:
         members_pool = datasets.concatenate_datasets([c.train for c in ws.data.clients])
         pairs = [(checkpoint["state"], _sample(members_pool, examples, rng)[0])]
-    n_members = sum(len(ds) for _, ds in pairs)
+    n_members = sum(len(ds) for _, ds in pairs)  # at most len(test): every party's share is examples // parties
     nonmembers, picked = _sample(ws.data.test, n_members, rng)
     # each party's model faces its own members and an equal share of the non-members
     cuts = np.cumsum([0] + [len(ds) for _, ds in pairs])

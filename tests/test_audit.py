@@ -54,6 +54,8 @@ def test_the_local_baseline_is_attacked_with_each_partys_own_model(job_factory):
     result = audit_run(job.run_dir, examples=30)
 
     assert result["members"] == result["nonmembers"] == 30  # 10 per party of 3
+    capped = audit_run(job.run_dir, examples=500)  # more than the 60 test examples: as many as there are
+    assert capped["members"] == capped["nonmembers"] == 60
 
 
 def test_ffm_audit_prints_and_records_the_attack(job_factory, capsys):
