@@ -23,11 +23,12 @@ from pathlib import Path
 
 from runs import REPO, acc, budget, budget_parser, curve, mb, run_cached
 
-METHODS = {  # run name -> (label, overrides of configs/demo.yaml)
+LORA = ["method.name=lora", "method.targets=[query,value]"]
+METHODS = {  # run name -> (label, overrides of configs/demo.yaml without its method section)
     "methods-full": ("full", ["method.name=full", "train.lr=5e-5"]),
-    "methods-lora-r4": ("LoRA r=4", ["method.r=4", "method.alpha=8"]),
-    "a0.5-fedavg": ("LoRA r=8", []),
-    "methods-lora-r16": ("LoRA r=16", ["method.r=16", "method.alpha=32"]),
+    "methods-lora-r4": ("LoRA r=4", [*LORA, "method.r=4", "method.alpha=8"]),
+    "a0.5-fedavg": ("LoRA r=8", [*LORA, "method.r=8", "method.alpha=16"]),
+    "methods-lora-r16": ("LoRA r=16", [*LORA, "method.r=16", "method.alpha=32"]),
     "methods-ia3": ("IA3", ["method.name=ia3", "train.lr=1e-2"]),
     "methods-bitfit": ("BitFit", ["method.name=bitfit", "train.lr=1e-2"]),
     "methods-prompt-tuning": ("prompt tuning (20 tokens)", ["method.name=prompt_tuning", "train.lr=3e-2"]),
@@ -42,6 +43,17 @@ HEAD = ("| method | final test accuracy | parameters that travel | MB up / round
 def shared(args: argparse.Namespace) -> list[str]:
     """bench/strategies.py's budget at alpha 0.5, so that its a0.5-fedavg run is this LoRA r=8 run."""
     return [*budget(args), "data.alpha=0.5", "strategy.name=fedavg"]
+
+
+def base_config(work: Path) -> Path:
+    """configs/demo.yaml without its method section: each run names its method and that method's keys."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw.pop("method", None)
+    path = work / "methods-base.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def plot(results: dict[str, dict], path: Path) -> None:
@@ -72,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    config = REPO / "configs" / "demo.yaml"
+    config = base_config(args.work)
     with ThreadPoolExecutor(args.workers) as pool:
         done = pool.map(lambda n: run_cached(args.work, n, config, [*shared(args), *METHODS[n][1]]), METHODS)
         results = dict(zip(METHODS, done, strict=True))
