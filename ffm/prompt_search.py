@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from ffm.config import JobConfig
 from ffm.errors import ConfigError
 from ffm.run_dir import RunDirectory
-from ffm.tasks.verbalizer import VerbalizerClassification
+from ffm.tasks.base import Task
 from ffm.workspace import Workspace
 
 __all__ = ["CANDIDATES_KEY", "Candidate", "aggregate_scores", "edits", "run_prompt_search", "score_candidates"]
@@ -48,7 +48,9 @@ class Candidate:
         return [self.template, list(self.words)]
 
 
-def initial_candidates(job: JobConfig, task: VerbalizerClassification) -> list[Candidate]:
+def initial_candidates(job: JobConfig, task: Task) -> list[Candidate]:
+    """The configured templates x label words; a prompt task (config.PROMPT_TASKS) gives ``prompt_template``,
+    ``words()`` and ``with_prompt()``."""
     templates = job.search.templates or [task.prompt_template]
     verbalizers = [tuple(w.strip() for w in v.split("|")) for v in job.search.verbalizers] or [tuple(task.words())]
     return [Candidate(t, v) for t in templates for v in verbalizers]
@@ -90,7 +92,7 @@ def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Ra
     return made
 
 
-def _candidate_task(ws: Workspace, cand: Candidate) -> VerbalizerClassification:
+def _candidate_task(ws: Workspace, cand: Candidate) -> Task:
     task = ws.task.with_prompt(cand.template, list(cand.words))
     if hasattr(task, "with_loss"):  # CLIP-style: the contrastive loss costs a text forward per image
         task.with_loss = ws.job.search.score == "loss"
