@@ -86,7 +86,8 @@ def main() -> None:
     started = time.perf_counter()
     config = base_config(args.work)
     with ThreadPoolExecutor(args.workers) as pool:
-        done = pool.map(lambda n: run_cached(args.work, n, config, [*shared(args), *METHODS[n][1]]), METHODS)
+        done = pool.map(lambda n: run_cached(args.work, n, config, [*shared(args), *METHODS[n][1]],
+                                             report_only=args.report_only), METHODS)
         results = dict(zip(METHODS, done, strict=True))
     plot(results, args.out.with_suffix(".png"))
     full = results["methods-full"]
@@ -94,7 +95,7 @@ def main() -> None:
     for name, res in results.items():
         label = METHODS[name][0]
         if "error" in res:
-            rows.append(f"| {label} | failed | | | | |")
+            rows.append(f"| {label} | {acc(res)} | | | | |")
             continue
         s = res["summary"]
         share = (s["bytes_up"] / full["summary"]["bytes_up"]) if "error" not in full else float("nan")

@@ -52,6 +52,8 @@ def shared(args: argparse.Namespace) -> list[str]:
 
 
 def epsilon(result: dict) -> str:
+    if "error" in result:
+        return "-"
     s = result.get("summary", {})
     if s.get("privacy"):
         return f"{s['privacy']['epsilon']:.2f} (client level)"
@@ -118,7 +120,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs = {**ACCURACY_RUNS, **MIA_RUNS}
-    results = {name: run_cached(args.work, name, DEMO, [*shared(args), *runs[name][1]]) for name in runs}
+    results = {name: run_cached(args.work, name, DEMO, [*shared(args), *runs[name][1]], report_only=args.report_only)
+               for name in runs}
     points = []
     rows = []
     for name, (label, _) in ACCURACY_RUNS.items():
@@ -130,8 +133,8 @@ def main() -> None:
         rows.append(f"| {label} | {acc(res)} | {epsilon(res)} |")
     mia = []
     for name, (label, _) in MIA_RUNS.items():
-        if "error" in results[name]:
-            mia.append(f"| {label} | failed | | | | |")
+        if "error" in results[name] or (args.report_only and not (args.work / name / "audit.json").is_file()):
+            mia.append(f"| {label} | {acc(results[name])} | not measured | | | |")
             continue
         a = audit(args.work, name, args)
         lira = a["lira"] or {}
@@ -140,7 +143,7 @@ def main() -> None:
                    f"{lira.get('tpr_at_1pct_fpr', float('nan')):.3f} |")
     secagg = {}
     for name, (n, variant, overrides) in secagg_runs(args).items():
-        res = run_cached(args.work, name, DEMO, overrides)
+        res = run_cached(args.work, name, DEMO, overrides, report_only=args.report_only)
         if "error" in res:
             continue
         line = next(x for x in res["lines"] if x["round"] == 1)
@@ -156,7 +159,7 @@ def main() -> None:
             v = secagg.get(f"secagg-n{n}-{key}")
             if v is None:
                 continue
-            ratio = v["seconds"] / plain["seconds"] if plain else float("nan")
+            ratio = v["seconds"] / plain["seconds"] if plain else float("nan")  # same n, same run of the bench
             sec_rows.append(f"| {n} | {v['variant']} | {v['seconds']:.1f} | {ratio:.2f} | {v['protocol_s']:.1f} | "
                             f"{v['up_mb']:.2f} | {v['down_mb']:.2f} | {v['protocol_mb']:.2f} |")
     nl = "\n"

@@ -12,10 +12,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cached(work: Path, name: str, config: Path, overrides: list[str]) -> dict:
+def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, report_only: bool = False) -> dict:
     """Run ``ffm run CONFIG OVERRIDES`` into ``work/name`` unless its summary exists (an interrupted run
-    resumes); return its summary and metrics lines, or the log's tail when it failed."""
+    resumes); return its summary and metrics lines, or the log's tail when it failed. With ``report_only``
+    nothing runs: a run without a summary is reported as not run."""
     run_dir = work / name
+    if report_only and not (run_dir / "summary.json").is_file():
+        return {"name": name, "error": "not run"}
     if not (run_dir / "summary.json").is_file():
         cmd = [str(REPO / ".venv" / "bin" / "ffm"), "run", str(config), *overrides, f"run_dir={run_dir}"]
         cmd += ["resume=true"] if run_dir.exists() else []
@@ -33,6 +36,8 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str]) -> dic
 
 
 def acc(result: dict) -> str:
+    if result.get("error") == "not run":
+        return "not run"
     return "failed" if "error" in result else f"{result['summary']['final_test_accuracy']:.4f}"
 
 
@@ -57,6 +62,7 @@ def budget_parser(description: str, out: str) -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--local-steps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
     return parser
 
 

@@ -94,7 +94,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sgd-lr", type=float, default=0.3, help="lr of the SGD runs (0.05 left LoRA undertrained)")
     parser.add_argument("--only", nargs="*", default=[], help="run names to (re)run and report (default: all)")
-    parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
