@@ -100,7 +100,8 @@ def audit_run(run_dir: str | Path, *, examples: int = 200, shadows: int = 0, sha
     if ws.data.test is None or not ws.data.clients:
         raise CheckpointError("ffm audit needs the whole split in this process (a simulation's data source)")
     rng = np.random.default_rng(seed)
-    examples = min(examples, len(ws.data.test))  # as many non-members as members: the test set bounds both
+    # as many non-members as members: the test set bounds both, and LiRA's shadows need half of it to train on
+    examples = min(examples, len(ws.data.test) // (2 if shadows > 0 else 1))
     parties = _find(checkpoint.get("extra", {}), "states") if job.mode == "local" else None
     if parties:
         owners = {int(pid): state for pid, state in parties.items()}

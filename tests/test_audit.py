@@ -44,6 +44,8 @@ def test_lira_trains_shadows_on_data_no_target_model_saw_and_scores_every_target
     lira = result["lira"]
     assert lira["shadows"] == 2 and lira["shadow_steps"] == 3
     assert lira["shadow_pool"] == 60 - 30  # the test set without the non-member targets
+    capped = audit_run(job.run_dir, examples=500, shadows=1, shadow_steps=1)
+    assert capped["members"] == 30 and capped["lira"]["shadow_pool"] == 30  # half the test set stays for shadows
     assert 0.0 <= lira["auc"] <= 1.0 and result["mia_auc"] == max(lira["auc"], result["loss_attack"]["auc"])
 
 
