@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4 federation.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines and library warnings")
+    run.add_argument("--audit", type=int, default=0, metavar="EXAMPLES",
+                     help="after the run, a membership-inference audit on this many members (as `ffm audit`)")
+    run.add_argument("--audit-shadows", type=int, default=0, help="LiRA shadow models of that audit")
     add_deploy_parser(sub)
     add_compare_parser(sub)
     audit = sub.add_parser("audit", help="membership-inference audit of a finished run (into its summary.json)")
@@ -153,6 +156,11 @@ def _run(args: argparse.Namespace) -> int:
     print(f"ffm: {job.mode} job, {job.federation.num_clients} clients, {job.federation.rounds} rounds -> {job.run_dir}")
     summary, _ = run_local(job)
     _print_summary(summary)
+    if args.audit > 0 and job.mode != "prompt_search":  # in this process: the workspace is already loaded
+        from ffm.audit import audit_run
+
+        result = audit_run(job.run_dir, examples=args.audit, shadows=args.audit_shadows)
+        print(f"  audit          membership-inference AUC {result['mia_auc']:.4f} (audit.json)")
     return 0
 
 

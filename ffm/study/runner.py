@@ -48,6 +48,8 @@ def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path, th
     resume = ["resume=true"] if (run_dir / "config.yaml").is_file() else []
     cmd = [sys.executable, "-m", "ffm", "run", config, *overrides, *run.overrides,
            f"run_dir={run_dir}", "progress=false", "train.eval_parties=true", *resume]
+    if audit[0] > 0:  # audited in the run's own process (a reused run without an audit gets `ffm audit`)
+        cmd += ["--audit", str(audit[0]), "--audit-shadows", str(audit[1])]
     runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with (runs_dir / f"{run.name}.log").open("a") as log:
