@@ -174,6 +174,13 @@ def run_prompt_search(grid: Grid, job: JobConfig, ws: Workspace, run: RunDirecto
     own_best: dict[int, Candidate] = {}  # each client's own choice: what it would pick alone
     bytes_down = bytes_up = 0
     best = candidates[0]
+    tested: dict[Candidate, float] = {}  # test accuracy by candidate: each is evaluated on the test set once
+
+    def test_of(cand: Candidate) -> float:
+        if cand not in tested:
+            tested[cand] = _test_accuracy(ws, cand)
+        return tested[cand]
+
     for server_round in range(1, job.federation.rounds + 1):
         if server_round > 1:
             candidates = [best, *edits(best, list(tried), job, rng)]
@@ -193,7 +200,7 @@ def run_prompt_search(grid: Grid, job: JobConfig, ws: Workspace, run: RunDirecto
         best = max(tried, key=tried.get)
         line = {"round": server_round, "candidates": [c.as_json() for c in candidates],
                 "scores": [float(v) for v in means], "best": best.as_json(), "best_score": tried[best],
-                "test_accuracy": _test_accuracy(ws, best), "clients": [p for p, _, _ in replies],
+                "test_accuracy": test_of(best), "clients": [p for p, _, _ in replies],
                 "bytes_down": sent, "bytes_up": sum(8 * (len(s) + 1) for _, s, _ in replies)}
         if job.search.noise_multiplier > 0:
             line["epsilon"] = search_epsilon(job, server_round)
@@ -201,14 +208,14 @@ def run_prompt_search(grid: Grid, job: JobConfig, ws: Workspace, run: RunDirecto
         logger.info("round %d: best %r score %.4f test accuracy %.4f", server_round, best.template,
                     tried[best], line["test_accuracy"])
     central = _central_choice(ws, list(tried)) if ws.data.clients else None  # simulation: the server holds all
-    single = {str(p): _test_accuracy(ws, c) for p, c in sorted(own_best.items())}
+    single = {str(p): test_of(c) for p, c in sorted(own_best.items())}
     summary = {
         "mode": job.mode, "task": job.task.name, "primary_metric": "accuracy", "higher_is_better": True,
         "rounds": job.federation.rounds, "selected": best.as_json(),
-        "final_test_accuracy": _test_accuracy(ws, best), "best_test_accuracy": _test_accuracy(ws, best),
-        "initial_test_accuracy": _test_accuracy(ws, initial_candidates(job, ws.task)[0]),
+        "final_test_accuracy": test_of(best), "best_test_accuracy": test_of(best),
+        "initial_test_accuracy": test_of(initial_candidates(job, ws.task)[0]),
         "central_choice": central and central.as_json(),
-        "central_test_accuracy": central and _test_accuracy(ws, central),
+        "central_test_accuracy": central and test_of(central),
         "single_client_test_accuracy": single,
         "candidates_scored": len(tried), "bytes_up": bytes_up, "bytes_down": bytes_down,
         "epsilon": search_epsilon(job, job.federation.rounds) if job.search.noise_multiplier > 0 else None,

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = ["agree", "decrypt", "dequantize", "encrypt", "keypair", "neighbours", "prg", "quantize",
-           "quantization_bound", "threshold_of"]
+           "threshold_of"]
 
 _RAW = {"encoding": serialization.Encoding.Raw, "format": serialization.PublicFormat.Raw}
 
@@ -72,11 +72,6 @@ def quantize(values: np.ndarray, bound: float, bits: int) -> np.ndarray:
 def dequantize(total: np.ndarray, bound: float, bits: int) -> np.ndarray:
     """The signed integer sum back to floats (the ring's uint64 read as two's complement)."""
     return total.view(np.int64).astype(np.float64) * (bound / float(2**bits))
-
-
-def quantization_bound(bound: float, bits: int, total_weight: float) -> float:
-    """Largest error of a coordinate of the weighted mean: each client's rounding is at most half a step."""
-    return 0.5 * bound / float(2**bits) * (1.0 if total_weight > 0 else 0.0)
 
 
 def neighbours(nodes: list[int], me: int, count: int) -> list[int]:
