@@ -19,6 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from ffm.config import JobConfig, job_from_run_config
+from ffm.continual.local import continual_round
+from ffm.continual.stream import stage_of
 from ffm.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, train_steps
 from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
@@ -89,8 +91,9 @@ def train(msg: Message, context: Context) -> Message:
     seed = round_seed(job.seed, server_round, salt=1000 + party)  # fixes shuffling and dropout (resume relies on it)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    data = workspace.examples("train", index)
-    steps = straggler_steps(workspace.local_steps(index), job.train.steps_spread, seed)
+    stage = stage_of(job, server_round)  # a continual stream's stage (None: the job's only data)
+    data = workspace.examples("train", index, stage)
+    steps = straggler_steps(workspace.local_steps(index, stage), job.train.steps_spread, seed)
     train = job.train
     optimizer = make_optimizer(model, train.lr, train.weight_decay, train.optimizer, train.momentum)
     schedule = {"kind": train.scheduler, "warmup_ratio": train.warmup_ratio, "steps": steps,
@@ -104,6 +107,10 @@ def train(msg: Message, context: Context) -> Message:
                else step_batches(data, train.batch_size, steps, generator))
     if config.get(FLIP_LABELS_KEY):  # a label-flipping attacker (mod 'attack'): its own data poisoned
         batches = flip_labels(batches, len(workspace.data.label_names))
+    penalties = list(rule.penalties)
+    if stage is not None:  # replay mixes in the node's own buffer; EWC adds its penalty
+        batches, extra = continual_round(job, workspace, index, stage, context.state, batches, steps, seed)
+        penalties += extra
     scheduler = run_scheduler(optimizer, **schedule)
     with ExitStack() as stack:
         trained, stepping = model, optimizer
@@ -117,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
             objective=workspace.task.loss,
             optimizer=stepping,
             scheduler=scheduler,
-            penalties=rule.penalties,
+            penalties=penalties,
             grad_hooks=rule.grad_hooks,
             max_grad_norm=0.0 if private else train.max_grad_norm,
         )
@@ -170,7 +177,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The task's metrics of the received state (with this node's personal part) on its own validation split."""
     job, workspace, index, party = _workspace(context)
     _load(workspace, msg, context, _rank(job, party))
-    result = workspace.task.evaluate(workspace.model, workspace.examples("val", index), job.train.eval_batch_size)
+    stage = stage_of(job, int(msg.content["config"].get("server-round", 1)))
+    result = workspace.task.evaluate(workspace.model, workspace.examples("val", index, stage),
+                                     job.train.eval_batch_size)
     metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()}
                            | ({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {}))
     return Message(RecordDict({METRICS_KEY: metrics, "client": _client_record(party)}), reply_to=msg)

@@ -263,6 +263,46 @@ class SearchConfig:
 
 
 @dataclass
+class ContinualConfig:
+    kind: str = _f("none", "continual learning: none | class_incremental (classes arrive a few at a time; the "
+                   "head grows) | domain_incremental (same labels, new data: continual.sources, or data.source cut "
+                   "in order)")
+    stages: int = _f(3, "stages of the stream; federation.rounds is split evenly across them (a multiple of this)")
+    classes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "class_incremental: the label names of each stage, | between names (e.g. "
+                  "business|tech,sport|politics,entertainment); empty = label order cut into `stages` groups"},
+    )
+    sources: list[str] = field(
+        default_factory=list,
+        metadata={"help": "domain_incremental: one data.source per stage (labels matched by name, see label_map); "
+                  "empty = data.source cut into `stages` consecutive parts in its own order"},
+    )
+    label_map: list[str] = field(
+        default_factory=list,
+        metadata={"help": "domain_incremental: from=to renames of a later source's labels onto the first source's "
+                  "(e.g. World=politics); examples whose label matches none are dropped"},
+    )
+    parties: list[str] = field(
+        default_factory=list,
+        metadata={"help": "party churn: the partition ids that take part in each stage, as ranges joined by | "
+                  "(e.g. 0-5,0-7,3-9); empty = every party in every stage"},
+    )
+    method: str = _f("naive", "naive (fine-tune on, forgets) | replay (a bounded buffer of own past examples in the "
+                     "node state) | ewc (Fisher penalty) | adapters (a fresh adapter per stage, routed by stage at "
+                     "evaluation) | joint (upper bound: every stage's data from the start)")
+    replay_size: int = _f(64, "replay: examples each client keeps of its past stages (reservoir sampling)")
+    replay_batch: int = _f(0, "replay: buffered examples added to each local batch (0 = train.batch_size)")
+    ewc_lambda: float = _f(100.0, "ewc: weight of the penalty (lambda / 2) * sum F (theta - theta*)^2")
+    ewc_samples: int = _f(64, "ewc: examples of the finished stage a client computes its diagonal Fisher on")
+
+
+CONTINUAL_KINDS = ("none", "class_incremental", "domain_incremental")
+CONTINUAL_METHODS = ("naive", "replay", "ewc", "adapters", "joint")
+STATEFUL_STRATEGIES = ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold")  # server state shaped like the model
+
+
+@dataclass
 class CheckpointConfig:
     keep_last: int = _f(0, "keep only the newest this many round checkpoints (0 = keep every round)")
 
@@ -286,6 +326,7 @@ class JobConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
@@ -515,6 +556,46 @@ def _check_secure_aggregation(job: JobConfig) -> None:
            "privacy.secagg_threshold must be in (0, 1], secagg_bound > 0 and secagg_bits in [8, 30]")
 
 
+def _check_continual(job: JobConfig) -> None:
+    """A stream needs whole stages of rounds, classes or sources to cut it by, and a training mode."""
+    c = job.continual
+    _check(c.kind in CONTINUAL_KINDS, f"continual.kind: '{c.kind}' is not one of {', '.join(CONTINUAL_KINDS)}")
+    _check(c.method in CONTINUAL_METHODS,
+           f"continual.method: '{c.method}' is not one of {', '.join(CONTINUAL_METHODS)}")
+    if c.kind == "none":
+        return
+    _check(job.mode in TRAINING_MODES, f"continual.kind={c.kind} trains: use mode=federated, centralized or local")
+    _check(c.stages >= 2, f"continual.stages must be at least 2, got {c.stages}")
+    _check(job.federation.rounds % c.stages == 0,
+           f"federation.rounds={job.federation.rounds} must be a multiple of continual.stages={c.stages} (each "
+           f"stage trains rounds / stages rounds); e.g. federation.rounds="
+           f"{c.stages * max(1, job.federation.rounds // c.stages)}")
+    _check(not c.classes or len(c.classes) == c.stages,
+           f"continual.classes names {len(c.classes)} stages but continual.stages={c.stages}")
+    _check(not c.sources or len(c.sources) == c.stages,
+           f"continual.sources names {len(c.sources)} stages but continual.stages={c.stages}")
+    _check(not c.parties or len(c.parties) == c.stages,
+           f"continual.parties names {len(c.parties)} stages but continual.stages={c.stages}")
+    _check(c.kind == "class_incremental" or not c.classes, "continual.classes is for kind=class_incremental")
+    _check(c.kind == "domain_incremental" or not (c.sources or c.label_map),
+           "continual.sources and continual.label_map are for kind=domain_incremental")
+    _check(c.kind != "class_incremental" or job.task.name in ("text_classification", "image_classification"),
+           f"continual.kind=class_incremental grows a classification head: task.name={job.task.name} has none "
+           "(use kind=domain_incremental)")
+    _check(c.kind != "class_incremental" or job.strategy.name not in STATEFUL_STRATEGIES or job.mode == "local",
+           f"continual.kind=class_incremental: strategy.name={job.strategy.name} keeps server state shaped like the "
+           "model, and the head grows at each stage; use fedavg, fedprox, fednova or a robust rule")
+    _check(c.replay_size >= 1 and c.replay_batch >= 0 and c.ewc_lambda >= 0 and c.ewc_samples >= 1,
+           "continual.replay_size and continual.ewc_samples must be >= 1, replay_batch and ewc_lambda >= 0")
+    _check(c.method != "replay" or not job.privacy.dp_sgd,
+           "continual.method=replay with privacy.dp_sgd=true: DP-SGD's Poisson batches cannot mix in the buffer")
+    _check(c.kind != "class_incremental" or not job.method.personal,
+           "continual.kind=class_incremental grows the head on the server: method.personal must be empty")
+    _check(not job.resume, "resume=true is not supported for continual jobs yet: start the stream again")
+    _check(not job.data.test_path, "continual jobs split their stream themselves: data.test_path (a deployment's "
+           "exported split) cannot carry stages; run the SuperNodes without data-path")
+
+
 def _validate(job: JobConfig) -> None:
     """Reject values out of range, naming the key and what would be valid (variants check their own keys)."""
     from ffm.mods import MODS  # local import: the registries import flwr; config must stay light to import
@@ -547,6 +628,7 @@ def _validate(job: JobConfig) -> None:
     _check(not job.privacy.dp_sgd or not getattr(job.method, "client_ranks", []),
            "privacy.dp_sgd=true cannot mask heterogeneous LoRA ranks (method.client_ranks); use one rank")
     _check_secure_aggregation(job)
+    _check_continual(job)
     search = job.search
     _check(search.score in ("accuracy", "loss"), f"search.score: '{search.score}' is not accuracy or loss")
     _check(search.edits >= 0 and search.noise_multiplier >= 0, "search.edits and search.noise_multiplier must be >= 0")

@@ -27,21 +27,25 @@ class Evaluator:
         self.workspace = workspace
         self.primary = f"test_{workspace.task.primary_metric}"
 
-    def state(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metrics of one global state (with the initial personal part, if the method keeps one)."""
+    def state(self, state: dict[str, torch.Tensor], stage: int | None = None) -> dict[str, float]:
+        """Metrics of one global state (with the initial personal part, if the method keeps one), on the test
+        set, or on that of a continual ``stage``."""
         ws = self.workspace
         ws.load(state)
-        return ws.task.evaluate(ws.model, ws.examples("test"), ws.job.train.eval_batch_size)
+        return ws.task.evaluate(ws.model, ws.examples("test", stage=stage), ws.job.train.eval_batch_size)
 
     def sample(self) -> str | None:
         """The task's sample from the model as last evaluated (generative tasks only)."""
         return self.workspace.task.sample(self.workspace.model, self.workspace.tokenizer)
 
-    def round(self, arrays: ArrayRecord, party_states: dict[int, ArrayRecord] | None) -> dict[str, Any]:
+    def round(
+        self, arrays: ArrayRecord, party_states: dict[int, ArrayRecord] | None, stage: int | None = None
+    ) -> dict[str, Any]:
         """The ``test_*`` figures of a round: of the global state, or the mean over the parties' own states."""
         if not party_states:
-            return _named(self.state(arrays.to_torch_state_dict()))
-        per_party = {pid: _named(self.state(a.to_torch_state_dict())) for pid, a in sorted(party_states.items())}
+            return _named(self.state(arrays.to_torch_state_dict(), stage))
+        per_party = {pid: _named(self.state(a.to_torch_state_dict(), stage))
+                     for pid, a in sorted(party_states.items())}
         keys = next(iter(per_party.values())).keys()
         line: dict[str, Any] = {k: sum(r[k] for r in per_party.values()) / len(per_party) for k in keys}
         line[f"{self.primary}_per_client"] = {str(pid): r[self.primary] for pid, r in per_party.items()}

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ffm.checkpointer import Checkpointer
 from ffm.client import PERSONAL_KEY
 from ffm.config import JobConfig, job_from_run_config
+from ffm.continual.stages import StageLoop
 from ffm.evaluation import Evaluator
 from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
 from ffm.partition_report import report_partition
@@ -86,6 +87,7 @@ class RoundEnd:
                  checkpointer: Checkpointer, *, offset: int) -> None:
         self.job, self.evaluator, self.run, self.guard, self.checkpointer = job, evaluator, run, guard, checkpointer
         self.offset = offset
+        self.stages: StageLoop | None = None  # a continual stream: each line's stage, and the rows of R
         self._tick = time.perf_counter()
         self.bar = tqdm(total=job.federation.rounds, initial=offset, desc="rounds", disable=not job.progress)
 
@@ -94,8 +96,11 @@ class RoundEnd:
         if server_round == 0 and self.offset > 0:
             return None  # that round's line and checkpoint were written before the interruption
         party_states = getattr(self.guard, "party_states", None)
-        test = self.evaluator.round(arrays, party_states)
+        stage = self.stages.test_stage(true_round) if self.stages else None
+        test = self.evaluator.round(arrays, party_states, stage)
         line: dict[str, Any] = {"round": true_round, **test}
+        if self.stages:
+            line.update(self.stages.fields(true_round, arrays, party_states))
         sample = None if party_states else self.evaluator.sample()  # of the global model just evaluated
         if sample is not None:
             self.run.append_sample(true_round, sample)
@@ -132,12 +137,21 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     evaluator = Evaluator(workspace)
     round_end = RoundEnd(job, evaluator, run, guard, checkpointer, offset=offset)
     start = time.perf_counter()
+    stages = StageLoop(job, workspace, run) if job.continual.kind != "none" else None
+    round_end.stages = stages
+    phases = stages.phases() if stages else [(None, offset + 1)]
     final_state = initial
-    if job.federation.rounds > offset:
-        result = RoundOffset(guard, offset=offset, seed=job.seed).start(
-            grid,
-            ArrayRecord(initial),
-            num_rounds=job.federation.rounds - offset,
+    for number, (stage, first) in enumerate(phases):  # one phase, or a continual stream's stages
+        last = phases[number + 1][1] - 1 if number + 1 < len(phases) else job.federation.rounds
+        if stages and stage is not None:
+            final_state = stages.begin(stage, final_state, getattr(guard, "party_states", None))
+        if last < first:
+            continue
+        round_end.offset = first - 1
+        result = RoundOffset(guard, offset=first - 1, seed=job.seed).start(
+            stages.grid(grid, stage) if stages and stage is not None else grid,
+            ArrayRecord(final_state),
+            num_rounds=last - first + 1,
             train_config=ConfigRecord({}),
             evaluate_fn=round_end,
         )
@@ -145,6 +159,12 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
             final_state = result.arrays.to_torch_state_dict()
     round_end.bar.close()
     summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start, _personal_parts(grid))
+    if stages:
+        summary["continual"] = stages.summary()
+        if job.continual.method == "adapters":
+            for k, models in enumerate(stages.snapshots):
+                if None in models:
+                    _save_final(workspace, models[None], run.path / "final" / f"stage-{k}")
     run.write_summary(summary)
     return summary
 

@@ -18,6 +18,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ffm.config import JobConfig, job_to_dict
+from ffm.continual.head import fit_head, head_keys, shrink_head
+from ffm.continual.stream import joint_data, split_stream, stage_classes
 from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
 from ffm.errors import DataError
 from ffm.methods import build_method
@@ -37,7 +39,10 @@ class Workspace:
     data: FederatedData
     initial_state: dict[str, torch.Tensor]  # the round-0 global state: what travels
     initial_personal: dict[str, torch.Tensor]  # a client's personal part before it first trains
-    _examples: dict[tuple[str, int], Examples] = field(default_factory=dict, repr=False)
+    stages: list[FederatedData] = field(default_factory=list)  # a continual stream's data, stage by stage
+    head_keys: list[str] = field(default_factory=list)  # class-incremental: the head's per-class tensors
+    full_head: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # ... with every class's rows
+    _examples: dict[tuple[str, int, int], Examples] = field(default_factory=dict, repr=False)
     _pristine_base: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # before any base delta
 
     @property
@@ -45,16 +50,27 @@ class Workspace:
         """Parties that train: the clients, or one data holder in centralized mode."""
         return 1 if self.job.mode == "centralized" else len(self.data.clients)
 
-    def _party(self) -> FederatedData:
-        return pooled(self.data) if self.job.mode == "centralized" else self.data
+    def stage_data(self, stage: int | None) -> FederatedData:
+        """One stage's data of a continual stream (None: all of it, the joint data)."""
+        return self.data if stage is None else self.stages[stage]
 
-    def examples(self, split: str, party: int = 0) -> Examples:
-        """Encoded ``train`` / ``val`` of a party, or the global ``test``; encoded once, then reused."""
-        key = (split, party if split != "test" else -1)
+    def _party(self, stage: int | None) -> FederatedData:
+        data = self.stage_data(stage)
+        if self.job.mode != "centralized":
+            return data
+        from ffm.continual.stream import active_parties
+
+        return pooled(data, active_parties(self.job, stage))
+
+    def examples(self, split: str, party: int = 0, stage: int | None = None) -> Examples:
+        """Encoded ``train`` / ``val`` of a party, or the global ``test`` (of a continual ``stage``, or of all
+        the data); encoded once, then reused."""
+        key = (split, party if split != "test" else -1, -1 if stage is None else stage)
         if key not in self._examples:
-            if split == "test" and self.data.test is None:
+            data = self.stage_data(stage)
+            if split == "test" and data.test is None:
                 raise ValueError("this process holds one data owner's data and no test set")
-            ds = self.data.test if split == "test" else getattr(self._party().clients[party], split)
+            ds = data.test if split == "test" else getattr(self._party(stage).clients[party], split)
             self._examples[key] = self.task.encode(ds, self.tokenizer, self.job.model.max_length)
         return self._examples[key]
 
@@ -65,6 +81,8 @@ class Workspace:
         their pristine values; a state without them restores the pristine base.
         """
         personal = self.initial_personal if personal is None else personal
+        if self.head_keys:  # a class-incremental head has as many rows as the classes seen so far
+            fit_head(self.model, {**state, **personal}, self.head_keys)
         deltas = {k: v for k, v in state.items() if is_base_delta(k)}
         if deltas or self._pristine_base:
             apply_base_delta(self.model, deltas, self._pristine_base)
@@ -73,19 +91,23 @@ class Workspace:
         if personal:
             load_trainable_state(self.model, personal, partial=True)
 
-    def local_steps(self, party: int) -> int:
+    def local_steps(self, party: int, stage: int | None = None) -> int:
         """Optimizer steps a party takes per round; centralized gets the federation's whole round budget."""
         train = self.job.train
         fed = self.job.federation
+        data = self.stage_data(stage)
         if self.job.mode != "centralized":
             if train.local_steps:
                 return train.local_steps
-            return train.local_epochs * steps_per_epoch(len(self.data.clients[party].train), train.batch_size)
-        sampled = max(1, int(len(self.data.clients) * fed.fraction_train))
+            return train.local_epochs * steps_per_epoch(len(data.clients[party].train), train.batch_size)
+        from ffm.continual.stream import active_parties
+
+        clients = [data.clients[p] for p in active_parties(self.job, stage)]
+        sampled = max(1, int(len(clients) * fed.fraction_train))
         if train.local_steps:
             return train.local_steps * sampled
-        per_epoch = sum(steps_per_epoch(len(c.train), train.batch_size) for c in self.data.clients)
-        return max(1, round(train.local_epochs * per_epoch * sampled / len(self.data.clients)))
+        per_epoch = sum(steps_per_epoch(len(c.train), train.batch_size) for c in clients)
+        return max(1, round(train.local_epochs * per_epoch * sampled / len(clients)))
 
 
 def _check_schema(data: FederatedData, task: Task) -> None:
@@ -100,12 +122,19 @@ def _check_schema(data: FederatedData, task: Task) -> None:
             )
 
 
-def _load_data(job: JobConfig, data_path: str | None) -> FederatedData:
+def _load_data(job: JobConfig, data_path: str | None) -> tuple[FederatedData, list[FederatedData]]:
+    """(the data, a continual stream's stages; for the joint upper bound and reports, data = every stage)."""
     if data_path:
-        return load_party(data_path)
+        if job.continual.kind != "none":
+            raise DataError(f"continual.kind={job.continual.kind}: a node's exported folder ('{data_path}') holds no "
+                            "stages; start the SuperNodes without data-path (each builds its own split of the stream)")
+        return load_party(data_path), []
     if job.data.test_path:
-        return load_server_test(job.data.test_path)
-    return split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
+        return load_server_test(job.data.test_path), []
+    if job.continual.kind != "none":
+        stages = split_stream(load_source(job.data), job)
+        return joint_data(stages), stages
+    return split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed), []
 
 
 def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
@@ -114,7 +143,7 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     Data loads first, so bad data fails before a model loads.
     """
     task = build_task(job.task)
-    data = _load_data(job, data_path)
+    data, stages = _load_data(job, data_path)
     _check_schema(data, task)
     tokenizer = load_tokenizer(job.model) if task.uses_tokenizer else None
     backbone = task.build_model(job.model, data.label_names, tokenizer, job.seed)
@@ -131,8 +160,20 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
     if job.mode == "prompt_search" and job.search.init_from:
         _load_run_state(model, job.search.init_from)
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
-    shared, personal = split_personal(trainable_state(model), job.method.personal)
-    return Workspace(job, task, model, tokenizer, data, initial_state=shared, initial_personal=personal)
+    state = trainable_state(model)
+    keys: list[str] = []
+    full: dict[str, torch.Tensor] = {}
+    if job.continual.kind == "class_incremental" and job.continual.method != "joint":
+        keys = head_keys(state, len(data.label_names))
+        if not keys:
+            raise DataError(f"continual.kind=class_incremental: method.name={job.method.name} trains no "
+                            "classification head to grow (its head must be trainable)")
+        full = {k: state[k].clone() for k in keys}
+        state = shrink_head(state, keys, stage_classes(job, data.label_names)[0])
+        fit_head(model, state, keys)
+    shared, personal = split_personal(state, job.method.personal)
+    return Workspace(job, task, model, tokenizer, data, initial_state=shared, initial_personal=personal,
+                     stages=stages, head_keys=keys, full_head=full)
 
 
 def _load_run_state(model: nn.Module, run_dir: str) -> None:
@@ -152,7 +193,7 @@ def _load_run_state(model: nn.Module, run_dir: str) -> None:
 def _shaping_key(job: JobConfig) -> str:
     """The config keys that shape model and data (not rounds, paths, strategy or progress)."""
     raw = job_to_dict(job)
-    shaping = {k: raw[k] for k in ("mode", "seed", "model", "task", "method", "data", "train")}
+    shaping = {k: raw[k] for k in ("mode", "seed", "model", "task", "method", "data", "train", "continual")}
     shaping["num_clients"] = job.federation.num_clients
     shaping["fraction_train"] = job.federation.fraction_train
     return json.dumps(shaping, sort_keys=True)

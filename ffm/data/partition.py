@@ -209,9 +209,11 @@ def partition_histogram(data: FederatedData) -> tuple[str, list[str], list[list[
     return column, [data.label_names[v] if labelled else str(v) for v in values], counts
 
 
-def pooled(data: FederatedData) -> FederatedData:
-    """All clients' data held by one party: the centralized baseline (the privacy-violating upper bound)."""
-    train = datasets.concatenate_datasets([c.train for c in data.clients])
-    val = datasets.concatenate_datasets([c.val for c in data.clients])
+def pooled(data: FederatedData, parties: list[int] | None = None) -> FederatedData:
+    """All clients' data (or ``parties``') held by one party: the centralized baseline (the privacy-violating
+    upper bound)."""
+    clients = data.clients if parties is None else [data.clients[p] for p in parties]
+    train = datasets.concatenate_datasets([c.train for c in clients])
+    val = datasets.concatenate_datasets([c.val for c in clients])
     return FederatedData(test=data.test, clients=[ClientData(train=train, val=val)], label_names=data.label_names,
                          unseen=data.unseen)

@@ -1,0 +1,212 @@
+"""The server's side of a stream: the stages of rounds, what changes between them, and the matrix R.
+
+``run_job`` trains each stage as ``federation.rounds / continual.stages`` rounds of the usual strategy. Before
+a stage the global state gets the new classes' head rows (class-incremental), or a fresh adapter
+(``continual.method=adapters``), and the Grid shows only the stage's parties (churn: a joining party simply
+receives the current global state). After a stage the model is evaluated on every stage's test set (the row
+``R[stage]``) and, for the per-party view, on every party's validation split of every stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from ffm.config import JobConfig
+from ffm.continual.head import grow_head
+from ffm.continual.matrix import plot_matrix, transfer
+from ffm.continual.stream import active_parties, stage_classes, stage_rounds
+from ffm.run_dir import RunDirectory
+from ffm.tasks import Examples
+from ffm.workspace import Workspace
+
+__all__ = ["StageGrid", "StageLoop"]
+
+Models = dict[int | None, dict[str, torch.Tensor]]  # the global state (key None) or each party's own
+
+
+class StageGrid(Grid):
+    """The Grid as one stage sees it: only the nodes of the stage's parties (the rest have left or not joined)."""
+
+    def __init__(self, grid: Grid, nodes: set[int]) -> None:
+        self.grid, self.nodes = grid, nodes
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [node for node in self.grid.get_node_ids() if node in self.nodes]
+
+    def set_run(self, run: Any) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+def partition_ids(grid: Grid) -> dict[int, int]:
+    """Node id -> partition id: from an in-process Grid's contexts, else by asking each node (a QUERY)."""
+    contexts = getattr(grid, "contexts", None)
+    if contexts is not None:
+        return {node: int(ctx.node_config["partition-id"]) for node, ctx in contexts.items()}
+    asks = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY,
+                    group_id="continual") for node in grid.get_node_ids()]
+    return {reply.metadata.src_node_id: int(reply.content["client"]["partition-id"])
+            for reply in grid.send_and_receive(asks) if not reply.has_error()}
+
+
+class StageLoop:
+    """One continual job's stages: their rounds, the changes between them, and the accuracy matrix."""
+
+    def __init__(self, job: JobConfig, workspace: Workspace, run: RunDirectory) -> None:
+        self.job, self.ws, self.run = job, workspace, run
+        self.c = job.continual
+        self.per_stage = stage_rounds(job)
+        self.metric = workspace.task.primary_metric
+        self.grows = bool(workspace.head_keys)  # class-incremental: the head has the seen classes' rows
+        self.classes = stage_classes(job, workspace.data.label_names) if self.grows or (
+            self.c.kind == "class_incremental") else []
+        self.rows: list[list[float]] = []
+        self.initial: list[float] | None = None
+        self.party_rows: dict[int, list[list[float]]] = {}
+        self.snapshots: list[Models] = []  # adapters: each stage's final state(s)
+        self._cache: dict[tuple[str, int, int], Examples] = {}
+
+    # --- the stages' rounds -------------------------------------------------------------------------------
+    def phases(self) -> list[tuple[int, int]]:
+        """(stage, its first round) of each stage."""
+        return [(k, k * self.per_stage + 1) for k in range(self.c.stages)]
+
+    def stage_of_round(self, true_round: int) -> int:
+        return min((max(true_round, 1) - 1) // self.per_stage, self.c.stages - 1)
+
+    def grid(self, grid: Grid, stage: int) -> Grid:
+        """The Grid of ``stage``: only its parties' nodes when parties come and go."""
+        if not self.c.parties or self.job.mode == "centralized":
+            return grid
+        active = set(active_parties(self.job, stage))
+        return StageGrid(grid, {node for node, pid in partition_ids(grid).items() if pid in active})
+
+    def begin(self, stage: int, state: dict[str, torch.Tensor], party_states: dict | None) -> dict[str, torch.Tensor]:
+        """The global state a stage starts from (new head rows; a fresh adapter); party states likewise."""
+        if stage == 0:
+            return state
+        if self.c.method == "adapters":
+            state = dict(self.ws.initial_state)
+            if party_states is not None:
+                party_states.clear()  # every party's next adapter starts from the fresh one
+        if self.grows:
+            rows = self.classes[stage]
+            state = grow_head(state, self._full_head(state), rows)
+            for pid, arrays in list((party_states or {}).items()):
+                own = arrays.to_torch_state_dict()
+                party_states[pid] = ArrayRecord(grow_head(own, self._full_head(own), rows))
+        return state
+
+    def _full_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.ws.full_head.items() if k in state}
+
+    # --- evaluation ---------------------------------------------------------------------------------------
+    def test_stage(self, true_round: int) -> int | None:
+        """Which stage's test set a round's ``test_*`` figures are on (None for the joint model: all)."""
+        return None if self.c.method == "joint" else self.stage_of_round(true_round)
+
+    def _examples(self, split: str, party: int, stage: int) -> Examples:
+        if split == "test":
+            return self.ws.examples("test", stage=stage)
+        key = (split, party, stage)
+        if key not in self._cache:  # a party's own split, also in centralized mode (where training pools them)
+            ds = self.ws.stages[stage].clients[party].val
+            self._cache[key] = self.ws.task.encode(ds, self.ws.tokenizer, self.job.model.max_length)
+        return self._cache[key]
+
+    def _score(self, state: dict[str, torch.Tensor], data: Examples, stage: int, routed: bool) -> float:
+        """The primary metric of ``state`` on ``data`` of ``stage``; ``routed``: through that stage's own head
+        rows only (per-task adapters with a class-incremental head know which stage an example comes from)."""
+        if routed and self.grows:
+            low, high = (self.classes[stage - 1] if stage else 0), self.classes[stage]
+            state = {k: v[low:high] if k in self.ws.head_keys else v for k, v in state.items()}
+            data = Examples({**data.tensors, "labels": data.tensors["labels"] - low}, data.lengths,
+                            data.sequence_keys)
+        self.ws.load(state)
+        return float(self.ws.task.evaluate(self.ws.model, data, self.job.train.eval_batch_size)[self.metric])
+
+    def _cell(self, models: Models, owner: int | None, split: str, party: int, stage: int, now: int) -> float:
+        """One entry of a row: the model(s) after stage ``now`` on ``stage``'s data."""
+        if self.grows and stage > now:
+            return 0.0  # its classes are not in the head yet: no prediction can be right
+        adapters = self.c.method == "adapters" and stage <= now
+        source = self.snapshots[stage] if adapters and stage < now else models
+        state = source.get(owner, source.get(None)) if owner is not None else None
+        data = self._examples(split, party, stage)
+        if state is not None:
+            return self._score(state, data, stage, adapters)
+        scores = [self._score(s, data, stage, adapters) for s in source.values()]  # local-only: every party's own
+        return sum(scores) / len(scores)
+
+    def _models(self, arrays: ArrayRecord, party_states: dict | None) -> Models:
+        if party_states:
+            return {pid: a.to_torch_state_dict() for pid, a in sorted(party_states.items())}
+        return {None: arrays.to_torch_state_dict()}
+
+    def fields(self, true_round: int, arrays: ArrayRecord, party_states: dict | None) -> dict[str, Any]:
+        """What a round's metrics line adds: its stage, and after a stage's last round the row of R."""
+        stage = self.stage_of_round(true_round)
+        line: dict[str, Any] = {"stage": stage}
+        key = f"stage_test_{self.metric}"
+        if true_round == 0:
+            state = arrays.to_torch_state_dict()
+            self.initial = [0.0 if self.grows and j > 0 else self._score(state, self._examples("test", 0, j), j, False)
+                            for j in range(self.c.stages)]
+            line[f"initial_{key}"] = self.initial
+        elif true_round % self.per_stage == 0:
+            models = self._models(arrays, party_states)
+            if self.c.method == "adapters":
+                self.snapshots.append(models)
+            row = [self._cell(models, None, "test", 0, j, stage) for j in range(self.c.stages)]
+            self.rows.append(row)
+            line[key] = row
+            parties = {}
+            for pid in range(len(self.ws.stages[0].clients)):
+                own = pid if party_states else None
+                parties[str(pid)] = [self._cell(models, own, "val", pid, j, stage) for j in range(self.c.stages)]
+                self.party_rows.setdefault(pid, []).append(parties[str(pid)])
+            line[f"party_stage_val_{self.metric}"] = parties
+        return line
+
+    # --- the outcome ----------------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """R, its summary figures, per party, and the heat map's path."""
+        joint = self.c.method == "joint"
+        overall = transfer(self.rows, None if joint or self.initial is None else self.initial)
+        if joint:  # trained on every stage from the start: no stage was learnt before another, nothing to forget
+            overall["backward_transfer"] = overall["forward_transfer"] = None
+        parties = {str(pid): {"R": rows, **transfer(rows)} for pid, rows in self.party_rows.items()}
+        if parties and not joint:
+            overall["party_mean_backward_transfer"] = sum(
+                p["backward_transfer"] for p in parties.values()) / len(parties)
+        plot = None
+        if self.rows:
+            figures = ", ".join(f"{k} {v:+.3f}" if k != "average" else f"average {v:.3f}"
+                                for k, v in overall.items() if isinstance(v, float) and "party" not in k)
+            title = f"{self.job.mode}, {self.c.kind}, {self.c.method}: {figures}"
+            plot = str(plot_matrix(self.rows, self.metric, title, self.run.path / "accuracy_matrix.png"))
+        return {"kind": self.c.kind, "method": self.c.method, "stages": self.c.stages, "metric": self.metric,
+                "higher_is_better": self.ws.task.higher_is_better, "R": self.rows, "initial": self.initial,
+                **overall, "parties": parties, "plot": plot,
+                "classes": self.classes if self.c.kind == "class_incremental" else None}
