@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkpoint_state
 from flwr.app import RecordDict
 
 from ffm.config import load_job
@@ -19,7 +22,6 @@ from ffm.run_dir import RunDirectory
 from ffm.runtime import run_local
 from ffm.tasks import Examples
 from ffm.workspace import build_workspace
-from conftest import checkpoint_state
 
 CLASS_STREAM = {"continual__kind": "class_incremental", "continual__stages": 2,
                 "continual__classes": ["business|entertainment", "sports|tech"]}
@@ -50,12 +52,12 @@ def test_rounds_follow_stages_and_the_joint_bound_has_none(job_factory):
 
 
 def test_stream_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="multiple of continual.stages"):
+    with pytest.raises(ConfigError, match=r"multiple of continual\.stages"):
         load_job(None, ["continual.kind=class_incremental", "continual.stages=3", "federation.rounds=4"])
-    with pytest.raises(ConfigError, match="strategy.name=fedadam keeps server state"):
+    with pytest.raises(ConfigError, match=r"strategy\.name=fedadam keeps server state"):
         load_job(None, ["continual.kind=class_incremental", "continual.stages=2", "federation.rounds=2",
                         "strategy.name=fedadam"])
-    with pytest.raises(ConfigError, match="continual.parties names 1 stages"):
+    with pytest.raises(ConfigError, match=r"continual\.parties names 1 stages"):
         load_job(None, ["continual.kind=domain_incremental", "continual.stages=2", "federation.rounds=2",
                         "continual.parties=0-3"])
 
@@ -163,12 +165,31 @@ def test_a_joining_party_starts_from_the_current_global_model(job_factory, carri
     assert all(torch.equal(joined[k], after_stage_one[k]) for k in after_stage_one)
 
 
-def test_naive_forgets_and_replay_forgets_less_on_conflicting_stages(job_factory):
-    common = {**CLASS_STREAM, "federation__rounds": 4, "train__local_steps": 4, "method__name": "full",
-              "train__lr": 0.003}
+COLOURS = {"red": "apple cherry ruby blood rose flame brick wine",
+           "blue": "ocean sky navy sapphire ice river whale cobalt",
+           "green": "grass leaf forest mint frog moss lime jade", "gray": "stone ash cloud steel smoke rat lead fog"}
+
+
+@pytest.fixture
+def colours(tmp_path: Path) -> Path:
+    """240 texts of five words from their colour's own vocabulary: a task the tiny model learns in a few steps."""
+    rng = random.Random(0)
+    path = tmp_path / "colours.jsonl"
+    with path.open("w") as handle:
+        for i in range(240):
+            label = list(COLOURS)[i % 4]
+            text = " ".join(rng.choices(COLOURS[label].split(), k=5))
+            handle.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+def test_naive_forgets_and_replay_forgets_less_on_conflicting_stages(job_factory, colours):
+    common = {"continual__kind": "class_incremental", "continual__stages": 2, "continual__classes": ["red|blue",
+              "green|gray"], "data__source": "jsonl", "data__path": str(colours), "data__max_examples": 0,
+              "federation__rounds": 4, "train__local_steps": 16, "method__name": "full", "train__lr": 0.003}
     naive, _ = run_local(job_factory("naive", **common))
     replay, _ = run_local(job_factory("replay", **common, continual__method="replay", continual__replay_size=16))
-    bwt_naive = naive["continual"]["backward_transfer"]
-    bwt_replay = replay["continual"]["backward_transfer"]
-    assert bwt_naive < -0.3, naive["continual"]["R"]
-    assert bwt_replay > bwt_naive + 0.15, (naive["continual"]["R"], replay["continual"]["R"])
+    R_naive, R_replay = naive["continual"]["R"], replay["continual"]["R"]
+    assert R_naive[0][0] > 0.9 and R_naive[1][1] > 0.9, R_naive  # it learns each stage ...
+    assert naive["continual"]["backward_transfer"] < -0.8, R_naive  # ... and forgets the first
+    assert replay["continual"]["backward_transfer"] > naive["continual"]["backward_transfer"] + 0.5, R_replay
