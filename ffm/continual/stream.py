@@ -173,7 +173,11 @@ def split_stream(ds: datasets.Dataset, job: JobConfig) -> list[FederatedData]:
         try:
             data = split_federated(part, cfg, job.federation.num_clients, job.seed * 1_000 + k)
         except DataError as exc:
-            raise DataError(f"continual stage {k} ({len(part)} examples): {exc}") from None
+            hint = ""
+            if job.data.partitioner in ("dirichlet", "shards") and len(set(part["label"])) < 2:
+                hint = (f" (stage {k} holds one class, which data.partitioner={job.data.partitioner} cannot skew: "
+                        "use data.partitioner=iid or quantity, or give every stage two classes)")
+            raise DataError(f"continual stage {k} ({len(part)} examples): {exc}{hint}") from None
         stages.append(dataclasses.replace(data, label_names=list(names)))
     return stages
 
