@@ -193,3 +193,15 @@ def test_naive_forgets_and_replay_forgets_less_on_conflicting_stages(job_factory
     assert R_naive[0][0] > 0.9 and R_naive[1][1] > 0.9, R_naive  # it learns each stage ...
     assert naive["continual"]["backward_transfer"] < -0.8, R_naive  # ... and forgets the first
     assert replay["continual"]["backward_transfer"] > naive["continual"]["backward_transfer"] + 0.5, R_replay
+
+
+def test_a_domain_incremental_stream_aligns_a_later_source_to_the_first_sources_labels(job_factory):
+    job = job_factory(continual__kind="domain_incremental", continual__stages=2,
+                      continual__sources=["bbc_news", "ag_news"], continual__label_map=["World=politics",
+                                                                                        "Sci/Tech=tech"],
+                      data__max_examples=200, federation__rounds=2)
+    first, second = split_stream(load_source(job.data), job)
+    assert first.label_names == second.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+    names = second.label_names
+    assert {names[label] for label in second.test["label"]} == {"business", "politics", "sports", "tech"}
+    assert len(first.test) + sum(len(c.train) + len(c.val) for c in first.clients) == 100  # half the stream each

@@ -154,11 +154,20 @@ def _domain_incremental(ds: datasets.Dataset, job: JobConfig) -> list[tuple[data
     return stages
 
 
+def _capped(ds: datasets.Dataset, count: int, seed: int) -> datasets.Dataset:
+    """A stratified subset of ``count`` examples (all when ``count`` is 0 or more than there are)."""
+    if not count or count >= len(ds):
+        return ds
+    if "label" in ds.column_names:
+        return _stratified_split(ds, seed, train_size=count)["train"]
+    return ds.select(range(count))  # an unlabelled stream keeps its order
+
+
 def split_stream(ds: datasets.Dataset, job: JobConfig) -> list[FederatedData]:
     """Each stage's data, split into a test set and the parties' (train, val) by the job's partitioner."""
-    if job.data.max_examples and job.data.max_examples < len(ds):  # of the whole stream, not of each stage
-        ds = (_stratified_split(ds, job.seed, train_size=job.data.max_examples)["train"] if "label" in ds.column_names
-              else ds.select(range(job.data.max_examples)))
+    sources = job.continual.kind == "domain_incremental" and job.continual.sources
+    if not sources:  # data.max_examples is of the whole stream: the one source here, each source's share below
+        ds = _capped(ds, job.data.max_examples, job.seed)
     cfg = dataclasses.replace(job.data, max_examples=0)
     if job.continual.kind == "class_incremental":
         if "label" not in ds.column_names:
@@ -168,6 +177,7 @@ def split_stream(ds: datasets.Dataset, job: JobConfig) -> list[FederatedData]:
         parts = _domain_incremental(ds, job)
     stages = []
     for k, (part, names) in enumerate(parts):
+        part = _capped(part, job.data.max_examples // job.continual.stages, job.seed) if sources else part
         if len(part) == 0:
             raise DataError(f"continual stage {k} holds no examples; check continual.classes / continual.sources")
         try:
