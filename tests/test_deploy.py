@@ -195,3 +195,26 @@ def test_secure_aggregation_runs_unchanged_on_a_loopback_federation_of_three_sup
     assert max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain) <= bound
     summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
     assert summary["secure_aggregation"]["rounds"]["1"]["survivors"] == 3
+
+
+@pytest.mark.slow
+def test_a_continual_stream_with_churn_and_replay_runs_unchanged_on_supernodes(job_factory, tmp_path):
+    # Prepare: 2 stages of 1 round; party 2 joins at stage 2 (the server asks the nodes' partition ids with a
+    # QUERY, as a real Grid shows none); replay keeps each node's buffer in its Context.state between messages
+    stream = {**NO_EVAL, "continual__kind": "domain_incremental", "continual__stages": 2,
+              "continual__parties": ["0-1", "0-2"], "continual__method": "replay", "continual__replay_size": 4}
+    local = job_factory("local", **stream)
+    job = job_factory("deployed", runtime="flower", **stream)
+    run_local(local)
+
+    # Execute
+    with federation(tmp_path / "fed") as fed:
+        fed.run(job, timeout=200)
+
+    # Assert: the LocalGrid's states and accuracy matrix; party 2 trained in stage 2 only
+    torch.testing.assert_close(_checkpoint(job.run_dir), _checkpoint(local.run_dir))
+    lines = _metrics(job.run_dir)
+    assert [sorted(c["partition_id"] for c in line["clients"]) for line in lines[1:]] == [[0, 1], [0, 1, 2]]
+    deployed, reference = (json.loads((Path(j.run_dir) / "summary.json").read_text())["continual"]
+                           for j in (job, local))
+    assert deployed["R"] == [pytest.approx(row) for row in reference["R"]]
