@@ -52,6 +52,7 @@ OPTIMIZERS = ("adamw", "sgd")
 PROMPT_TASKS = {"verbalizer_classification": "{text}", "image_text_contrastive": "{}"}  # and where the input goes
 DP_SGD_METHODS = ("lora", "bitfit")  # methods whose trainable layers Opacus differentiates per example (tested)
 ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip")
+CODECS = ("fp16", "bf16", "int8", "int4", "topk")  # update encodings of ffm.compression
 
 
 def _f(default: Any, help: str) -> Any:  # `help` mirrors peft's field(metadata={"help": ...})
@@ -199,6 +200,11 @@ class ClientConfig:
     )
     clipping_norm: float = _f(1.0, "L2 bound on each client's update (mod 'fixedclipping')")
     dropout: float = _f(0.0, "probability that a client drops out of a train round, mid-round (mod 'dropout')")
+    compression: str = _f("none", "what a client's update travels as: none | fp16 | bf16 | int8 | int4 (stochastic "
+                          "rounding) | topk (client.topk_fraction of the entries); decoded by the server")
+    topk_fraction: float = _f(0.01, "compression=topk: share of each tensor's entries sent (the largest in magnitude)")
+    error_feedback: bool = _f(True, "compression: keep what was not sent in the node state and add it to the next "
+                              "update (the sum over rounds stays unbiased)")
     attack: str = _f("sign_flip", "what attackers send (mod 'attack'): sign_flip | scale | gaussian | label_flip")
     attackers: float = _f(0.2, "share of the clients that attack, the lowest partition ids (mod 'attack')")
     attack_scale: float = _f(
@@ -670,6 +676,13 @@ def _validate(job: JobConfig) -> None:
     for mod in job.client.mods:
         _check(mod in MODS, f"client.mods: '{mod}' is not one of {', '.join(MODS.names())}")
     _check(job.client.clipping_norm > 0.0, "client.clipping_norm must be > 0")
+    _check(job.client.compression in ("none", *CODECS),
+           f"client.compression: '{job.client.compression}' is not one of none, {', '.join(CODECS)}")
+    _check(0.0 < job.client.topk_fraction <= 1.0, f"client.topk_fraction must be in (0, 1], got "
+           f"{job.client.topk_fraction}")
+    _check(job.client.compression == "none" or not job.privacy.secure_aggregation,
+           f"client.compression={job.client.compression} cannot run with privacy.secure_aggregation: SecAgg+ sums "
+           "updates in its own quantized ring encoding (privacy.secagg_bits), which is its compression")
     _check(0.0 <= job.client.dropout < 1.0, f"client.dropout must be in [0, 1), got {job.client.dropout}")
     _check(job.client.attack in ATTACKS, f"client.attack: '{job.client.attack}' is not one of {', '.join(ATTACKS)}")
     _check(0.0 <= job.client.attackers <= 1.0, f"client.attackers must be in [0, 1], got {job.client.attackers}")

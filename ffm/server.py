@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ffm.checkpointer import Checkpointer
 from ffm.client import PERSONAL_KEY
+from ffm.compression import decode_reply
 from ffm.config import JobConfig, job_from_run_config
 from ffm.continual.stages import StageLoop
 from ffm.evaluation import Evaluator
@@ -130,8 +132,10 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     table = report_partition(workspace.data, run.path) if job.mode != "centralized" else None
     if table:
         logger.info("%s", table)
+    codec = job.client.compression
     guard = UpdateGuard(build_strategy(job), min_updates=job.federation.min_train_clients,
-                        max_failed_rounds=job.federation.max_failed_rounds)
+                        max_failed_rounds=job.federation.max_failed_rounds,
+                        decoder=None if codec == "none" else partial(decode_reply, codec=codec))
     checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last, grid=grid)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)

@@ -13,6 +13,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from ffm.compression.mod import compression_mod
 from ffm.config import JobConfig, job_from_run_config
 from ffm.mods.attack import FLIP_LABELS_KEY, attack, is_attacker
 from ffm.mods.clipping import fixed_clipping
@@ -30,13 +31,15 @@ MODS.register("attack", attack)
 MODS.register("dpclipping", lambda job: fixedclipping_mod)
 MODS.register("adaptiveclipping", lambda job: adaptiveclipping_mod)
 MODS.register("secaggplus", secagg_mod)
+MODS.register("compression", compression_mod)
 
 
 def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run the mods named by the job in ``context.run_config`` around the ClientApp (first named = outermost).
 
     Client-side DP (``privacy.side=client``) adds Flower's clipping mod of its kind innermost: the update is
-    clipped on the node, right after training, before any other mod sees it.
+    clipped on the node, right after training, before any other mod sees it. ``client.compression`` adds the
+    compression mod outermost: it encodes the update the others leave.
     """
     job = job_from_run_config(context.run_config)
     names = list(job.client.mods)
@@ -44,6 +47,8 @@ def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         names.insert(0, "secaggplus")
     elif job.privacy.clipping != "none" and job.privacy.side == "client":
         names.append("adaptiveclipping" if job.privacy.clipping == "adaptive" else "dpclipping")
+    if job.client.compression != "none" and "compression" not in names:  # outermost: it encodes what is sent
+        names.insert(0, "compression")
     chain = call_next
     for name in reversed(names):
         chain = _bind(MODS[name](job), chain)

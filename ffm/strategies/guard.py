@@ -10,7 +10,7 @@ Flower's FedAvg already drops replies that carry an error; this wrapper adds the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -53,8 +53,11 @@ def _reply_info(msg: Message) -> dict:
 class UpdateGuard(StrategyWrapper):
     """Drop invalid train replies; count payload bytes each way; keep a RoundLog per round."""
 
-    def __init__(self, inner: Strategy, *, min_updates: int = 1, max_failed_rounds: int = 1) -> None:
+    def __init__(self, inner: Strategy, *, min_updates: int = 1, max_failed_rounds: int = 1,
+                 decoder: Callable[[dict, ArrayRecord], ArrayRecord] | None = None) -> None:
         super().__init__(inner)
+        self.decoder = decoder  # compressed updates: (state sent, encoded reply) -> the trained state
+        self._sent: dict = {}
         self.min_updates, self.max_failed_rounds = min_updates, max_failed_rounds
         self.failed_in_a_row = 0
         self.rounds: dict[int, RoundLog] = {}
@@ -76,6 +79,8 @@ class UpdateGuard(StrategyWrapper):
         # Base deltas (exact LoRA aggregation) travel down only: replies carry the trainable state alone.
         self._expected = {name: tuple(array.shape) for name, array in arrays.items() if not is_base_delta(name)}
         self._dtypes = {name: array.dtype for name, array in arrays.items()}
+        if self.decoder is not None:
+            self._sent = {k: v for k, v in arrays.to_torch_state_dict().items() if not is_base_delta(k)}
         return self._count_down(server_round, self.inner.configure_train(server_round, arrays, config, grid))
 
     def aggregate_train(
@@ -89,7 +94,7 @@ class UpdateGuard(StrategyWrapper):
                 log.rejected.append({**info, "reason": f"client error: {msg.error.reason}"})
                 continue
             log.bytes_up += sum(state_nbytes(r) for r in msg.content.array_records.values())
-            problem = self._problem(msg)
+            problem = self._decode(msg) or self._problem(msg)
             if problem:
                 logger.warning("round %d: rejected update from node %s: %s", server_round, info["node"], problem)
                 log.rejected.append({**info, "reason": problem})
@@ -125,6 +130,16 @@ class UpdateGuard(StrategyWrapper):
             return arrays
         return ArrayRecord({name: Array(array.numpy().astype(self._dtypes.get(name, array.dtype), copy=False))
                             for name, array in arrays.items()})
+
+    def _decode(self, msg: Message) -> str | None:
+        """Replace a compressed reply's arrays by the state they encode; why it cannot be decoded, or None."""
+        if self.decoder is None or ARRAYS_KEY not in msg.content.array_records:
+            return None
+        try:
+            msg.content[ARRAYS_KEY] = self.decoder(self._sent, msg.content[ARRAYS_KEY])
+        except ValueError as exc:
+            return f"undecodable compressed update: {exc}"
+        return None
 
     def _problem(self, msg: Message) -> str | None:
         """Records are found by key: other records (a control variate, a score table) pass to the strategy."""
