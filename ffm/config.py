@@ -191,6 +191,8 @@ class FederationConfig:
         1, "fewest usable updates a round needs; with fewer it fails: logged, global state unchanged"
     )
     max_failed_rounds: int = _f(3, "consecutive failed rounds after which the run stops with an error")
+    streaming: bool = _f(True, "aggregate mean-based rules (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad) "
+                         "from a running sum as replies arrive: memory does not grow with the clients per round")
 
 
 @dataclass

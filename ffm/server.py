@@ -35,6 +35,7 @@ from ffm.run_dir import RunDirectory
 from ffm.secagg import SecAggPlus
 from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
 from ffm.strategies.lora_aggregation import LoraAggregation
+from ffm.strategies.streaming import streams
 from ffm.workspace import Workspace, workspace_for
 
 __all__ = ["app", "build_strategy", "run_job"]
@@ -135,7 +136,10 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     codec = job.client.compression
     guard = UpdateGuard(build_strategy(job), min_updates=job.federation.min_train_clients,
                         max_failed_rounds=job.federation.max_failed_rounds,
-                        decoder=None if codec == "none" else partial(decode_reply, codec=codec))
+                        decoder=None if codec == "none" else partial(decode_reply, codec=codec),
+                        streaming=streams(job))
+    if streams(job) and hasattr(grid, "streaming"):
+        grid.streaming = True  # the in-process Grid delivers train messages one by one as replies are read
     checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last, grid=grid)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)

@@ -14,10 +14,10 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -58,6 +58,7 @@ class LocalGrid(Grid):
             for pid in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
+        self.streaming = False  # train replies one at a time, as the reader asks (streaming aggregation)
         self.bytes_down = 0
         self.bytes_up = 0
         self.client_seconds = 0.0
@@ -108,7 +109,15 @@ class LocalGrid(Grid):
         return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        if self.streaming and messages and all(m.metadata.message_type == MessageType.TRAIN for m in messages):
+            return self._one_by_one(messages)
         return self.pull_messages(self.push_messages(messages))
+
+    def _one_by_one(self, messages: list[Message]) -> Iterator[Message]:
+        """Each node's reply when the reader asks for it: no round's replies are ever all held at once."""
+        for msg in messages:
+            yield from self.pull_messages(self.push_messages([msg]))
 
     def _deliver(self, msg: Message) -> Message:
         start = time.perf_counter()

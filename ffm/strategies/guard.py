@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from ffm.errors import AggregationFailed, RoundFailedError
 from ffm.methods.lora_federation import is_base_delta
 from ffm.models.state import check_update, state_nbytes
+from ffm.strategies.streaming import RunningMean
 from ffm.strategies.wrapper import StrategyWrapper
 
 __all__ = ["ARRAYS_KEY", "METRICS_KEY", "RoundLog", "UpdateGuard"]
@@ -54,8 +55,9 @@ class UpdateGuard(StrategyWrapper):
     """Drop invalid train replies; count payload bytes each way; keep a RoundLog per round."""
 
     def __init__(self, inner: Strategy, *, min_updates: int = 1, max_failed_rounds: int = 1,
-                 decoder: Callable[[dict, ArrayRecord], ArrayRecord] | None = None) -> None:
+                 decoder: Callable[[dict, ArrayRecord], ArrayRecord] | None = None, streaming: bool = False) -> None:
         super().__init__(inner)
+        self.streaming = streaming  # fold replies into a running mean as they arrive (ffm.strategies.streaming)
         self.decoder = decoder  # compressed updates: (state sent, encoded reply) -> the trained state
         self._sent: dict = {}
         self.min_updates, self.max_failed_rounds = min_updates, max_failed_rounds
@@ -88,6 +90,7 @@ class UpdateGuard(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         log = self._log(server_round)
         kept: list[Message] = []
+        running = RunningMean(ARRAYS_KEY, METRICS_KEY) if self.streaming else None
         for msg in replies:
             info = _reply_info(msg)
             if msg.has_error():
@@ -101,11 +104,17 @@ class UpdateGuard(StrategyWrapper):
                 continue
             metrics = msg.content[METRICS_KEY]
             log.clients.append({**info, **{k.replace("-", "_"): v for k, v in metrics.items()}})
-            kept.append(msg)
-        if len(kept) < self.min_updates:
+            if running is not None:
+                running.add(msg)  # and the reply is let go: memory does not grow with the clients
+            else:
+                kept.append(msg)
+        usable = running.count if running is not None else len(kept)
+        if running is not None and running.count:
+            kept = [running.reply()]
+        if usable < self.min_updates:
             reasons = "; ".join(f"node {r['node']}: {r['reason']}" for r in log.rejected[:3]) or "no replies"
-            what = "no client returned a usable update" if not kept else (
-                f"{len(kept)} usable update(s), fewer than federation.min_train_clients={self.min_updates}")
+            what = "no client returned a usable update" if not usable else (
+                f"{usable} usable update(s), fewer than federation.min_train_clients={self.min_updates}")
             return self._fail(server_round, log, f"{what} ({reasons})")
         try:
             arrays, metrics = self.inner.aggregate_train(server_round, kept)
