@@ -3,7 +3,8 @@
 These are NOT public flwr API (the LocalGrid's process identity and message ids, the clipping mod's config key,
 and the warm worker's Runtime API calls): they are what ``flwr-clientapp`` (``flwr/supernode/runtime/run_clientapp.py``)
 and ``flower-superexec`` (``flwr/supercore/superexec/run_superexec.py``) use to talk to a SuperNode's Runtime
-API. Every such import lives in this one module, so that a flwr upgrade that moves or changes them fails in one
+API, and the protobuf serde the LocalGrid's worker processes exchange messages with. Every such import lives
+in this one module, so that a flwr upgrade that moves or changes them fails in one
 place, loudly: ``tests/test_warm_worker.py::test_the_flwr_internals_the_worker_uses_are_where_it_expects`` checks
 that each name still exists with the signature the worker calls it with. Nothing else in ffm imports these.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -40,7 +42,11 @@ __all__ = [
     "SubStatus",
     "TaskIdentity",
     "TaskType",
+    "context_from_proto",
+    "context_to_proto",
     "exponential",
+    "message_from_proto",
+    "message_to_proto",
     "pull_task_input",
     "push_message",
     "push_task_output",

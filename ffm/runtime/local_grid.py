@@ -17,12 +17,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from ffm.models.state import state_nbytes
 from ffm.runtime.flwr_internals import ErrorCode, Run, set_message_id, set_task_identity
+from ffm.runtime.pool import deliver_in_parallel
 
 __all__ = ["LocalGrid"]
 
@@ -43,6 +45,8 @@ class LocalGrid(Grid):
         num_nodes: int,
         run_config: dict[str, bool | float | int | str],
         run_id: int = 1,
+        workers: int = 1,
+        threads: int = 0,
     ) -> None:
         set_task_identity(run_id)
         self.client_app = client_app
@@ -59,6 +63,8 @@ class LocalGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
         self.streaming = False  # train replies one at a time, as the reader asks (streaming aggregation)
+        self.workers = workers  # > 1: a round's nodes run in forked processes (ffm.runtime.pool)
+        self.threads = threads or max(1, torch.get_num_threads() // max(1, workers))
         self.bytes_down = 0
         self.bytes_up = 0
         self.client_seconds = 0.0
@@ -92,18 +98,43 @@ class LocalGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message now; its reply waits to be pulled by the returned message id."""
-        ids: list[str] = []
+        return [reply.metadata.reply_to_message_id for reply in self._delivered(list(messages))]
+
+    def _delivered(self, messages: list[Message]) -> Iterator[Message]:
+        """Deliver ``messages`` (in worker processes when there are several and ``workers`` > 1); store and
+        yield each reply in message order, as it is ready."""
         for msg in messages:
             if msg.metadata.dst_node_id not in self.contexts:
                 raise ValueError(f"no virtual node {msg.metadata.dst_node_id} (nodes: 1..{len(self.contexts)})")
             # The SuperLink assigns message ids; replies point back to them (as InMemoryGrid does).
             set_message_id(msg, uuid.uuid4().hex)
             self.bytes_down += _payload(msg)
-            reply = self._deliver(msg)
-            self.bytes_up += _payload(reply)
-            self._replies[msg.metadata.message_id] = reply
-            ids.append(msg.metadata.message_id)
-        return ids
+        if self.workers > 1 and len(messages) > 1:
+            items = [(msg, self.contexts[msg.metadata.dst_node_id]) for msg in messages]
+            results = deliver_in_parallel(self.client_app, items, self.workers, self.threads)
+            for msg, (reply, context, seconds, failure) in zip(messages, results, strict=True):
+                if failure:
+                    logger.warning("node %s failed:\n%s", msg.metadata.dst_node_id, failure)
+                self.contexts[msg.metadata.dst_node_id].state = context.state
+                self.client_seconds += seconds
+                yield self._store(msg, reply)
+            return
+        for msg in messages:
+            yield self._store(msg, self._deliver(msg))
+
+    def _deliver(self, msg: Message) -> Message:
+        """One node's reply, in this process, at ``threads`` torch threads (as a worker process would run it)."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._run_node(msg)
+        finally:
+            torch.set_num_threads(before)
+
+    def _store(self, msg: Message, reply: Message) -> Message:
+        self.bytes_up += _payload(reply)
+        self._replies[msg.metadata.message_id] = reply
+        return reply
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
@@ -116,10 +147,10 @@ class LocalGrid(Grid):
 
     def _one_by_one(self, messages: list[Message]) -> Iterator[Message]:
         """Each node's reply when the reader asks for it: no round's replies are ever all held at once."""
-        for msg in messages:
-            yield from self.pull_messages(self.push_messages([msg]))
+        for reply in self._delivered(messages):
+            yield from self.pull_messages([reply.metadata.reply_to_message_id])
 
-    def _deliver(self, msg: Message) -> Message:
+    def _run_node(self, msg: Message) -> Message:
         start = time.perf_counter()
         try:
             return self.client_app(_node_copy(msg), self.contexts[msg.metadata.dst_node_id])

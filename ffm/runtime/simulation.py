@@ -20,7 +20,8 @@ def run_local(job: JobConfig, *, run_id: int = 1) -> tuple[dict[str, Any], Local
     """Run ``job`` on the in-process LocalGrid; return its summary and the grid (for its byte counters)."""
     run_config = job_to_run_config(job)
     num_nodes = 1 if job.mode == "centralized" else job.federation.num_clients
-    grid = LocalGrid(client_app, num_nodes=num_nodes, run_config=run_config, run_id=run_id)
+    grid = LocalGrid(client_app, num_nodes=num_nodes, run_config=run_config, run_id=run_id,
+                     workers=job.federation.workers, threads=job.federation.worker_threads)
     context = Context(run_id=run_id, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
     server_app(grid, context)
     with open(f"{job.run_dir}/summary.json") as handle:
