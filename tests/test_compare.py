@@ -132,9 +132,9 @@ def test_unseen_parties_never_train_and_are_measured(job_factory, carried, monke
     touched: list[tuple[str, int]] = []
     examples = Workspace.examples
 
-    def record(self, split, party=0):
+    def record(self, split, party=0, stage=None):
         touched.append((split, party))
-        return examples(self, split, party)
+        return examples(self, split, party, stage)
 
     monkeypatch.setattr(Workspace, "examples", record)
     summary, _ = run_local(job)

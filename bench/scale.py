@@ -1,0 +1,160 @@
+"""Benchmark, run by hand (not a test): speed and memory at scale (issue: every core, streaming, compression).
+
+Sections (``--only`` picks some; each run is cached in --work by name):
+
+- ``workers``: MiniLM + LoRA, 50 clients, 2 rounds x 2 local steps (BBC News), on the LocalGrid with 1 worker
+  and with one worker per core: wall time and peak PSS of the whole process tree;
+- ``memory``: full fine-tuning of MiniLM, 1 round x 1 step, 10 / 50 / 100 clients per round, list vs
+  streaming aggregation: peak PSS;
+- ``compression``: AG News with LoRA (bench/strategies.py's budget): bytes up and final accuracy per codec.
+
+Writes ``bench/results/scale.md`` and ``scale.png``.
+
+Launch:  .venv/bin/python bench/scale.py [--only workers,memory,compression] [--work runs/bench-scale]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from memory import run_measured
+
+from runs import REPO, budget, budget_parser, run_cached
+
+DEMO = REPO / "configs" / "demo.yaml"
+FFM = str(REPO / ".venv" / "bin" / "ffm")
+
+
+def _measured(work: Path, name: str, overrides: list[str]) -> dict:
+    """Run ``ffm run demo.yaml OVERRIDES`` unless cached; its summary, wall seconds and peak PSS."""
+    record = work / f"{name}.measured.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    run_dir = work / name
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    code, seconds, peak = run_measured([FFM, "run", str(DEMO), *overrides, f"run_dir={run_dir}", "progress=false"],
+                                       env, work / f"{name}.log")
+    result = {"name": name, "exit": code, "seconds": round(seconds, 1), "peak_pss_mib": round(peak)}
+    if code == 0:
+        result["summary"] = json.loads((run_dir / "summary.json").read_text())
+    record.write_text(json.dumps(result))
+    print(f"  {name}: exit {code}, {seconds:.0f} s, peak {peak:.0f} MiB", flush=True)
+    return result
+
+
+def workers_section(work: Path) -> list[str]:
+    job = ["federation.num_clients=50", "federation.rounds=2", "train.local_steps=2", "federation.fraction_evaluate=0"]
+    cores = os.cpu_count() or 1
+    rows = ["## Every core: the LocalGrid with 1 worker and with one per core", "",
+            f"MiniLM + LoRA r=8, BBC News, 50 clients, 2 rounds x 2 local steps, evaluation by the server only; "
+            f"{cores} cores. Peak memory is the PSS of the whole process tree (shared pages counted once).", "",
+            "| workers | torch threads each | wall s | peak PSS MiB | final test accuracy |",
+            "|---:|---:|---:|---:|---:|"]
+    got = {w: _measured(work, f"workers-{w}", [*job, f"federation.workers={w}"]) for w in sorted({1, cores})}
+    for workers, r in got.items():
+        acc = r.get("summary", {}).get("final_test_accuracy")
+        rows.append(f"| {workers} | {max(1, cores // workers)} | {r['seconds']} | {r['peak_pss_mib']} | "
+                    f"{'-' if acc is None else f'{acc:.4f}'} |")
+    if len(got) > 1:
+        one, every = got[1], got[cores]
+        rows += ["", f"Speed-up with {cores} workers: {one['seconds'] / every['seconds']:.2f}x; memory ratio "
+                 f"{every['peak_pss_mib'] / one['peak_pss_mib']:.2f}x (runs made one after the other)."]
+    return rows
+
+
+def memory_section(work: Path) -> tuple[list[str], dict]:
+    job = ["method.name=full", "train.lr=5e-5", "model.max_length=32", "train.batch_size=4", "train.local_steps=1",
+           "federation.rounds=1", "federation.fraction_evaluate=0", "data.partitioner=iid"]
+    rows = ["## Memory vs clients per round: full fine-tuning of MiniLM, list vs streaming aggregation", "",
+            "One round of one local step per client (the peak is the aggregation's: every reply is a full 22.7M-"
+            "parameter state); peak PSS of the process.", "",
+            "| clients per round | list MiB | streaming MiB | wall s (list, streaming) |", "|---:|---:|---:|---|"]
+    curves: dict = {"list": [], "streaming": []}
+    for clients in (10, 50, 100):
+        got = {}
+        for mode, flag in (("list", "false"), ("streaming", "true")):
+            got[mode] = _measured(work, f"memory-{mode}-{clients}",
+                                  [*job, f"federation.num_clients={clients}", f"federation.streaming={flag}"])
+            curves[mode].append((clients, got[mode]["peak_pss_mib"]))
+        rows.append(f"| {clients} | {got['list']['peak_pss_mib']} | {got['streaming']['peak_pss_mib']} | "
+                    f"{got['list']['seconds']}, {got['streaming']['seconds']} |")
+    return rows, curves
+
+
+CODEC_RUNS = {"none": [], "fp16": ["client.compression=fp16"], "int8": ["client.compression=int8"],
+              "int4": ["client.compression=int4"], "topk-10%": ["client.compression=topk", "client.topk_fraction=0.1"],
+              "int8-no-feedback": ["client.compression=int8", "client.error_feedback=false"]}
+
+
+def compression_section(work: Path, args: argparse.Namespace) -> tuple[list[str], dict]:
+    shared = [*budget(args), "data.alpha=0.5", "strategy.name=fedavg", "method.name=lora", "method.r=8",
+              "method.alpha=16", "method.targets=[query,value]"]
+    rows = ["## Compressed updates: AG News, MiniLM + LoRA r=8 (bench/strategies.py's budget, alpha 0.5)", "",
+            "Bytes up are counted as they travel (encoded); error feedback on unless named.", "",
+            "| codec | MB up / round | fewer bytes than none | final test accuracy | vs none (points) |",
+            "|---|---:|---:|---:|---:|"]
+    results = {name: run_cached(work, f"codec-{name}", DEMO, [*shared, *extra]) for name, extra in CODEC_RUNS.items()}
+    base = results["none"].get("summary")
+    points = {}
+    for name, r in results.items():
+        if "summary" not in r or base is None:
+            rows.append(f"| {name} | failed | | | |")
+            continue
+        s = r["summary"]
+        up = s["bytes_up"] / max(1, s["rounds"]) / 1e6
+        points[name] = (base["bytes_up"] / s["bytes_up"], s["final_test_accuracy"])
+        rows.append(f"| {name} | {up:.3f} | {base['bytes_up'] / s['bytes_up']:.2f}x | {s['final_test_accuracy']:.4f} | "
+                    f"{100 * (s['final_test_accuracy'] - base['final_test_accuracy']):+.1f} |")
+    return rows, points
+
+
+def plot(curves: dict, points: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, values in curves.items():
+        if values:
+            axes[0].plot(*zip(*values, strict=True), marker="o", label=mode)
+    axes[0].set(xlabel="clients per round", ylabel="peak PSS (MiB)", title="full fine-tuning: memory vs clients")
+    axes[0].legend()
+    for name, (ratio, acc) in points.items():
+        axes[1].scatter(ratio, acc)
+        axes[1].annotate(name, (ratio, acc), fontsize=8)
+    axes[1].set(xscale="log", xlabel="x fewer bytes up than uncompressed", ylabel="final test accuracy",
+                title="compressed updates (AG News, LoRA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = budget_parser(__doc__.splitlines()[0], "scale.md")
+    parser.set_defaults(work=REPO / "runs" / "bench-scale")
+    parser.add_argument("--only", default="workers,memory,compression")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(","))
+    lines = ["# Speed and scale", "", "Measured by `bench/scale.py` on this machine (one run each; ratios within a "
+             "section come from runs made one after the other).", ""]
+    curves, points = {}, {}
+    if "workers" in only:
+        lines += [*workers_section(args.work), ""]
+    if "memory" in only:
+        rows, curves = memory_section(args.work)
+        lines += [*rows, ""]
+    if "compression" in only:
+        rows, points = compression_section(args.work, args)
+        lines += [*rows, ""]
+    args.out.write_text("\n".join(lines))
+    plot(curves, points, args.out.with_suffix(".png"))
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
