@@ -32,12 +32,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ffm run configs/demo.yaml
 
+# Two pytest-xdist workers: the real-federation tests mostly wait on processes, so they overlap the rest.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # The inner loop: no real Flower federations, no real pretrained MiniLM (tests marked slow).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

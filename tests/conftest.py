@@ -17,6 +17,9 @@ from ffm.config import JobConfig, job_from_dict
 from ffm.models import resolve_model_path
 from ffm.run_dir import RunDirectory
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the machine's cores: one thread each
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

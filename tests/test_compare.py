@@ -30,9 +30,10 @@ def _tiny_config(tmp_path: Path, model_dir: Path) -> Path:
 
 
 pytestmark_slow = pytest.mark.slow  # the study runs 8 child processes (about a minute)
+pytestmark = pytest.mark.xdist_group("study")  # `make test` runs 2 workers: the study fixture runs in one only
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: under xdist another module's test may run between these
 def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, list[str]]:
     """2 modes x 2 seeds x 2 learning rates of the tiny model, run once for the module's tests."""
     tmp = tmp_path_factory.mktemp("study")
