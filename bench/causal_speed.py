@@ -37,8 +37,8 @@ def _job(args: argparse.Namespace, run_dir: Path, extra: list[str] = ()):
         "task.sample_tokens=0", f"run_dir={run_dir}", "progress=false", *extra])
 
 
-def bare(ws, args: argparse.Namespace, *, bf16: bool, checkpointing: bool, compiled: bool) -> float:
-    """Tokens per second of the bare loop (after 2 warm-up steps)."""
+def bare(ws, args: argparse.Namespace, *, bf16: bool, checkpointing: bool, compiled: bool, warmup: int = 2) -> float:
+    """Tokens per second of the bare loop over ``args.steps`` steps (after ``warmup`` more)."""
     model = ws.model
     ws.load(ws.initial_state)
     if checkpointing:
@@ -48,7 +48,7 @@ def bare(ws, args: argparse.Namespace, *, bf16: bool, checkpointing: bool, compi
     forward = torch.compile(model) if compiled else model
     data = ws.examples("train", 0)
     optimizer = make_optimizer(model, 1e-3, 0.0)
-    batches = list(step_batches(data, args.batch, args.steps + 2, torch.Generator().manual_seed(0)))
+    batches = list(step_batches(data, args.batch, args.steps + warmup, torch.Generator().manual_seed(0)))
     model.train()
     tokens, seconds = 0, 0.0
     for i, batch in enumerate(batches):
@@ -58,7 +58,7 @@ def bare(ws, args: argparse.Namespace, *, bf16: bool, checkpointing: bool, compi
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i >= 2:
+        if i >= warmup:
             seconds += time.perf_counter() - start
             tokens += int(batch["attention_mask"].sum())
     model.gradient_checkpointing_disable()
@@ -90,10 +90,11 @@ def main() -> None:
         print(rows[-1], flush=True)
     base = rows[0][1]
     # ffm's client: the same steps through the ClientApp on the LocalGrid (its seconds as the grid counts them)
-    reference = bare(ws, args, bf16=False, checkpointing=False, compiled=False)
-    _summary, grid = run_local(_job(args, args.work / "ffm"))
-    trained_tokens = args.steps * args.batch * args.block
-    ffm_rate = trained_tokens / grid.client_seconds
+    clients = {}
+    for precision in ("fp32", "bf16"):  # the process is warm: the bare reference counts every step, as ffm does
+        reference = bare(ws, args, bf16=precision == "bf16", checkpointing=False, compiled=False, warmup=0)
+        _, grid = run_local(_job(args, args.work / f"ffm-{precision}", [f"train.precision={precision}"]))
+        clients[precision] = (reference, args.steps * args.batch * args.block / grid.client_seconds)
     lines = ["# SmolLM2-135M + LoRA: training steps on CPU", "",
              f"Measured by `bench/causal_speed.py` (one client, {args.steps} steps of batch {args.batch} x "
              f"{args.block}-token packed blocks, LoRA r=8 on q/v; {torch.get_num_threads()} torch threads). "
@@ -104,12 +105,12 @@ def main() -> None:
                      f"| {name} | {rate} | |")
     lines += ["", "## ffm's overhead", "",
               f"The same {args.steps} steps as an ffm client (receive the global state, load it, train, take the "
-              "trainable state, reply) on the LocalGrid, against the bare fp32 loop measured right before it "
-              "(the bare figure excludes its 2 warm-up steps; ffm's includes everything the client does, from "
-              "the message in to the reply out):", "",
-              "| | tokens / s |", "|---|---:|",
-              f"| bare loop (fp32) | {reference:.0f} |", f"| ffm client | {ffm_rate:.0f} |", "",
-              f"Overhead ratio (bare / ffm): {reference / ffm_rate:.3f}."]
+              "trainable state, reply) on the LocalGrid, against the bare loop over the same steps measured right "
+              "before it in the same warm process (ffm's time is everything the client does, message in to reply "
+              "out; `train.precision` picks the autocast):", "",
+              "| precision | bare tokens / s | ffm client tokens / s | overhead (bare / ffm) |", "|---|---:|---:|---:|"]
+    for precision, (reference, ffm_rate) in clients.items():
+        lines.append(f"| {precision} | {reference:.0f} | {ffm_rate:.0f} | {reference / ffm_rate:.3f} |")
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
 

@@ -127,6 +127,7 @@ def train(msg: Message, context: Context) -> Message:
             penalties=penalties,
             grad_hooks=rule.grad_hooks,
             max_grad_norm=0.0 if private else train.max_grad_norm,
+            bf16=train.precision == "bf16",
         )
     private_metrics = _dp_sgd_account(job, context, steps, sample_rate) if private else {}
     # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.

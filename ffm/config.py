@@ -176,6 +176,8 @@ class TrainConfig:
     )
     warmup_ratio: float = _f(0.0, "share of the run's steps spent warming the learning rate up from 0, in [0, 1)")
     max_grad_norm: float = _f(0.0, "clip each step's gradient to this L2 norm (0 = no clipping)")
+    precision: str = _f("fp32", "local training's forward pass: fp32 | bf16 (CPU autocast; fp32 weights and "
+                        "gradients; faster where the CPU has bf16 instructions, e.g. avx512_bf16 / AMX)")
     steps_spread: float = _f(
         0.0, "stragglers: each client's steps in a round drawn uniformly from [(1 - spread) S, S], in [0, 1)"
     )
@@ -664,6 +666,9 @@ def _validate(job: JobConfig) -> None:
     _check(train.scheduler in SCHEDULERS, f"train.scheduler: '{train.scheduler}' is not one of {', '.join(SCHEDULERS)}")
     _check(0.0 <= train.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
     _check(train.max_grad_norm >= 0.0, "train.max_grad_norm must be >= 0 (0 = no clipping)")
+    _check(train.precision in ("fp32", "bf16"), f"train.precision: '{train.precision}' is not fp32 or bf16")
+    _check(train.precision == "fp32" or not job.privacy.dp_sgd,
+           "train.precision=bf16 with privacy.dp_sgd=true: Opacus's per-example gradients need fp32; use fp32")
     _check(train.optimizer in OPTIMIZERS, f"train.optimizer: '{train.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     _check(0.0 <= train.momentum < 1.0, f"train.momentum must be in [0, 1), got {train.momentum}")
     _check(0.0 <= train.steps_spread < 1.0, f"train.steps_spread must be in [0, 1), got {train.steps_spread}")

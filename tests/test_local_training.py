@@ -89,3 +89,21 @@ def test_grad_hooks_run_after_backward_and_before_the_step():
                 grad_hooks=[lambda m: norms.append(float(m.weight.grad.norm()))])
 
     assert len(norms) == 3 and all(n > 0 for n in norms)
+
+
+def test_bf16_precision_runs_the_forward_under_autocast_and_keeps_fp32_weights():
+    from ffm.local_training import make_optimizer, train_steps
+
+    model = torch.nn.Linear(4, 2)
+    seen = []
+
+    def objective(m, batch):
+        out = m(batch["x"])
+        seen.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    batches = [{"x": torch.randn(3, 4)} for _ in range(2)]
+    train_steps(model, batches, objective=objective, optimizer=make_optimizer(model, 0.1, 0.0), bf16=True)
+    train_steps(model, batches, objective=objective, optimizer=make_optimizer(model, 0.1, 0.0))
+    assert seen == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
+    assert model.weight.dtype == torch.float32
