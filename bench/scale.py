@@ -28,14 +28,25 @@ DEMO = REPO / "configs" / "demo.yaml"
 FFM = str(REPO / ".venv" / "bin" / "ffm")
 
 
-def _measured(work: Path, name: str, overrides: list[str]) -> dict:
-    """Run ``ffm run demo.yaml OVERRIDES`` unless cached; its summary, wall seconds and peak PSS."""
+def _without_method(work: Path) -> Path:
+    """configs/demo.yaml without its method section (its LoRA keys are not keys of method.name=full)."""
+    import yaml
+
+    raw = yaml.safe_load(DEMO.read_text())
+    raw.pop("method", None)
+    path = work / "demo-no-method.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _measured(work: Path, name: str, overrides: list[str], config: Path = DEMO) -> dict:
+    """Run ``ffm run CONFIG OVERRIDES`` unless cached; its summary, wall seconds and peak PSS."""
     record = work / f"{name}.measured.json"
     if record.is_file():
         return json.loads(record.read_text())
     run_dir = work / name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    code, seconds, peak = run_measured([FFM, "run", str(DEMO), *overrides, f"run_dir={run_dir}", "progress=false"],
+    code, seconds, peak = run_measured([FFM, "run", str(config), *overrides, f"run_dir={run_dir}", "progress=false"],
                                        env, work / f"{name}.log")
     result = {"name": name, "exit": code, "seconds": round(seconds, 1), "peak_pss_mib": round(peak)}
     if code == 0:
@@ -77,7 +88,8 @@ def memory_section(work: Path) -> tuple[list[str], dict]:
         got = {}
         for mode, flag in (("list", "false"), ("streaming", "true")):
             got[mode] = _measured(work, f"memory-{mode}-{clients}",
-                                  [*job, f"federation.num_clients={clients}", f"federation.streaming={flag}"])
+                                  [*job, f"federation.num_clients={clients}", f"federation.streaming={flag}"],
+                                  _without_method(work))
             curves[mode].append((clients, got[mode]["peak_pss_mib"]))
         rows.append(f"| {clients} | {got['list']['peak_pss_mib']} | {got['streaming']['peak_pss_mib']} | "
                     f"{got['list']['seconds']}, {got['streaming']['seconds']} |")

@@ -202,9 +202,10 @@ class StageLoop:
                 p["backward_transfer"] for p in parties.values()) / len(parties)
         plot = None
         if self.rows:
-            figures = ", ".join(f"{k} {v:+.3f}" if k != "average" else f"average {v:.3f}"
-                                for k, v in overall.items() if isinstance(v, float) and "party" not in k)
-            title = f"{self.job.mode}, {self.c.kind}, {self.c.method}: {figures}"
+            names = {"average": "average", "backward_transfer": "BWT", "forward_transfer": "FWT"}
+            figures = ", ".join(f"{names[k]} {v:.3f}" if k == "average" else f"{names[k]} {v:+.3f}"
+                                for k, v in overall.items() if isinstance(v, float) and k in names)
+            title = f"{self.job.mode}, {self.c.kind}, {self.c.method}\n{figures}"
             plot = str(plot_matrix(self.rows, self.metric, title, self.run.path / "accuracy_matrix.png"))
         return {"kind": self.c.kind, "method": self.c.method, "stages": self.c.stages, "metric": self.metric,
                 "higher_is_better": self.ws.task.higher_is_better, "R": self.rows, "initial": self.initial,
