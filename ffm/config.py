@@ -59,6 +59,11 @@ def _f(default: Any, help: str) -> Any:  # `help` mirrors peft's field(metadata=
     return field(default=default, metadata={"help": help})
 
 
+def _items(help: str) -> Any:
+    """A list-valued key (empty by default)."""
+    return field(default_factory=list, metadata={"help": help})
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -281,26 +286,15 @@ class ContinualConfig:
                    "head grows) | domain_incremental (same labels, new data: continual.sources, or data.source cut "
                    "in order)")
     stages: int = _f(3, "stages of the stream; federation.rounds is split evenly across them (a multiple of this)")
-    classes: list[str] = field(
-        default_factory=list,
-        metadata={"help": "class_incremental: the label names of each stage, | between names (e.g. "
-                  "business|tech,sport|politics,entertainment); empty = label order cut into `stages` groups"},
-    )
-    sources: list[str] = field(
-        default_factory=list,
-        metadata={"help": "domain_incremental: one data.source per stage (labels matched by name, see label_map); "
-                  "empty = data.source cut into `stages` consecutive parts in its own order"},
-    )
-    label_map: list[str] = field(
-        default_factory=list,
-        metadata={"help": "domain_incremental: from=to renames of a later source's labels onto the first source's "
-                  "(e.g. World=politics); examples whose label matches none are dropped"},
-    )
-    parties: list[str] = field(
-        default_factory=list,
-        metadata={"help": "party churn: the partition ids that take part in each stage, as ranges joined by | "
-                  "(e.g. 0-5,0-7,3-9); empty = every party in every stage"},
-    )
+    classes: list[str] = _items("class_incremental: the label names of each stage, | between names (e.g. "
+                                "business|tech,sports|politics,entertainment); empty = label order cut into `stages` "
+                                "groups")
+    sources: list[str] = _items("domain_incremental: one data.source per stage (labels matched by name, see "
+                                "label_map); empty = data.source cut into `stages` consecutive parts in its own order")
+    label_map: list[str] = _items("domain_incremental: from=to renames of a later source's labels onto the first "
+                                  "source's (e.g. World=politics); examples whose label matches none are dropped")
+    parties: list[str] = _items("party churn: the partition ids that take part in each stage, as ranges joined by | "
+                                "(e.g. 0-5,0-7,3-9); empty = every party in every stage")
     method: str = _f("naive", "naive (fine-tune on, forgets) | replay (a bounded buffer of own past examples in the "
                      "node state) | ewc (Fisher penalty) | adapters (a fresh adapter per stage, routed by stage at "
                      "evaluation) | joint (upper bound: every stage's data from the start)")
