@@ -96,8 +96,8 @@ def memory_section(work: Path) -> tuple[list[str], dict]:
     return rows, curves
 
 
-CODEC_RUNS = {"none": [], "fp16": ["client.compression=fp16"], "int8": ["client.compression=int8"],
-              "int4": ["client.compression=int4"], "topk-10%": ["client.compression=topk", "client.topk_fraction=0.1"],
+CODEC_RUNS = {"none": [], "int8": ["client.compression=int8"], "int4": ["client.compression=int4"],
+              "topk-10%": ["client.compression=topk", "client.topk_fraction=0.1"], "fp16": ["client.compression=fp16"],
               "int8-no-feedback": ["client.compression=int8", "client.error_feedback=false"]}
 
 
@@ -108,7 +108,8 @@ def compression_section(work: Path, args: argparse.Namespace) -> tuple[list[str]
             "Bytes up are counted as they travel (encoded); error feedback on unless named.", "",
             "| codec | MB up / round | fewer bytes than none | final test accuracy | vs none (points) |",
             "|---|---:|---:|---:|---:|"]
-    results = {name: run_cached(work, f"codec-{name}", DEMO, [*shared, *extra]) for name, extra in CODEC_RUNS.items()}
+    chosen = [c for c in args.codecs.split(",") if c] or list(CODEC_RUNS)
+    results = {name: run_cached(work, f"codec-{name}", DEMO, [*shared, *CODEC_RUNS[name]]) for name in chosen}
     base = results["none"].get("summary")
     points = {}
     for name, r in results.items():
@@ -149,6 +150,7 @@ def main() -> None:
     parser = budget_parser(__doc__.splitlines()[0], "scale.md")
     parser.set_defaults(work=REPO / "runs" / "bench-scale")
     parser.add_argument("--only", default="workers,memory,compression")
+    parser.add_argument("--codecs", default="", help="compression: these codecs only, comma-separated (default: all)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
