@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def main() -> None:
     # ffm's client: the same steps through the ClientApp on the LocalGrid (its seconds as the grid counts them)
     clients = {}
     for precision in ("fp32", "bf16"):  # the process is warm: the bare reference counts every step, as ffm does
+        shutil.rmtree(args.work / f"ffm-{precision}", ignore_errors=True)
         reference = bare(ws, args, bf16=precision == "bf16", checkpointing=False, compiled=False, warmup=0)
         _, grid = run_local(_job(args, args.work / f"ffm-{precision}", [f"train.precision={precision}"]))
         clients[precision] = (reference, args.steps * args.batch * args.block / grid.client_seconds)
