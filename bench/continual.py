@@ -82,9 +82,11 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> None:
         axes[0].bar([i + offset for i, _ in got], [c["average"] for _, c in got], width=0.27, label=mode)
         axes[1].bar([i + offset for i, _ in got], [c["backward_transfer"] or 0.0 for _, c in got], width=0.27,
                     label=mode)
-    for ax, title in zip(axes, ("average accuracy after stage 3", "backward transfer (negative = forgetting)"),
+    for ax, title in zip(axes, ("average accuracy after the last stage", "backward transfer (negative = forgetting)"),
                          strict=True):
-        ax.set_xticks(range(len(names)), [METHODS[m][0].split(" (")[0] for m in names], rotation=30, ha="right")
+        short = {"naive": "naive", "replay": "replay", "ewc": "EWC 1e4", "ewc-1e6": "EWC 1e6",
+                 "adapters": "adapters (routed)", "joint": "joint bound"}
+        ax.set_xticks(range(len(names)), [short[m] for m in names], rotation=30, ha="right")
         ax.set_title(title)
         ax.axhline(0, color="gray", lw=0.5)
         ax.legend()
