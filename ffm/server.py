@@ -133,12 +133,12 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
     table = report_partition(workspace.data, run.path) if job.mode != "centralized" else None
     if table:
         logger.info("%s", table)
-    codec = job.client.compression
+    codec, streaming = job.client.compression, streams(job)
     guard = UpdateGuard(build_strategy(job), min_updates=job.federation.min_train_clients,
                         max_failed_rounds=job.federation.max_failed_rounds,
                         decoder=None if codec == "none" else partial(decode_reply, codec=codec),
-                        streaming=streams(job))
-    if streams(job) and hasattr(grid, "streaming"):
+                        streaming=streaming)
+    if streaming and hasattr(grid, "streaming"):
         grid.streaming = True  # the in-process Grid delivers train messages one by one as replies are read
     checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last, grid=grid)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)

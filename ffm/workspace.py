@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ffm.config import JobConfig, job_to_dict
 from ffm.continual.head import fit_head, head_keys, shrink_head
-from ffm.continual.stream import joint_data, split_stream, stage_classes
+from ffm.continual.stream import active_parties, joint_data, split_stream, stage_classes
 from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
 from ffm.errors import DataError
 from ffm.methods import build_method
@@ -58,8 +58,6 @@ class Workspace:
         data = self.stage_data(stage)
         if self.job.mode != "centralized":
             return data
-        from ffm.continual.stream import active_parties
-
         return pooled(data, active_parties(self.job, stage))
 
     def examples(self, split: str, party: int = 0, stage: int | None = None) -> Examples:
@@ -100,8 +98,6 @@ class Workspace:
             if train.local_steps:
                 return train.local_steps
             return train.local_epochs * steps_per_epoch(len(data.clients[party].train), train.batch_size)
-        from ffm.continual.stream import active_parties
-
         clients = [data.clients[p] for p in active_parties(self.job, stage)]
         sampled = max(1, int(len(clients) * fed.fraction_train))
         if train.local_steps:

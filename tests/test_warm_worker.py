@@ -61,6 +61,11 @@ def test_the_flwr_internals_the_worker_uses_are_where_it_expects():
     assert (fi.SubStatus.COMPLETED, fi.SubStatus.FAILED) == ("completed", "failed")
     assert isinstance(fi.ErrorCode.CLIENT_APP_RAISED_EXCEPTION, int)
     assert "supported_task_types" in fi.AcquireTaskRequest.DESCRIPTOR.fields_by_name
+    # the LocalGrid's worker processes (ffm/runtime/pool.py) exchange messages and contexts as these protobufs
+    assert params(fi.message_to_proto) == ["message"] and params(fi.context_to_proto) == ["context"]
+    assert params(fi.message_from_proto) == ["message_proto"] and params(fi.context_from_proto) == ["context_proto"]
+    assert {"content", "metadata"} <= set(fi.ProtoMessage.DESCRIPTOR.fields_by_name)
+    assert {"state", "run_config", "node_config"} <= set(fi.ProtoContext.DESCRIPTOR.fields_by_name)
     assert "success" in fi.SendTaskHeartbeatRequest().DESCRIPTOR.file.message_types_by_name[
         "SendTaskHeartbeatResponse"].fields_by_name
 

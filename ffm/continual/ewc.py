@@ -49,14 +49,12 @@ def _added(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 
 
 def consolidate(state: RecordDict, model: nn.Module, loss: Callable[[nn.Module, dict], torch.Tensor],
-                finished: tuple[int, Examples] | None, samples: int, generator: torch.Generator,
+                finished: tuple[int, Examples], samples: int, generator: torch.Generator,
                 head: tuple[list[str], int] | None = None) -> None:
     """On a node's first round after finishing stage ``finished[0]``: add that stage's Fisher, re-anchor.
 
     ``head`` = (head keys, rows of the finished stage): a grown head's rows of classes that have not been
     trained yet are neither anchored nor weighted."""
-    if finished is None:
-        return
     stage, data = finished
     done = int(state[META_KEY]["stage"]) if META_KEY in state.metric_records else -1
     if stage <= done:

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from ffm.config import JobConfig
 from ffm.continual.head import grow_head
 from ffm.continual.matrix import plot_matrix, transfer
-from ffm.continual.stream import active_parties, stage_classes, stage_rounds
+from ffm.continual.stream import active_parties, stage_classes, stage_index, stage_rounds
 from ffm.run_dir import RunDirectory
 from ffm.tasks import Examples
 from ffm.workspace import Workspace
@@ -79,8 +79,7 @@ class StageLoop:
         self.per_stage = stage_rounds(job)
         self.metric = workspace.task.primary_metric
         self.grows = bool(workspace.head_keys)  # class-incremental: the head has the seen classes' rows
-        self.classes = stage_classes(job, workspace.data.label_names) if self.grows or (
-            self.c.kind == "class_incremental") else []
+        self.classes = stage_classes(job, workspace.data.label_names) if self.c.kind == "class_incremental" else []
         self.rows: list[list[float]] = []
         self.initial: list[float] | None = None
         self.party_rows: dict[int, list[list[float]]] = {}
@@ -91,9 +90,6 @@ class StageLoop:
     def phases(self) -> list[tuple[int, int]]:
         """(stage, its first round) of each stage."""
         return [(k, k * self.per_stage + 1) for k in range(self.c.stages)]
-
-    def stage_of_round(self, true_round: int) -> int:
-        return min((max(true_round, 1) - 1) // self.per_stage, self.c.stages - 1)
 
     def grid(self, grid: Grid, stage: int) -> Grid:
         """The Grid of ``stage``: only its parties' nodes when parties come and go."""
@@ -112,19 +108,15 @@ class StageLoop:
                 party_states.clear()  # every party's next adapter starts from the fresh one
         if self.grows:
             rows = self.classes[stage]
-            state = grow_head(state, self._full_head(state), rows)
+            state = grow_head(state, self.ws.full_head, rows)  # the head travels whole (no personal part)
             for pid, arrays in list((party_states or {}).items()):
-                own = arrays.to_torch_state_dict()
-                party_states[pid] = ArrayRecord(grow_head(own, self._full_head(own), rows))
+                party_states[pid] = ArrayRecord(grow_head(arrays.to_torch_state_dict(), self.ws.full_head, rows))
         return state
-
-    def _full_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.ws.full_head.items() if k in state}
 
     # --- evaluation ---------------------------------------------------------------------------------------
     def test_stage(self, true_round: int) -> int | None:
         """Which stage's test set a round's ``test_*`` figures are on (None for the joint model: all)."""
-        return None if self.c.method == "joint" else self.stage_of_round(true_round)
+        return None if self.c.method == "joint" else stage_index(self.job, true_round)
 
     def _examples(self, split: str, party: int, stage: int) -> Examples:
         if split == "test":
@@ -166,7 +158,7 @@ class StageLoop:
 
     def fields(self, true_round: int, arrays: ArrayRecord, party_states: dict | None) -> dict[str, Any]:
         """What a round's metrics line adds: its stage, and after a stage's last round the row of R."""
-        stage = self.stage_of_round(true_round)
+        stage = stage_index(self.job, true_round)
         line: dict[str, Any] = {"stage": stage}
         key = f"stage_test_{self.metric}"
         if true_round == 0:

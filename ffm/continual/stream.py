@@ -20,7 +20,7 @@ from ffm.data import FederatedData, load_source, split_federated
 from ffm.data.partition import ClientData, _stratified_split
 from ffm.errors import ConfigError, DataError
 
-__all__ = ["active_parties", "class_groups", "joint_data", "split_stream", "stage_classes", "stage_of",
+__all__ = ["active_parties", "class_groups", "joint_data", "split_stream", "stage_classes", "stage_index", "stage_of",
            "stage_rounds"]
 
 logger = logging.getLogger("ffm")
@@ -31,13 +31,18 @@ def stage_rounds(job: JobConfig) -> int:
     return job.federation.rounds // job.continual.stages
 
 
+def stage_index(job: JobConfig, server_round: int) -> int:
+    """The stage round ``server_round`` falls in (round 0, before any training, in stage 0)."""
+    return min((max(server_round, 1) - 1) // stage_rounds(job), job.continual.stages - 1)
+
+
 def stage_of(job: JobConfig, server_round: int) -> int | None:
     """The stage whose data round ``server_round`` trains on; None when the job has no stages to follow
     (not continual, or the joint upper bound, which trains on every stage's data from the start)."""
     c = job.continual
     if c.kind == "none" or c.method == "joint":
         return None
-    return min((max(server_round, 1) - 1) // stage_rounds(job), c.stages - 1)
+    return stage_index(job, server_round)
 
 
 def _parse_ids(text: str, num_parties: int) -> list[int]:

@@ -15,6 +15,8 @@ from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=E0611
+from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
 from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -33,6 +35,8 @@ __all__ = [
     "ErrorCode",
     "HeartbeatSender",
     "KEY_CLIPPING_NORM",
+    "ProtoContext",
+    "ProtoMessage",
     "RetryInvoker",
     "Run",
     "RuntimeHttpClient",

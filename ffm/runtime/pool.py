@@ -23,6 +23,8 @@ from flwr.clientapp import ClientApp
 
 from ffm.runtime.flwr_internals import (
     ErrorCode,
+    ProtoContext,
+    ProtoMessage,
     context_from_proto,
     context_to_proto,
     message_from_proto,
@@ -41,8 +43,8 @@ def _start(threads: int) -> None:
 def _serve(payload: tuple[bytes, bytes]) -> tuple[bytes, bytes, float, str]:
     """Run the ClientApp on one (message, context); return (reply, context after, seconds, failure)."""
     start = time.perf_counter()
-    msg = message_from_proto(_proto("Message", payload[0]))
-    context = context_from_proto(_proto("Context", payload[1]))
+    msg = message_from_proto(_parsed(ProtoMessage, payload[0]))
+    context = context_from_proto(_parsed(ProtoContext, payload[1]))
     failure = ""
     try:
         reply = _APP(msg, context)
@@ -54,10 +56,8 @@ def _serve(payload: tuple[bytes, bytes]) -> tuple[bytes, bytes, float, str]:
             time.perf_counter() - start, failure)
 
 
-def _proto(kind: str, data: bytes):  # a flwr.proto message of that kind
-    from flwr.proto import message_pb2
-
-    proto = getattr(message_pb2, kind)()
+def _parsed(kind: type, data: bytes):  # a flwr.proto message of that kind
+    proto = kind()
     proto.ParseFromString(data)
     return proto
 
@@ -72,5 +72,5 @@ def deliver_in_parallel(
     payloads = [(message_to_proto(m).SerializeToString(), context_to_proto(c).SerializeToString()) for m, c in items]
     with multiprocessing.get_context("fork").Pool(min(workers, len(items)), _start, (threads,)) as pool:
         for reply, context, seconds, failure in pool.imap(_serve, payloads):  # imap keeps the messages' order
-            yield (message_from_proto(_proto("Message", reply)), context_from_proto(_proto("Context", context)),
+            yield (message_from_proto(_parsed(ProtoMessage, reply)), context_from_proto(_parsed(ProtoContext, context)),
                    seconds, failure)
