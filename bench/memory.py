@@ -22,34 +22,36 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_pss_mib(root: int) -> float:
-    """PSS of ``root`` and all its descendants now, in MiB."""
-    total, todo = 0, [root]
+def tree_pss(root: int) -> tuple[float, int]:
+    """PSS of ``root`` and all its descendants now, in MiB, and how many processes the tree holds."""
+    total, count, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     total += int(line.split()[1])
+                    count += 1
                     break
         except OSError:
             continue
         todo += _children(pid)
-    return total / 1024
+    return total / 1024, count
 
 
-def run_measured(cmd: list[str], env: dict, log: Path, every: float = 0.2) -> tuple[int, float, float]:
-    """Run ``cmd``; return (exit code, wall seconds, peak PSS of its tree in MiB)."""
-    peak = 0.0
+def run_measured(cmd: list[str], env: dict, log: Path, every: float = 0.2) -> tuple[int, float, float, int]:
+    """Run ``cmd``; return (exit code, wall seconds, peak PSS of its tree in MiB, most processes in the tree)."""
+    peak, most = 0.0, 0
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, most
             while not done.is_set():
-                peak = max(peak, tree_pss_mib(proc.pid))
+                pss, count = tree_pss(proc.pid)
+                peak, most = max(peak, pss), max(most, count)
                 time.sleep(every)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -57,4 +59,4 @@ def run_measured(cmd: list[str], env: dict, log: Path, every: float = 0.2) -> tu
         code = proc.wait()
         done.set()
         sampler.join()
-    return code, time.perf_counter() - start, peak
+    return code, time.perf_counter() - start, peak, most

@@ -39,16 +39,18 @@ def _without_method(work: Path) -> Path:
     return path
 
 
-def _measured(work: Path, name: str, overrides: list[str], config: Path = DEMO) -> dict:
-    """Run ``ffm run CONFIG OVERRIDES`` unless cached; its summary, wall seconds and peak PSS."""
+def measured(work: Path, name: str, overrides: list[str], config: Path = DEMO,
+             command: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run ``ffm run CONFIG OVERRIDES`` (or ``command``, which must write its run into ``work/name``) unless
+    cached; its summary, wall seconds, peak PSS and most processes in its tree."""
     record = work / f"{name}.measured.json"
     if record.is_file():
         return json.loads(record.read_text())
     run_dir = work / name
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    code, seconds, peak = run_measured([FFM, "run", str(config), *overrides, f"run_dir={run_dir}", "progress=false"],
-                                       env, work / f"{name}.log")
-    result = {"name": name, "exit": code, "seconds": round(seconds, 1), "peak_pss_mib": round(peak)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    command = command or [FFM, "run", str(config), *overrides, f"run_dir={run_dir}", "progress=false"]
+    code, seconds, peak, procs = run_measured(command, env, work / f"{name}.log")
+    result = {"name": name, "exit": code, "seconds": round(seconds, 1), "peak_pss_mib": round(peak), "processes": procs}
     if code == 0:
         result["summary"] = json.loads((run_dir / "summary.json").read_text())
     record.write_text(json.dumps(result))
@@ -65,7 +67,7 @@ def workers_section(work: Path) -> list[str]:
             f"{cores} cores. Peak memory is the PSS of the whole process tree (shared pages counted once).", "",
             "| workers | torch threads each | wall s | peak PSS MiB | final test accuracy |",
             "|---:|---:|---:|---:|---:|"]
-    got = {w: _measured(work, f"workers-{w}", [*job, f"federation.workers={w}"]) for w in sorted({1, cores})}
+    got = {w: measured(work, f"workers-{w}", [*job, f"federation.workers={w}"]) for w in sorted({1, cores})}
     for workers, r in got.items():
         acc = r.get("summary", {}).get("final_test_accuracy")
         rows.append(f"| {workers} | {max(1, cores // workers)} | {r['seconds']} | {r['peak_pss_mib']} | "
@@ -88,7 +90,7 @@ def memory_section(work: Path) -> tuple[list[str], dict]:
     for clients in (10, 50, 100):
         got = {}
         for mode, flag in (("list", "false"), ("streaming", "true")):
-            got[mode] = _measured(work, f"memory-{mode}-{clients}",
+            got[mode] = measured(work, f"memory-{mode}-{clients}",
                                   [*job, f"federation.num_clients={clients}", f"federation.streaming={flag}"],
                                   _without_method(work))
             curves[mode].append((clients, got[mode]["peak_pss_mib"]))
