@@ -12,7 +12,7 @@ export FLWR_HOME := $(CURDIR)/$(VENV)/flwr-home
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast bench lint clean setup
+.PHONY: demo test test-fast bench bench-peer lint clean setup
 
 setup: $(STAMP)
 
@@ -42,6 +42,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+# Flower's Simulation Engine needs Ray: installed for this benchmark only (never a test dependency), at the
+# flwr version the venv pins, torch named so that it stays the CPU build.
+bench-peer: $(STAMP)
+	$(BIN)/python -m pip install --quiet $(TORCH) -c constraints.txt "flwr[simulation]"
+	$(BIN)/python bench/peer.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
