@@ -198,8 +198,9 @@ class FederationConfig:
         1, "fewest usable updates a round needs; with fewer it fails: logged, global state unchanged"
     )
     max_failed_rounds: int = _f(3, "consecutive failed rounds after which the run stops with an error")
-    workers: int = _f(1, "the LocalGrid's worker processes: a round's clients train in parallel, sharing one copy "
-                      "of the frozen base (forked copy-on-write); 1 = one client at a time in this process")
+    workers: int = _f(0, "the LocalGrid's worker processes: a round's clients train in parallel, sharing one copy "
+                      "of the frozen base (forked copy-on-write); 1 = one client at a time in this process; "
+                      "0 = as many as pay off here (one per core for a model of 5M+ parameters, within free memory)")
     worker_threads: int = _f(0, "torch threads per worker process (0 = the machine's cores / workers)")
     streaming: bool = _f(True, "aggregate mean-based rules (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad) "
                          "from a running sum as replies arrive: memory does not grow with the clients per round")
@@ -672,8 +673,8 @@ def _validate(job: JobConfig) -> None:
     _check(0.0 < fed.fraction_train <= 1.0, f"federation.fraction_train must be in (0, 1], got {fed.fraction_train}")
     _check(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate must be in [0, 1]")
     _check(fed.min_train_clients >= 1, "federation.min_train_clients must be at least 1")
-    _check(fed.workers >= 1 and fed.worker_threads >= 0, "federation.workers must be >= 1 and "
-           "federation.worker_threads >= 0 (0 = cores / workers)")
+    _check(fed.workers >= 0 and fed.worker_threads >= 0, "federation.workers must be >= 0 (0 = as many as pay off) "
+           "and federation.worker_threads >= 0 (0 = cores / workers)")
     lora_rule = getattr(job.method, "aggregation", "naive") == "exact" or getattr(job.method, "client_ranks", [])
     _check(not lora_rule or job.strategy.name in ("fedavg", "fedprox"),
            f"method.aggregation=exact and method.client_ranks work on the mean of the adapters: use strategy.name="

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from typing import Any
 
+import torch
 from flwr.app import Context, RecordDict
 
 from ffm.client import app as client_app
 from ffm.config import JobConfig, job_to_run_config
+from ffm.runtime.auto_workers import auto_workers, available_memory, resident_memory
 from ffm.runtime.flwr_internals import SERVER_NODE_ID
 from ffm.runtime.local_grid import LocalGrid
 from ffm.server import app as server_app
+from ffm.workspace import workspace_for
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["run_local"]
 
@@ -21,8 +28,27 @@ def run_local(job: JobConfig, *, run_id: int = 1) -> tuple[dict[str, Any], Local
     run_config = job_to_run_config(job)
     num_nodes = 1 if job.mode == "centralized" else job.federation.num_clients
     grid = LocalGrid(client_app, num_nodes=num_nodes, run_config=run_config, run_id=run_id,
-                     workers=job.federation.workers, threads=job.federation.worker_threads)
+                     workers=_workers(job), threads=job.federation.worker_threads)
     context = Context(run_id=run_id, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
     server_app(grid, context)
     with open(f"{job.run_dir}/summary.json") as handle:
         return json.load(handle), grid
+
+
+def _workers(job: JobConfig) -> int:
+    """``federation.workers``; 0 (the default) resolved for this machine and this job's model
+    (ffm.runtime.auto_workers): the workers share the torch threads this process was given (OMP_NUM_THREADS,
+    torch.set_num_threads). The Workspace is built for it here, once: the ServerApp finds it built."""
+    fed = job.federation
+    if fed.workers:
+        return fed.workers
+    per_round = 1 if job.mode == "centralized" else max(fed.min_train_clients, math.ceil(fed.fraction_train
+                                                                                         * fed.num_clients))
+    if per_round < 2:
+        return 1
+    params = list(workspace_for(job).model.parameters())
+    chosen = auto_workers(clients_per_round=per_round, parameters=sum(p.numel() for p in params),
+                          trainable=sum(p.numel() for p in params if p.requires_grad), cores=torch.get_num_threads(),
+                          available=available_memory(), resident=resident_memory())
+    logger.info("federation.workers=0: %d worker process%s on this machine", chosen, "es" * (chosen > 1))
+    return chosen
