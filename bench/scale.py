@@ -149,6 +149,34 @@ def plot(curves: dict, points: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _sections(text: str) -> dict[str, list[str]]:
+    """The ``## `` sections of a results file, by heading, in order (trailing blank lines dropped)."""
+    sections: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("## "):
+            sections[line] = []
+        if sections:
+            sections[next(reversed(sections))].append(line)
+    return {heading: "\n".join(block).rstrip().splitlines() for heading, block in sections.items()}
+
+
+def _put(sections: dict[str, list[str]], rows: list[str]) -> None:
+    sections[rows[0]] = rows  # replaces the section of that heading in place, or appends it
+
+
+def _memory_curves(sections: dict[str, list[str]]) -> dict:
+    """The memory section's curves as an earlier run wrote them (the plot shows them when it is not re-run)."""
+    curves: dict = {"list": [], "streaming": []}
+    for heading, block in sections.items():
+        if heading.startswith("## Memory vs clients"):
+            for line in block:
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                if len(cells) >= 3 and cells[0].isdigit():
+                    curves["list"].append((int(cells[0]), int(cells[1])))
+                    curves["streaming"].append((int(cells[0]), int(cells[2])))
+    return curves
+
+
 def main() -> None:
     parser = budget_parser(__doc__.splitlines()[0], "scale.md")
     parser.set_defaults(work=REPO / "runs" / "bench-scale")
@@ -157,18 +185,19 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
-    lines = ["# Speed and scale", "", "Measured by `bench/scale.py` on this machine (one run each; ratios within a "
-             "section come from runs made one after the other).", ""]
-    curves, points = {}, {}
+    header = ["# Speed and scale", "", "Measured by `bench/scale.py` on this machine (one run each; ratios within a "
+              "section come from runs made one after the other).", ""]
+    sections = _sections(args.out.read_text()) if args.out.is_file() else {}  # the sections not re-run stay
+    curves, points = _memory_curves(sections), {}
     if "workers" in only:
-        lines += [*workers_section(args.work), ""]
+        _put(sections, workers_section(args.work))
     if "memory" in only:
         rows, curves = memory_section(args.work)
-        lines += [*rows, ""]
+        _put(sections, rows)
     if "compression" in only:
         rows, points = compression_section(args.work, args)
-        lines += [*rows, ""]
-    args.out.write_text("\n".join(lines))
+        _put(sections, rows)
+    args.out.write_text("\n".join([*header, *(line for block in sections.values() for line in [*block, ""])]))
     plot(curves, points, args.out.with_suffix(".png"))
     print(args.out.read_text())
 
