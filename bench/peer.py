@@ -105,14 +105,14 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n, r in runs.items() if "summary" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4), sharey=True)
     colors = ["tab:blue" if n.startswith("ffm") else "tab:orange" for n in names]
     for ax, key, label in ((axes[0], "seconds", "wall time (s)"),
                            (axes[1], "peak_pss_mib", "peak PSS of the tree (MiB)")):
         bars = ax.barh(names, [runs[n][key] for n in names], color=colors)
         ax.bar_label(bars, fmt="%.0f", padding=2)
-        ax.set(xlabel=label)
-        ax.invert_yaxis()
+        ax.set(xlabel=label, xlim=(0, 1.15 * max(runs[n][key] for n in names)))
+    axes[0].invert_yaxis()
     fig.suptitle("same job (MiniLM + LoRA, 50 clients, 2 rounds x 2 steps): ffm LocalGrid vs Flower + Ray")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

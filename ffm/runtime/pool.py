@@ -70,13 +70,16 @@ def _parsed(kind: type, data: bytes):  # a flwr.proto message of that kind
     return proto
 
 
-def _claim(counter: Synchronized, total: int) -> int | None:
-    """The next message nobody has claimed yet, or None when all are taken."""
+def _claim(counter: Synchronized, total: int, holding: Synchronized | None = None) -> int | None:
+    """The next message nobody has claimed yet, or None when all are taken; a helper notes it in ``holding``
+    under the same lock, so that no claimed message is ever unaccounted for if the helper dies."""
     with counter.get_lock():
         index = counter.value
         if index >= total:
             return None
         counter.value = index + 1
+        if holding is not None:
+            holding.value = index
         return index
 
 
@@ -84,8 +87,7 @@ def _helper(payloads: list[tuple[bytes, bytes]], counter: Synchronized, holding:
             out: multiprocessing.Queue, threads: int) -> None:
     """A forked helper: serve messages until none is left; ``holding`` says which one it is serving."""
     torch.set_num_threads(threads)
-    while (index := _claim(counter, len(payloads))) is not None:
-        holding.value = index
+    while (index := _claim(counter, len(payloads), holding)) is not None:
         out.put((index, _serve(payloads[index])))
     holding.value = -1
 
