@@ -1,16 +1,15 @@
 """Benchmark, run by hand (not a test): speed and memory at scale (issue: every core, streaming, compression).
 
-Sections (``--only`` picks some; each run is cached in --work by name):
+Sections (``--only`` picks some; each run is cached in --work by name); the worker processes are measured by
+bench/peer.py, beside Flower's Simulation Engine:
 
-- ``workers``: MiniLM + LoRA, 50 clients, 2 rounds x 2 local steps (BBC News), on the LocalGrid with 1 worker
-  and with one worker per core: wall time and peak PSS of the whole process tree;
 - ``memory``: full fine-tuning of MiniLM, 1 round x 1 step, 10 / 50 / 100 clients per round, list vs
   streaming aggregation: peak PSS;
 - ``compression``: AG News with LoRA (bench/strategies.py's budget): bytes up and final accuracy per codec.
 
 Writes ``bench/results/scale.md`` and ``scale.png``.
 
-Launch:  .venv/bin/python bench/scale.py [--only workers,memory,compression] [--work runs/bench-scale]
+Launch:  .venv/bin/python bench/scale.py [--only memory,compression] [--work runs/bench-scale]
 """
 
 from __future__ import annotations
@@ -56,27 +55,6 @@ def measured(work: Path, name: str, overrides: list[str], config: Path = DEMO,
     record.write_text(json.dumps(result))
     print(f"  {name}: exit {code}, {seconds:.0f} s, peak {peak:.0f} MiB", flush=True)
     return result
-
-
-def workers_section(work: Path) -> list[str]:
-    job = ["federation.num_clients=50", "federation.rounds=2", "train.local_steps=2", "federation.fraction_evaluate=0",
-           "data.partitioner=iid"]  # Dirichlet(0.5) cannot give 50 BBC clients 10 examples each
-    cores = os.cpu_count() or 1
-    rows = ["## Every core: the LocalGrid with 1 worker and with one per core", "",
-            f"MiniLM + LoRA r=8, BBC News, 50 IID clients, 2 rounds x 2 local steps, evaluation by the server only; "
-            f"{cores} cores. Peak memory is the PSS of the whole process tree (shared pages counted once).", "",
-            "| workers | torch threads each | wall s | peak PSS MiB | final test accuracy |",
-            "|---:|---:|---:|---:|---:|"]
-    got = {w: measured(work, f"workers-{w}", [*job, f"federation.workers={w}"]) for w in sorted({1, cores})}
-    for workers, r in got.items():
-        acc = r.get("summary", {}).get("final_test_accuracy")
-        rows.append(f"| {workers} | {max(1, cores // workers)} | {r['seconds']} | {r['peak_pss_mib']} | "
-                    f"{'-' if acc is None else f'{acc:.4f}'} |")
-    if len(got) > 1:
-        one, every = got[1], got[cores]
-        rows += ["", f"Speed-up with {cores} workers: {one['seconds'] / every['seconds']:.2f}x; memory ratio "
-                 f"{every['peak_pss_mib'] / one['peak_pss_mib']:.2f}x (runs made one after the other)."]
-    return rows
 
 
 def memory_section(work: Path) -> tuple[list[str], dict]:
@@ -139,9 +117,12 @@ def plot(curves: dict, points: dict, path: Path) -> None:
             axes[0].plot(*zip(*values, strict=True), marker="o", label=mode)
     axes[0].set(xlabel="clients per round", ylabel="peak PSS (MiB)", title="full fine-tuning: memory vs clients")
     axes[0].legend()
-    for name, (ratio, acc) in points.items():
+    named: dict[tuple[float, float], list[str]] = {}  # codecs that land on the same point share one label
+    for name, point in points.items():
+        named.setdefault(point, []).append(name)
+    for (ratio, acc), names in named.items():
         axes[1].scatter(ratio, acc)
-        axes[1].annotate(name, (ratio, acc), fontsize=8)
+        axes[1].annotate(", ".join(names), (ratio, acc), fontsize=8, xytext=(3, 3), textcoords="offset points")
     axes[1].set(xscale="log", xlabel="x fewer bytes up than uncompressed", ylabel="final test accuracy",
                 title="compressed updates (AG News, LoRA)")
     fig.tight_layout()
@@ -180,7 +161,7 @@ def _memory_curves(sections: dict[str, list[str]]) -> dict:
 def main() -> None:
     parser = budget_parser(__doc__.splitlines()[0], "scale.md")
     parser.set_defaults(work=REPO / "runs" / "bench-scale")
-    parser.add_argument("--only", default="workers,memory,compression")
+    parser.add_argument("--only", default="memory,compression")
     parser.add_argument("--codecs", default="", help="compression: these codecs only, comma-separated (default: all)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -189,8 +170,6 @@ def main() -> None:
               "section come from runs made one after the other).", ""]
     sections = _sections(args.out.read_text()) if args.out.is_file() else {}  # the sections not re-run stay
     curves, points = _memory_curves(sections), {}
-    if "workers" in only:
-        _put(sections, workers_section(args.work))
     if "memory" in only:
         rows, curves = memory_section(args.work)
         _put(sections, rows)
