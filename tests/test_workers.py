@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import torch
@@ -106,9 +107,18 @@ def test_a_worker_process_that_dies_costs_only_the_message_it_held():
         time.sleep(0.2)  # the caller works slowly enough for the helper to claim a message
         return Message(RecordDict({"metrics": MetricRecord({"ok": 1})}), reply_to=msg)
 
+    def hung(signum, frame):
+        raise TimeoutError("the pool waited for a message the dead helper held")
+
     grid = LocalGrid(app, num_nodes=4, run_config={}, workers=2, threads=1)
     sent = [Message(RecordDict(), node, MessageType.TRAIN, group_id="1") for node in range(1, 5)]
-    replies = list(grid.send_and_receive(sent))
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)  # a pool that lost the message would wait forever: fail instead
+    try:
+        replies = list(grid.send_and_receive(sent))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
     assert [r.metadata.reply_to_message_id for r in replies] == [m.metadata.message_id for m in sent]
     died = [r for r in replies if r.has_error()]

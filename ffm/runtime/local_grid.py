@@ -18,13 +18,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from ffm.models.state import state_nbytes
-from ffm.runtime.flwr_internals import ErrorCode, Run, set_message_id, set_task_identity
-from ffm.runtime.pool import deliver_in_parallel
+from ffm.runtime.flwr_internals import Run, set_message_id, set_task_identity
+from ffm.runtime.pool import deliver_in_parallel, error_reply
 
 __all__ = ["LocalGrid"]
 
@@ -156,8 +156,7 @@ class LocalGrid(Grid):
             return self.client_app(_node_copy(msg), self.contexts[msg.metadata.dst_node_id])
         except Exception as exc:  # a node's failure becomes its error reply, as on a SuperNode
             logger.warning("node %s failed:\n%s", msg.metadata.dst_node_id, traceback.format_exc(limit=4))
-            reason = f"{type(exc).__name__}: {exc}"
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+            return error_reply(msg, f"{type(exc).__name__}: {exc}")
         finally:
             self.client_seconds += time.perf_counter() - start
 

@@ -39,7 +39,7 @@ from ffm.runtime.flwr_internals import (
     message_to_proto,
 )
 
-__all__ = ["deliver_in_parallel"]
+__all__ = ["deliver_in_parallel", "error_reply"]
 
 _APP: ClientApp | None = None  # the ClientApp, inherited by the forked helpers
 Served = tuple[bytes, bytes, float, str]  # (reply, context after, seconds, failure traceback or "")
@@ -55,12 +55,13 @@ def _serve(payload: tuple[bytes, bytes]) -> Served:
         reply = _APP(msg, context)
     except Exception as exc:  # a node's failure becomes its error reply, as on a SuperNode
         failure = traceback.format_exc(limit=4)
-        reply = _error(msg, f"{type(exc).__name__}: {exc}")
+        reply = error_reply(msg, f"{type(exc).__name__}: {exc}")
     return (message_to_proto(reply).SerializeToString(), context_to_proto(context).SerializeToString(),
             time.perf_counter() - start, failure)
 
 
-def _error(msg: Message, reason: str) -> Message:
+def error_reply(msg: Message, reason: str) -> Message:
+    """The reply of a node whose ClientApp failed, as a SuperNode sends it."""
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
@@ -152,6 +153,6 @@ def _bury(helpers: list, holding: list, items: list[tuple[Message, Context]],
         index = held.value
         if helper.exitcode not in (None, 0) and index >= 0 and index not in done:
             reason = f"the worker process serving this node died (exit code {helper.exitcode})"
-            done[index] = (message_to_proto(_error(items[index][0], reason)).SerializeToString(), payloads[index][1],
-                           0.0, reason)
+            reply = message_to_proto(error_reply(items[index][0], reason)).SerializeToString()
+            done[index] = (reply, payloads[index][1], 0.0, reason)
             held.value = -1
