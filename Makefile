@@ -12,7 +12,7 @@ export FLWR_HOME := $(CURDIR)/$(VENV)/flwr-home
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast bench bench-peer lint clean setup
+.PHONY: demo test test-fast bench bench-footprint bench-peer lint docs clean setup
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
+# Peak memory for 10 and 100 clients, and bytes per round of LoRA vs full fine-tuning.
+bench-footprint: $(STAMP)
+	$(BIN)/python bench/footprint.py
+
 # Flower's Simulation Engine needs Ray: installed for this benchmark only (never a test dependency), at the
 # flwr version the venv pins, torch named so that it stays the CPU build.
 bench-peer: $(STAMP)
@@ -51,6 +55,13 @@ bench-peer: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The guides in docs/ as a website in site/ (mkdocs-material, installed into .venv on first use; not a test
+# dependency). Strict: a broken link or anchor fails the build.
+docs: $(STAMP)
+	$(BIN)/python -c "import material" 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet $(TORCH) -c constraints.txt mkdocs-material==9.8.1
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -30,7 +30,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
+from runs import REPO, metrics_lines, quiet_libraries, set_threads, shown
+
 MODES = ("centralized", "federated", "local")
 
 
@@ -52,8 +53,7 @@ def run(work: Path, mode: str, lr: float, scheduler: str, warmup: float, args: a
         run_local(load_job(REPO / "configs" / "demo.yaml", overrides))
         print(f"  {run_dir.name}: {time.perf_counter() - started:.0f} s", flush=True)
     summary = json.loads((run_dir / "summary.json").read_text())
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {"mode": mode, "lr": lr, "scheduler": scheduler, "summary": summary, "lines": lines}
+    return {"mode": mode, "lr": lr, "scheduler": scheduler, "summary": summary, "lines": metrics_lines(run_dir)}
 
 
 def val_accuracy(result: dict[str, Any]) -> float:
@@ -90,10 +90,6 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _shown(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=4000)
@@ -107,13 +103,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "baselines.md")
     args = parser.parse_args()
 
-    import flwr.serverapp  # noqa: F401 - imported before the quieting: importing flwr resets its logger
-    import torch
-
-    from ffm.cli import _quiet_libraries
-
-    torch.set_num_threads(args.threads)
-    _quiet_libraries(verbose=False)
+    set_threads(args.threads)
+    quiet_libraries()
     lrs = [float(x) for x in args.lrs.split(",")]
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     grid_rows: list[str] = []
@@ -133,7 +124,7 @@ def main() -> None:
 
 `{' '.join(['.venv/bin/python', 'bench/baselines.py', *sys.argv[1:]])}` — {time.strftime('%Y-%m-%d')},
 {platform.processor() or platform.machine()}, torch threads {args.threads}, {time.perf_counter() - started:.0f} s
-of new runs (cached runs reused from `{_shown(args.work)}`).
+of new runs (cached runs reused from `{shown(args.work)}`).
 
 Job: `configs/demo.yaml` on AG News (`data.source=ag_news data.max_examples={args.max_examples}`, stratified:
 4 balanced classes, so the majority class scores about 0.25), MiniLM + LoRA r=8, 10 Dirichlet(0.5) clients,

@@ -21,12 +21,12 @@ from runs import REPO, run_cached
 
 CONFIG = REPO / "configs" / "continual_bbc.yaml"
 METHODS = {  # name -> (label, overrides)
-    "naive": ("naive fine-tuning", ["continual.method=naive"]),
-    "replay": ("replay (16 / client)", ["continual.method=replay"]),
-    "ewc": ("EWC (lambda 1e4)", ["continual.method=ewc", "continual.ewc_lambda=10000"]),
-    "ewc-1e6": ("EWC (lambda 1e6)", ["continual.method=ewc", "continual.ewc_lambda=1000000"]),
-    "adapters": ("per-task adapters (routed by stage)", ["continual.method=adapters"]),
-    "joint": ("joint upper bound", ["continual.method=joint"]),
+    "naive": ("naive fine-tuning", ["continual.approach=naive"]),
+    "replay": ("replay (16 / client)", ["continual.approach=replay"]),
+    "ewc": ("EWC (lambda 1e4)", ["continual.approach=ewc", "continual.ewc_lambda=10000"]),
+    "ewc-1e6": ("EWC (lambda 1e6)", ["continual.approach=ewc", "continual.ewc_lambda=1000000"]),
+    "adapters": ("per-task adapters (routed by stage)", ["continual.approach=adapters"]),
+    "joint": ("joint upper bound", ["continual.approach=joint"]),
 }
 MODES = {"federated": [], "centralized": ["mode=centralized"],
          # the pooled party takes 10x the sequential steps per round: at the clients' 5e-3 it is unstable (naive

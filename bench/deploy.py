@@ -24,13 +24,10 @@ Launch:  .venv/bin/python bench/deploy.py          (--help lists the sizes)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,11 +36,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import machine_lines, make_job, quiet_libraries, set_threads
+import runs
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "deploy.md"
+RESULTS = runs.REPO / "bench" / "results" / "deploy.md"
 
 # The runtimes, in the order they run and appear in the table; the first is the reference of the ratios.
 RUNTIMES = {"local": "LocalGrid", "federation": "federation", "warm": "federation --warm"}
@@ -199,11 +194,6 @@ def warm_tasks(log: Path) -> list[dict[str, Any]]:
 # The report
 
 
-def read_rounds(run_dir: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [line for line in lines if line["round"] > 0]
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -249,28 +239,23 @@ def task_lines(tasks: list[list[dict[str, Any]]]) -> list[str]:
     return [line + "."]
 
 
-def report(args: argparse.Namespace, job: Any, runs: dict[str, Any], env: dict[str, Any]) -> list[str]:
-    rounds = runs["rounds"]
+def report(args: argparse.Namespace, job: Any, results: dict[str, Any], env: dict[str, Any]) -> list[str]:
+    rounds = results["rounds"]
     accuracies = {key: [r["test_accuracy"] for r in per] for key, per in rounds.items()}
     same_accuracy = same_everywhere(rounds, "test_accuracy", 1e-6)
     same_bytes = same_everywhere(rounds, "bytes_up") and same_everywhere(rounds, "bytes_down")
-    fed, warm = runs["federation"], runs["warm"]
+    fed, warm = results["federation"], results["warm"]
     waited, busy, seen = env["waited_s"], env["busy"], env["seen"]
     quiet = (f"none after waiting {waited:.0f} s" if not busy else
              f"{len(busy)} still running after waiting {waited:.0f} s (measured anyway)")
     watched = "none" if not seen else f"{len(seen)} ({'; '.join(list(seen.values())[:3])})"
     accuracy_text = "; ".join(f"{RUNTIMES[key]} {', '.join(f'{a:.4f}' for a in values)}"
                               for key, values in accuracies.items())
+    flower = (f"- other Flower processes (not this benchmark's) before measuring: {quiet}; seen while measuring: "
+              f"{watched}")
     return [
-        "# ffm on a Flower federation (loopback), default and warm SuperNodes, vs the in-process LocalGrid",
-        "",
-        *machine_lines(),
-        f"- load average (1 min) at start / end: {env['load'][0]:.2f} / {os.getloadavg()[0]:.2f} (other work "
-        "shares the cores)",
-        f"- other Flower processes (not this benchmark's) before measuring: {quiet}; seen while measuring: "
-        f"{watched}",
-        f"- command: `{' '.join(['python', *sys.argv])}`; whole benchmark {env['seconds']:.0f} s",
-        "",
+        *runs.report_head("ffm on a Flower federation (loopback), default and warm SuperNodes, vs the in-process "
+                          "LocalGrid", env["load"], env["seconds"], [flower]),
         f"Job: `{args.config}` plus `{' '.join(job_overrides(args))}`: {job.federation.num_clients} clients x "
         f"{job.federation.rounds} rounds, `train.local_steps={job.train.local_steps}`, batch {job.train.batch_size}, "
         f"max_length {job.model.max_length}, model `{job.model.name}`, method `{job.method.name}`, no client "
@@ -287,7 +272,7 @@ def report(args: argparse.Namespace, job: Any, runs: dict[str, Any], env: dict[s
         "",
         *table(rounds),
         "",
-        f"- LocalGrid: `run_local` took {runs['local_s']:.1f} s in all (workspace, rounds, global evaluations, "
+        f"- LocalGrid: `run_local` took {results['local_s']:.1f} s in all (workspace, rounds, global evaluations, "
         "final save).",
         f"- federation: {fed['nodes_ready_s']:.1f} s until every SuperNode had registered, then `flwr run` "
         f"{fed['flwr_run_s']:.1f} s in all (ServerApp process start, workspace, rounds, final save).",
@@ -319,65 +304,51 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="job file the benchmark job starts from")
+    parser = runs.process_parser(__doc__.split("\n\n")[0], RESULTS, "job file the benchmark job starts from")
     parser.add_argument("--clients", type=int, default=3, help="clients = SuperNodes")
     parser.add_argument("--rounds", type=int, default=3, help="federated rounds")
     parser.add_argument("--local-steps", type=int, default=2, help="train.local_steps")
     parser.add_argument("--max-examples", type=int, default=300, help="data.max_examples")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more job overrides")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (0 = default)")
     parser.add_argument("--timeout", type=float, default=580, help="seconds each `flwr run` may take")
     parser.add_argument("--wait-quiet", type=float, default=600, help="seconds to wait at most until no other "
                         "Flower process runs on the machine (0: do not wait)")
-    parser.add_argument("--output", default=str(RESULTS), help="where the Markdown table goes")
-    parser.add_argument("--keep-runs", action="store_true", help="keep the scratch run directories and logs")
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    os.chdir(REPO)
+    os.chdir(runs.REPO)
     waited, busy = wait_until_quiet(args.wait_quiet)
     if busy:
         print(f"still {len(busy)} other Flower processes after {waited:.0f} s; measuring anyway", flush=True)
     load, start = os.getloadavg(), time.perf_counter()
     watcher = Watcher()
     watcher.start()
-    scratch = Path(tempfile.mkdtemp(prefix="ffm-bench-deploy-"))
     try:
-        quiet_libraries()
-        set_threads(args.threads)
-        from ffm.runtime import run_local
+        with runs.scratch_dir("ffm-bench-deploy-", keep=args.keep_runs) as scratch:
+            runs.quiet_libraries()
+            runs.set_threads(args.threads)
+            from ffm.runtime import run_local
 
-        jobs = {key: make_job(args.config, [*job_overrides(args), *([] if key == "local" else ["runtime=flower"])],
-                              scratch / key) for key in RUNTIMES}
-        tick = time.perf_counter()
-        run_local(jobs["local"])
-        runs: dict[str, Any] = {"local_s": time.perf_counter() - tick}
-        print(f"LocalGrid: {runs['local_s']:.1f} s", flush=True)
-        for key in ("federation", "warm"):
-            runs[key] = run_federation(jobs[key], scratch / f"flower-{key}", args.threads, args.timeout,
-                                       warm=key == "warm")
-            ready, took = runs[key]["nodes_ready_s"], runs[key]["flwr_run_s"]
-            print(f"{RUNTIMES[key]}: ready {ready:.1f} s, flwr run {took:.1f} s", flush=True)
-        runs["rounds"] = {key: read_rounds(scratch / key) for key in RUNTIMES}
-        watcher.stopped.set()
-        watcher.join()
-        env = {"waited_s": waited, "busy": busy, "seen": watcher.seen, "load": load,
-               "seconds": time.perf_counter() - start}
-        text = "\n".join(report(args, jobs["local"], runs, env))
+            overrides = job_overrides(args)
+            jobs = {key: runs.make_job(args.config, overrides if key == "local" else [*overrides, "runtime=flower"],
+                                       scratch / key) for key in RUNTIMES}
+            tick = time.perf_counter()
+            run_local(jobs["local"])
+            results: dict[str, Any] = {"local_s": time.perf_counter() - tick}
+            print(f"LocalGrid: {results['local_s']:.1f} s", flush=True)
+            for key in ("federation", "warm"):
+                results[key] = run_federation(jobs[key], scratch / f"flower-{key}", args.threads, args.timeout,
+                                              warm=key == "warm")
+                ready, took = results[key]["nodes_ready_s"], results[key]["flwr_run_s"]
+                print(f"{RUNTIMES[key]}: ready {ready:.1f} s, flwr run {took:.1f} s", flush=True)
+            results["rounds"] = {key: runs.read_rounds(scratch / key) for key in RUNTIMES}
     finally:
         watcher.stopped.set()
-        if args.keep_runs:
-            print(f"runs and logs kept in {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
-    print(text)
-    print(f"\nwritten to {output}")
+    watcher.join()
+    env = {"waited_s": waited, "busy": busy, "seen": watcher.seen, "load": load, "seconds": time.perf_counter() - start}
+    runs.publish("\n".join(report(args, jobs["local"], results, env)), args.out)
 
 
 if __name__ == "__main__":

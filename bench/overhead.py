@@ -1,19 +1,21 @@
 """Benchmark, run by hand (not a test): what the federation costs on top of the training it carries.
 
-One run measures three things and writes ``bench/results/overhead.md`` (also printed):
+Writes ``bench/results/overhead.md`` (also printed): the overhead ratio. The same job is run as simulated
+federated rounds (ServerApp + LocalGrid + ClientApp, i.e. ``ffm.runtime.run_local``) and as a plain PyTorch
+loop doing the very same local steps: the same shared model object, each client's steps from the same
+round-start state (the initial state, then each round's checkpoint), the same batches and seeds (``derive_seed``
+with ``Salt.LOCAL_TRAINING`` and ``step_batches``, as ``ffm.client`` uses them; the losses must match exactly).
 
-1. Overhead ratio. The same job is run as simulated federated rounds (ServerApp + LocalGrid + ClientApp,
-   i.e. ``ffm.runtime.run_local``) and as a plain PyTorch loop doing the very same local steps: the same
-   shared model object, each client's steps from the same round-start state, the same batches and seeds
-   (``round_seed`` and ``step_batches``, as ``ffm.client`` uses them; the losses must match exactly).
-   Only round time counts on the federated side: the server's ``evaluate_fn`` (global test evaluation,
-   metrics line, checkpoint) is timed apart and left out, and so is the one-time setup (the workspace is
-   built and every client's data tokenized before any clock starts). Bare and federated runs alternate;
-   the minimum of each is kept. A second ratio divides each federated run by the ``train_steps`` time
-   inside it, which machine noise cannot skew.
-2. Peak RSS (VmHWM) for 10 and 100 clients, each in its own process: right after building the workspace
-   (the baseline) and after one round.
-3. Bytes per round of LoRA vs full fine-tuning (method.name=full) for 10 clients.
+The federated side is timed through ffm's observer seam, nothing patched: the benchmark's ``RoundClock``
+observer (``report.to=bench_clock``, bench/runs.py) gets the server's timings of every round. Only round time
+counts: the sum of ``between`` (end of one round's ``evaluate_fn`` to the start of the next: sampling,
+messages, ClientApp calls, aggregation). The ``evaluate_fn`` itself (global test evaluation, metrics line,
+checkpoint) is shown apart and left out, and so is the one-time setup (the workspace is built and every
+client's data tokenized before any clock starts). Bare and federated runs alternate; the minimum of each is
+kept. A second ratio divides each federated run by the clients' own ``train_seconds`` (time inside
+``train_steps``, reported in every metrics line), which machine noise cannot skew.
+
+Peak RSS by number of clients and bytes per round (LoRA vs full) are bench/footprint.py's.
 
 Launch:  .venv/bin/python bench/overhead.py          (or `make bench`; --help lists the sizes)
 """
@@ -21,15 +23,7 @@ Launch:  .venv/bin/python bench/overhead.py          (or `make bench`; --help li
 from __future__ import annotations
 
 import argparse
-import datetime
-import itertools
-import json
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,158 +32,64 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "overhead.md"
-MIB = 1024 * 1024
+import runs
 
-
-# ----------------------------------------------------------------------------------------------------
-# Setup shared by the parent and the child processes
-
-
-def quiet_libraries() -> None:
-    """What ``ffm run`` means to do without --verbose: Flower logs warnings only, no progress bars.
-
-    flwr is imported first: importing it sets its logger to DEBUG, which would undo an earlier setLevel.
-    """
-    import logging
-
-    import datasets
-    import flwr.serverapp  # noqa: F401 - for its import-time logger setup, see above
-    import transformers
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
-def set_threads(threads: int) -> None:
-    """Pin torch's intra-op threads (0 leaves torch's default: one per core)."""
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def make_job(config: str, overrides: list[str], run_dir: Path) -> Any:
-    from ffm.config import load_job
-
-    return load_job(config, [*overrides, f"run_dir={run_dir}", "progress=false"])
-
-
-def peak_rss_bytes() -> int:
-    """Peak RSS of this address space (VmHWM).
-
-    Not ``ru_maxrss``: Linux carries the parent's high-water mark across fork/exec into it, so a child of
-    a big parent would report at least the parent's peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-# ----------------------------------------------------------------------------------------------------
-# 1. Overhead: federated rounds vs the bare steps
+RESULTS = runs.REPO / "bench" / "results" / "overhead.md"
 
 
 @dataclass
 class FedTiming:
     total: float  # run_local, end to end
-    rounds: float  # sum over rounds of [end of evaluate_fn(r-1), start of evaluate_fn(r)]
+    rounds: float  # sum over rounds >= 1 of `between`: [end of evaluate_fn(r-1), start of evaluate_fn(r)]
     server_eval: float  # evaluate_fn: global test evaluation + metrics line + checkpoint (round 0 included)
     client_app: float  # LocalGrid.client_seconds: every ClientApp call, whole
-    train_steps: float  # inside ffm.tasks.train_steps, as called by the ClientApp
+    train_steps: float  # the clients' train_seconds: inside train_steps, as called by the ClientApp
     run_dir: Path
 
 
-class Clocks:
-    """Time ``Reporter.__call__`` (the server's evaluate_fn) and the ClientApp's ``train_steps`` in place."""
-
-    def __init__(self) -> None:
-        import ffm.client
-        import ffm.server
-
-        self.evals: list[tuple[float, float]] = []
-        self.train = 0.0
-        report, train_steps = ffm.server.RoundEnd.__call__, ffm.client.train_steps
-
-        def timed_report(round_end: Any, server_round: int, arrays: Any) -> Any:
-            enter = time.perf_counter()
-            try:
-                return report(round_end, server_round, arrays)
-            finally:
-                self.evals.append((enter, time.perf_counter()))
-
-        def timed_train_steps(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return train_steps(*args, **kwargs)
-            finally:
-                self.train += time.perf_counter() - start
-
-        ffm.server.RoundEnd.__call__ = timed_report
-        ffm.client.train_steps = timed_train_steps
-
-    def reset(self) -> None:
-        self.evals, self.train = [], 0.0
-
-
-def run_federated(job: Any, clocks: Clocks) -> FedTiming:
+def run_federated(job: Any) -> FedTiming:
+    """``run_local`` of a job made with :func:`runs.clocked` overrides; its times from its RoundClock."""
     from ffm.runtime import run_local
 
-    clocks.reset()
     start = time.perf_counter()
     _, grid = run_local(job)
     total = time.perf_counter() - start
-    evals = clocks.evals
-    rounds = sum(nxt[0] - prev[1] for prev, nxt in itertools.pairwise(evals))
-    server_eval = sum(end - enter for enter, end in evals)
-    return FedTiming(total, rounds, server_eval, grid.client_seconds, clocks.train, Path(job.run_dir))
-
-
-def read_rounds(run_dir: Path) -> list[dict]:
-    """metrics.jsonl lines of the trained rounds (round 0 is the initial model)."""
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [line for line in lines if line["round"] > 0]
+    clock = runs.clock_of(Path(job.run_dir))
+    return FedTiming(total, clock.rounds, clock.server_eval, grid.client_seconds, clock.train_steps,
+                     Path(job.run_dir))
 
 
 def round_start_states(workspace: Any, run_dir: Path, rounds: int) -> dict[int, dict]:
     """The global state each round starts from: the initial state, then each round's checkpoint."""
     import torch
 
+    from ffm.run_dir import RunDirectory
+
+    run = RunDirectory(run_dir)
     states = {1: workspace.initial_state}
     for rnd in range(2, rounds + 1):
-        path = run_dir / "checkpoints" / f"round-{rnd - 1:06d}.pt"
-        states[rnd] = torch.load(path, map_location="cpu", weights_only=True)["state"]
+        states[rnd] = torch.load(run.checkpoint_path(rnd - 1), map_location="cpu", weights_only=True)["state"]
     return states
 
 
-def plain_loop(model: Any, batches: list[dict], *, lr: float, weight_decay: float, seed: int) -> float:
-    """The bare local steps: seed, AdamW, forward/backward/step over ready batches. Returns the mean loss."""
+def plain_loop(workspace: Any, batches: list[dict], *, lr: float, weight_decay: float, seed: int) -> float:
+    """The bare local steps: seed, AdamW, forward (the task's loss)/backward/step over ready batches. Returns the
+    mean loss."""
     import torch
 
-    torch.manual_seed(seed)  # dropout, as train_steps seeds it
+    model = workspace.model
+    torch.manual_seed(seed)  # dropout, as the ClientApp seeds it
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     model.train()
     total, seen = 0.0, 0
     for batch in batches:
-        loss = model(**batch).loss
+        loss = workspace.task.loss(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach()) * len(batch["labels"])
-        seen += len(batch["labels"])
+        n = len(next(iter(batch.values())))
+        total += float(loss.detach()) * n
+        seen += n
     model.eval()
     return total / max(seen, 1)
 
@@ -203,15 +103,15 @@ class BareTiming:
 
 
 def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareTiming:
-    """Time the plain loop for every (round, client) of ``plan``.
+    """Time the plain loop for every (round, client) of ``plan`` (the federated run's metrics lines).
 
     Per client, outside the loop's clock: loading the round-start state (untimed) and cutting the batches
-    with the client's seed (timed separately, as ``cutting``).
+    with the client's seed (timed separately, as ``cutting``). The number of steps is the one the client
+    reported (``local_steps``).
     """
     import torch
 
-    from ffm.models import load_trainable_state
-    from ffm.strategies.offset import round_seed
+    from ffm.keys import Salt, derive_seed
     from ffm.tasks import step_batches
 
     job, seconds, cutting, losses, tokens = workspace.job, 0.0, 0.0, {}, 0
@@ -219,18 +119,18 @@ def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareT
         rnd = line["round"]
         for client in line["clients"]:
             party = client["partition_id"]
-            seed = round_seed(job.seed, rnd, salt=1000 + party)
-            load_trainable_state(workspace.model, states[rnd])
+            seed = derive_seed(job.seed, rnd, Salt.LOCAL_TRAINING, party)
+            workspace.load(states[rnd])
             data = workspace.examples("train", party)
-            steps = workspace.local_steps(party)
             start = time.perf_counter()
-            batches = list(step_batches(data, job.train.batch_size, steps, torch.Generator().manual_seed(seed)))
+            generator = torch.Generator().manual_seed(seed)
+            batches = list(step_batches(data, job.train.batch_size, client["local_steps"], generator))
             cutting += time.perf_counter() - start
             tokens += sum(int(b["attention_mask"].sum()) if "attention_mask" in b else len(b["labels"])
                           for b in batches)
             start = time.perf_counter()
             losses[rnd, party] = plain_loop(
-                workspace.model, batches, lr=job.train.lr, weight_decay=job.train.weight_decay, seed=seed
+                workspace, batches, lr=job.train.lr, weight_decay=job.train.weight_decay, seed=seed
             )
             seconds += time.perf_counter() - start
     return BareTiming(seconds, cutting, losses, tokens)
@@ -238,37 +138,34 @@ def run_bare(workspace: Any, plan: list[dict], states: dict[int, dict]) -> BareT
 
 def warm_up(workspace: Any) -> None:
     """Tokenize every client's data and take one untimed step, so neither side pays first-call costs."""
-    from ffm.models import load_trainable_state
+    from ffm.tasks import batches
 
     for party in range(workspace.num_parties):
         workspace.examples("train", party)
     workspace.examples("test")
-    from ffm.tasks import batches
-
     first = next(batches(workspace.examples("train", 0), workspace.job.train.batch_size))
-    plain_loop(workspace.model, [first], lr=workspace.job.train.lr, weight_decay=0.0, seed=0)
-    load_trainable_state(workspace.model, workspace.initial_state)
+    plain_loop(workspace, [first], lr=workspace.job.train.lr, weight_decay=0.0, seed=0)
+    workspace.load(workspace.initial_state)
 
 
 def measure_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from ffm.workspace import workspace_for
 
     overrides = overhead_overrides(args)
-    job0 = make_job(args.config, overrides, scratch / "fed-0")
+    job0 = runs.make_job(args.config, overrides, scratch / "fed-0")
     t0 = time.perf_counter()
     workspace = workspace_for(job0)
     warm_up(workspace)
     setup = time.perf_counter() - t0
-    clocks = Clocks()
     feds: list[FedTiming] = []
     bares: list[BareTiming] = []
     plan: list[dict] = []
     states: dict[int, dict] = {}
     for rep in range(args.repeats):
         print(f"[overhead] federated run {rep + 1}/{args.repeats} ...", flush=True)
-        feds.append(run_federated(make_job(args.config, overrides, scratch / f"fed-{rep}"), clocks))
+        feds.append(run_federated(runs.make_job(args.config, runs.clocked(overrides), scratch / f"fed-{rep}")))
         if rep == 0:
-            plan = read_rounds(feds[0].run_dir)
+            plan = runs.read_rounds(feds[0].run_dir)
             states = round_start_states(workspace, feds[0].run_dir, len(plan))
         print(f"[overhead] bare run {rep + 1}/{args.repeats} ...", flush=True)
         bares.append(run_bare(workspace, plan, states))
@@ -281,7 +178,7 @@ def measure_overhead(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "feds": feds,
         "bares": bares,
         "loss_diff": loss_diff,
-        "steps": sum(workspace.local_steps(c["partition_id"]) for ln in plan for c in ln["clients"]),
+        "steps": sum(c["local_steps"] for ln in plan for c in ln["clients"]),
         "plan": plan,
     }
 
@@ -295,7 +192,7 @@ def profile_federated(args: argparse.Namespace, scratch: Path, target: Path) -> 
     from ffm.runtime import run_local
 
     print("[overhead] profiled federated run ...", flush=True)
-    job = make_job(args.config, overhead_overrides(args), scratch / "fed-profiled")
+    job = runs.make_job(args.config, overhead_overrides(args), scratch / "fed-profiled")
     profiler = cProfile.Profile()
     profiler.runcall(run_local, job)
     text = io.StringIO()
@@ -319,94 +216,7 @@ def overhead_overrides(args: argparse.Namespace) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2 and 3. Peak RSS and bytes: each case in its own process
-
-
-def child_main(spec: dict[str, Any]) -> None:
-    """Build the workspace, note the peak RSS, run the job, note it again; print one RESULT line."""
-    quiet_libraries()
-    set_threads(spec["threads"])
-    from flwr.app import ArrayRecord
-
-    from ffm.models import state_nbytes
-    from ffm.runtime import run_local
-    from ffm.workspace import workspace_for
-
-    job = make_job(spec["config"], spec["overrides"], Path(spec["run_dir"]))
-    workspace = workspace_for(job)
-    result: dict[str, Any] = {
-        "peak_rss_workspace": peak_rss_bytes(),
-        "update_bytes": state_nbytes(ArrayRecord(workspace.initial_state)),
-        "tensor_bytes": sum(t.numel() * t.element_size() for t in workspace.initial_state.values()),
-        "trainable_params": sum(t.numel() for t in workspace.initial_state.values()),
-        "total_params": sum(p.numel() for p in workspace.model.parameters()),
-    }
-    start = time.perf_counter()
-    run_local(job)
-    result["seconds"] = time.perf_counter() - start
-    result["peak_rss_run"] = peak_rss_bytes()
-    first = read_rounds(Path(job.run_dir))[0]
-    result.update(bytes_up=first["bytes_up"], bytes_down=first["bytes_down"], clients=len(first["clients"]))
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def run_child(args: argparse.Namespace, scratch: Path, name: str, overrides: list[str]) -> dict:
-    print(f"[memory/bytes] {name} (own process) ...", flush=True)
-    spec = {"config": args.config, "overrides": overrides, "run_dir": str(scratch / name), "threads": args.threads}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, cwd=REPO
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {name} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
-def process_overrides(args: argparse.Namespace) -> list[str]:
-    """The small job of sections 2 and 3: one round, one local step, short inputs."""
-    return [
-        f"data.max_examples={args.rss_max_examples}",
-        f"data.test_fraction={args.rss_test_fraction}",
-        "data.partitioner=iid",
-        "federation.rounds=1",
-        "federation.fraction_train=1.0",
-        "federation.fraction_evaluate=0",
-        "train.local_steps=1",
-        f"train.batch_size={args.rss_batch_size}",
-        f"model.max_length={args.rss_max_length}",
-    ]
-
-
-def measure_processes(args: argparse.Namespace, scratch: Path) -> dict[str, dict]:
-    base = process_overrides(args)
-    cases = {}
-    for clients in (args.clients, args.many_clients):
-        name = f"lora-{clients}"
-        cases[name] = run_child(args, scratch, name, [*base, f"federation.num_clients={clients}"])
-    full = [*base, f"federation.num_clients={args.full_clients}", "method.name=full"]
-    cases["full"] = run_child(args, scratch, "full", full)
-    return cases
-
-
-# ----------------------------------------------------------------------------------------------------
 # The report
-
-
-def machine_lines() -> list[str]:
-    import flwr
-    import peft
-    import torch
-    import transformers
-
-    cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), "?")
-    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    return [
-        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: {cpu}; os.cpu_count()={os.cpu_count()}, usable cores={len(os.sched_getaffinity(0))}, "
-        f"torch threads={torch.get_num_threads()}, {ram:.0f} GiB RAM",
-        f"- python {platform.python_version()}, torch {torch.__version__}, flwr {flwr.__version__}, "
-        f"transformers {transformers.__version__}, peft {peft.__version__}",
-    ]
 
 
 def _runs(values: list[float], digits: int = 2) -> str:
@@ -472,7 +282,7 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
     per_call = [1000 * (f.rounds - f.train_steps) / calls for f in feds]
     per_step = [1000 * b.steps / o["steps"] for b in bares]
     return [
-        "## 1. Overhead of the federated rounds over the bare local steps",
+        "## Overhead of the federated rounds over the bare local steps",
         "",
         f"Job: {job.federation.num_clients} clients x {job.federation.rounds} rounds, `train.local_steps="
         f"{job.train.local_steps}` = {o['steps']} optimizer steps; batch {job.train.batch_size}, max_length "
@@ -486,6 +296,11 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
         "breakdown rows: of the fastest federated run), 'every run' lists them in order. Same computation: the "
         "largest difference between a client's reported train loss and the bare loop's loss for the same "
         f"(round, client) is {o['loss_diff']:.1e}.",
+        "",
+        "Where the federated seconds come from: ffm's observer seam (`report.to=bench_clock`, the `RoundClock` of "
+        "bench/runs.py) gets the server's timings of every round: rounds = the sum of `between` over rounds >= 1, "
+        "evaluate_fn = `evaluate` + `checkpoint`; `train_steps` is the sum of the clients' `train_seconds` "
+        "(metrics.jsonl), the ClientApp's whole calls are the LocalGrid's `client_seconds`.",
         "",
         "| what | seconds | every run |",
         "| --- | ---: | --- |",
@@ -506,147 +321,37 @@ def overhead_section(o: dict[str, Any]) -> list[str]:
     ]
 
 
-def memory_section(cases: dict[str, dict], args: argparse.Namespace) -> list[str]:
-    few, many = cases[f"lora-{args.clients}"], cases[f"lora-{args.many_clients}"]
-    mib = lambda b: f"{b / MIB:,.0f}"  # noqa: E731
-    rows = [
-        f"| {n} | {mib(c['peak_rss_workspace'])} | {mib(c['peak_rss_run'])} | "
-        f"+{mib(c['peak_rss_run'] - c['peak_rss_workspace'])} | {c['seconds']:.1f} |"
-        for n, c in ((args.clients, few), (args.many_clients, many))
-    ]
-    extra = lambda c: c["peak_rss_run"] - c["peak_rss_workspace"]  # noqa: E731
-    growth = extra(many) - extra(few)
-    per_client = growth / (args.many_clients - args.clients)
-    return [
-        "## 2. Peak RSS by number of clients (one process per row, LoRA)",
-        "",
-        f"Job: config plus `{' '.join(process_overrides(args))} federation.num_clients=N`. Peak RSS is the "
-        "process's VmHWM (not `ru_maxrss`, which Linux carries over from the parent across fork/exec): first "
-        "right after building the workspace (model, tokenizer, data split: the baseline), then at the end of "
-        "`run_local` (tokenized data, all messages of the round, global evaluation, checkpoint).",
-        "",
-        "| clients | peak RSS, workspace only (MiB) | peak RSS after 1 round (MiB) | round's extra (MiB) "
-        "| run_local (s) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-        "",
-        f"From {args.clients} to {args.many_clients} clients the round's extra memory changes by "
-        f"{growth / MIB:+,.1f} MiB, {per_client / 1024:+,.1f} KiB per added client; one client's trainable state "
-        f"(its LoRA update) is {few['update_bytes'] / 1024:,.1f} KiB.",
-        "",
-    ]
-
-
-def bytes_section(cases: dict[str, dict], args: argparse.Namespace) -> list[str]:
-    lora, full = cases[f"lora-{args.clients}"], cases["full"]
-    n = args.clients
-    per_round = lambda c: n * c["update_bytes"]  # noqa: E731
-    mb = lambda b: f"{b / 1e6:,.3f}"  # noqa: E731
-    mib = lambda b: f"{b / MIB:,.0f}"  # noqa: E731
-    rows = [
-        ("trainable parameters (travel)", f"{lora['trainable_params']:,}", f"{full['trainable_params']:,}"),
-        (
-            "one client's update: ArrayRecord payload, `state_nbytes` (MB)",
-            mb(lora["update_bytes"]),
-            mb(full["update_bytes"]),
-        ),
-        ("one client's update: raw tensor bytes (MB)", mb(lora["tensor_bytes"]), mb(full["tensor_bytes"])),
-        ("measured in metrics.jsonl: clients in round 1", str(lora["clients"]), str(full["clients"])),
-        ("measured in metrics.jsonl: `bytes_down` of round 1 (MB)", mb(lora["bytes_down"]), mb(full["bytes_down"])),
-        ("measured in metrics.jsonl: `bytes_up` of round 1 (MB)", mb(lora["bytes_up"]), mb(full["bytes_up"])),
-        (f"bytes down per round, {n} clients (MB)", mb(per_round(lora)), mb(per_round(full))),
-        (f"bytes up per round, {n} clients (MB)", mb(per_round(lora)), mb(per_round(full))),
-        ("peak RSS of the 1-round run (MiB)", mib(lora["peak_rss_run"]), mib(full["peak_rss_run"])),
-        ("run_local wall time (s)", f"{lora['seconds']:.1f}", f"{full['seconds']:.1f}"),
-    ]
-    return [
-        "## 3. Bytes per round: LoRA vs full fine-tuning",
-        "",
-        f"Same job as section 2; `full` adds `method.name=full` and runs {args.full_clients} clients "
-        f"(`--full-clients`). The {n}-client rows are {n} x one update each way (FedAvg sends every sampled "
-        "client the global state and gets one update back); the measured rows check that against the runs' "
-        f"`metrics.jsonl`. Total parameters: {lora['total_params']:,} (LoRA-wrapped model) / "
-        f"{full['total_params']:,} (plain model).",
-        "",
-        "| | LoRA | full |",
-        "| --- | ---: | ---: |",
-        *[f"| {name} | {a} | {b} |" for name, a, b in rows],
-        f"| **bytes per round, full / LoRA** | 1 | **{full['update_bytes'] / lora['update_bytes']:,.0f}x** |",
-        "",
-    ]
-
-
-def report(args: argparse.Namespace, overhead: dict, cases: dict, seconds: float, load: tuple) -> str:
-    lines = [
-        "# ffm federation overhead benchmark",
-        "",
-        *machine_lines(),
-        f"- load average (1 min) at start / end: {load[0]:.2f} / {os.getloadavg()[0]:.2f} (other work shares "
-        "the cores)",
-        f"- command: `{' '.join(['python', *sys.argv])}`; whole benchmark {seconds:.0f} s",
-        "",
-        *overhead_section(overhead),
-        *(memory_section(cases, args) + bytes_section(cases, args) if cases else []),
-    ]
-    return "\n".join(lines)
+def report(overhead: dict, seconds: float, load: tuple) -> str:
+    title = "ffm federation overhead benchmark"
+    return "\n".join([*runs.report_head(title, load, seconds), *overhead_section(overhead)])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="job file the overhead job starts from")
-    parser.add_argument("--clients", type=int, default=10, help="clients of the overhead job and the small RSS case")
-    parser.add_argument("--many-clients", type=int, default=100, help="clients of the large RSS case")
+    parser = runs.process_parser(__doc__.split("\n\n")[0], RESULTS, "job file the overhead job starts from")
+    parser.add_argument("--clients", type=int, default=10, help="clients of the overhead job")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the overhead job")
     parser.add_argument("--local-steps", type=int, default=2, help="train.local_steps of the overhead job")
     parser.add_argument("--max-examples", type=int, default=500, help="data.max_examples of the overhead job")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="data.test_fraction of the overhead job")
     parser.add_argument("--repeats", type=int, default=3, help="federated and bare runs each (min is kept)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides, overhead job")
-    parser.add_argument("--full-clients", type=int, default=10, help="clients of the method.name=full run")
-    parser.add_argument("--rss-max-examples", type=int, default=1000, help="data.max_examples of RSS/bytes runs")
-    parser.add_argument("--rss-test-fraction", type=float, default=0.05, help="data.test_fraction of RSS/bytes runs")
-    parser.add_argument("--rss-batch-size", type=int, default=4, help="train.batch_size of RSS/bytes runs")
-    parser.add_argument("--rss-max-length", type=int, default=32, help="model.max_length of RSS/bytes runs")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (0 = torch's default). 1 by default: on a shared 2-core machine two OpenMP threads "
-        "stall each other whenever another process holds a core, which makes timings swing several-fold",
-    )
-    parser.add_argument("--no-processes", action="store_true", help="skip sections 2 and 3 (memory, bytes)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one federated run (see README)")
-    parser.add_argument("--output", default=str(RESULTS), help="where the Markdown table goes")
-    parser.add_argument("--keep-runs", action="store_true", help="keep the scratch run directories")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    if args.child:
-        child_main(json.loads(args.child))
-        return
-    os.chdir(REPO)
+    os.chdir(runs.REPO)
     load, start = os.getloadavg(), time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix="ffm-bench-"))
-    try:
-        quiet_libraries()
-        set_threads(args.threads)
+    with runs.scratch_dir("ffm-bench-", keep=args.keep_runs) as scratch:
+        runs.quiet_libraries()
+        runs.set_threads(args.threads)
         overhead = measure_overhead(args, scratch)
-        overhead["config"], overhead["threads"] = args.config, torch_threads()
+        overhead["config"], overhead["threads"] = args.config, runs.torch_threads()
         if args.profile:
-            profile_federated(args, scratch, Path(args.output).with_name("overhead-profile.txt"))
-        cases = {} if args.no_processes else measure_processes(args, scratch)
-        text = report(args, overhead, cases, time.perf_counter() - start, load)
-    finally:
-        if not args.keep_runs:
-            shutil.rmtree(scratch, ignore_errors=True)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text + "\n")
-    print(text)
-    print(f"\nwritten to {output}")
+            profile_federated(args, scratch, args.out.with_name("overhead-profile.txt"))
+        text = report(overhead, time.perf_counter() - start, load)
+    runs.publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from scale import DEMO, measured
-
-from runs import REPO
+from runs import DEMO, REPO, measured
 
 RESULTS = REPO / "bench" / "results" / "peer.md"
 # glibc's allocator without its dynamic mmap threshold: tensors above 128 KiB get their own mappings, returned

@@ -22,7 +22,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
+from runs import REPO, metrics_lines, quiet_libraries, scratch_dir, set_threads, shown, torch_threads
+
 MODES = ("federated", "centralized", "local")
 
 
@@ -35,30 +36,23 @@ def run(mode: str, args: argparse.Namespace) -> list[dict]:
         overrides = [f"mode={mode}", f"run_dir={run_dir}", "progress=false", *args.set]
         run_local(load_job(REPO / "configs" / "gpt_shakespeare.yaml", overrides + (["resume=true"] if run_dir.exists()
                                                                                     else [])))
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return metrics_lines(run_dir)
 
 
 def measure_throughput(args: argparse.Namespace) -> dict:
     """Tokens per second: federated rounds (global evaluation excluded) vs the bare loop on the same batches."""
-    import shutil
-    import tempfile
+    from overhead import measure_overhead  # the same RoundClock timings and bare loop as the overhead table
 
-    sys.path.insert(0, str(REPO / "bench"))
-    import overhead  # bench/overhead.py: the same clocks and bare loop as the classification overhead table
-
-    overhead.quiet_libraries()
-    overhead.set_threads(args.threads)
+    quiet_libraries()
+    set_threads(args.threads)
     spec = argparse.Namespace(config=str(REPO / "configs" / "gpt_shakespeare.yaml"), clients=8, rounds=2,
                               local_steps=args.local_steps, max_examples=args.max_examples, test_fraction=0.2,
                               repeats=args.repeats, set=["checkpoint.keep_last=0",
                                                          "train.scheduler=constant", "train.warmup_ratio=0",
                                                          *args.set])
-    scratch = Path(tempfile.mkdtemp(prefix="ffm-pretraining-"))
-    try:
-        measured = overhead.measure_overhead(spec, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    measured["threads"] = overhead.torch_threads()
+    with scratch_dir("ffm-pretraining-", keep=False) as scratch:
+        measured = measure_overhead(spec, scratch)
+    measured["threads"] = torch_threads()
     return measured
 
 
@@ -111,10 +105,6 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _shown(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", nargs="*", default=[], help="more key=value overrides of the config")
@@ -138,7 +128,7 @@ def main() -> None:
     text = f"""# Federated pre-training from scratch: GPT on Tiny Shakespeare by role
 
 `{' '.join(['.venv/bin/python', 'bench/pretraining.py', *sys.argv[1:]])}` — {time.strftime('%Y-%m-%d')},
-{time.perf_counter() - started:.0f} s to run what was not cached (runs cached in `{_shown(args.work)}`).
+{time.perf_counter() - started:.0f} s to run what was not cached (runs cached in `{shown(args.work)}`).
 
 Config `configs/gpt_shakespeare.yaml`: GPT-2 architecture from scratch (2 layers, width 128, 4 heads,
 context 64; MiniLM's fixed public tokenizer, 4.3M parameters, full training), the 8 largest speaking roles as

@@ -15,46 +15,9 @@ Launch:  .venv/bin/python bench/scale.py [--only memory,compression] [--work run
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
-from memory import run_measured
-
-from runs import REPO, budget, budget_parser, run_cached
-
-DEMO = REPO / "configs" / "demo.yaml"
-FFM = str(REPO / ".venv" / "bin" / "ffm")
-
-
-def _without_method(work: Path) -> Path:
-    """configs/demo.yaml without its method section (its LoRA keys are not keys of method.name=full)."""
-    import yaml
-
-    raw = yaml.safe_load(DEMO.read_text())
-    raw.pop("method", None)
-    path = work / "demo-no-method.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def measured(work: Path, name: str, overrides: list[str], config: Path = DEMO,
-             command: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
-    """Run ``ffm run CONFIG OVERRIDES`` (or ``command``, which must write its run into ``work/name``) unless
-    cached; its summary, wall seconds, peak PSS and most processes in its tree."""
-    record = work / f"{name}.measured.json"
-    if record.is_file():
-        return json.loads(record.read_text())
-    run_dir = work / name
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    command = command or [FFM, "run", str(config), *overrides, f"run_dir={run_dir}", "progress=false"]
-    code, seconds, peak, procs = run_measured(command, env, work / f"{name}.log")
-    result = {"name": name, "exit": code, "seconds": round(seconds, 1), "peak_pss_mib": round(peak), "processes": procs}
-    if code == 0:
-        result["summary"] = json.loads((run_dir / "summary.json").read_text())
-    record.write_text(json.dumps(result))
-    print(f"  {name}: exit {code}, {seconds:.0f} s, peak {peak:.0f} MiB", flush=True)
-    return result
+from runs import DEMO, REPO, budget, budget_parser, measured, run_cached, without_method
 
 
 def memory_section(work: Path) -> tuple[list[str], dict]:
@@ -70,7 +33,7 @@ def memory_section(work: Path) -> tuple[list[str], dict]:
         for mode, flag in (("list", "false"), ("streaming", "true")):
             got[mode] = measured(work, f"memory-{mode}-{clients}",
                                   [*job, f"federation.num_clients={clients}", f"federation.streaming={flag}"],
-                                  _without_method(work))
+                                  without_method(DEMO, work))
             curves[mode].append((clients, got[mode]["peak_pss_mib"]))
         rows.append(f"| {clients} | {got['list']['peak_pss_mib']} | {got['streaming']['peak_pss_mib']} | "
                     f"{got['list']['seconds']}, {got['streaming']['seconds']} |")

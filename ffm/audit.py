@@ -102,7 +102,7 @@ def audit_run(run_dir: str | Path, *, examples: int = 200, shadows: int = 0, sha
     rng = np.random.default_rng(seed)
     # as many non-members as members: the test set bounds both, and LiRA's shadows need half of it to train on
     examples = min(examples, len(ws.data.test) // (2 if shadows > 0 else 1))
-    parties = _find(checkpoint.get("extra", {}), "states") if job.mode == "local" else None
+    parties = _find(checkpoint.get("extra", {}), "states") if job.mode.keeps_party_models else None
     if parties:
         owners = {int(pid): state for pid, state in parties.items()}
         share = max(1, examples // len(owners))

@@ -12,17 +12,22 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ffm.compare_cli import add_compare_parser, compare_main
-from ffm.config import JobConfig, apply_overrides, describe_keys, job_from_dict, load_job
 from ffm.deploy_cli import add_deploy_parser, deploy_main
 from ffm.errors import FfmError
-from ffm.run_dir import RunDirectory
+from ffm.modes import Runtime
+
+if TYPE_CHECKING:
+    from ffm.settings import Job
 
 __all__ = ["main"]
 
 
 def _key_table() -> str:
+    from ffm.config import describe_keys  # builds the job from every plug-in: only when the table is shown
+
     rows = describe_keys()
     width = max(len(key) for key, *_ in rows)
     return "\n".join(f"  {key:<{width}}  {kind:<9} {default:<14} {text}" for key, kind, default, text in rows)
@@ -39,6 +44,12 @@ class _AnyOrderParser(argparse.ArgumentParser):
     """
 
     _intermixing = False
+    lists_keys = False  # `ffm run --help` ends with every config key, built only when the help is shown
+
+    def format_help(self) -> str:
+        if self.lists_keys and not self.epilog:
+            self.epilog = "config keys (set in the YAML or as key=value):\n" + _key_table()
+        return super().format_help()
 
     def parse_known_args(self, args=None, namespace=None):
         if self._subparsers is not None or self._intermixing:  # the intermixed parse's own two passes land here
@@ -57,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run a job (federated, centralized or local baseline)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (set in the YAML or as key=value):\n" + _key_table(),
     )
+    run.lists_keys = True
+
     run.add_argument("config", nargs="?", help="YAML job file (optional with --resume)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4 federation.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
@@ -87,7 +99,10 @@ def _split_positionals(args: argparse.Namespace) -> None:
         args.config = None
 
 
-def _resolve(args: argparse.Namespace) -> JobConfig:
+def _resolve(args: argparse.Namespace) -> Job:
+    from ffm.config import apply_overrides, job_from_dict, load_job  # torch and every plug-in: once it runs
+    from ffm.run_dir import RunDirectory
+
     if args.resume:
         raw = apply_overrides(RunDirectory.read_config(args.resume), args.overrides)
         raw.update(run_dir=str(args.resume), resume=True)
@@ -108,6 +123,7 @@ def _quiet_libraries(verbose: bool) -> None:
     if not verbose:
         # Libraries' deprecation and resampling notices would bury ffm's own one-line messages.
         warnings.simplefilter("ignore")
+    # Before the job is built: importing Opacus (a plug-in's) calls logging.basicConfig, which would win otherwise.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.WARNING)
     transformers.logging.set_verbosity_error()
@@ -142,21 +158,28 @@ def _print_summary(summary: dict) -> None:
     print(f"  run directory  {summary['run_dir']}  (metrics.jsonl, checkpoints/, final/, summary.json)")
 
 
+def _at_least(value: int, low: int, flag: str, meaning: str) -> None:
+    if value < low:
+        raise FfmError(f"{flag} must be {meaning}, got {value}")
+
+
 def _run(args: argparse.Namespace) -> int:
     _split_positionals(args)
+    _at_least(args.audit, 0, "--audit", "0 (no audit) or the number of members to attack")
+    _at_least(args.audit_shadows, 0, "--audit-shadows", "0 (the loss attack only) or a number of shadow models")
+    _quiet_libraries(args.verbose)
     job = _resolve(args)
-    if job.runtime == "flower":
+    if job.runtime is Runtime.FLOWER:
         raise FfmError(
             "runtime: flower runs on a Flower federation; start a SuperLink and SuperNodes, then "
             f"`ffm deploy run {args.config or 'CONFIG'}` (see docs/deploy.md)"
         )
-    _quiet_libraries(args.verbose)
     from ffm.runtime import run_local  # heavy imports (torch, flwr) only once the input is known good
 
     print(f"ffm: {job.mode} job, {job.federation.num_clients} clients, {job.federation.rounds} rounds -> {job.run_dir}")
     summary, _ = run_local(job)
     _print_summary(summary)
-    if args.audit > 0 and job.mode != "prompt_search":  # in this process: the workspace is already loaded
+    if args.audit > 0 and job.mode.trains:  # in this process: the workspace is already loaded
         from ffm.audit import audit_run
 
         result = audit_run(job.run_dir, examples=args.audit, shadows=args.audit_shadows)
@@ -165,6 +188,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    _at_least(args.examples, 1, "--examples", "at least 1 (the members to attack, as many non-members)")
+    _at_least(args.shadows, 0, "--shadows", "0 (the loss attack only) or a number of shadow models")
+    _at_least(args.shadow_steps, 0, "--shadow-steps", "0 (the run's budget) or a number of steps")
     _quiet_libraries(False)
     from ffm.audit import audit_run
 
@@ -186,13 +212,14 @@ def _config(args: argparse.Namespace) -> int:
         return 0
     import yaml
 
-    from ffm.config import job_to_dict
+    from ffm.config import job_to_dict, load_job
 
     print(yaml.safe_dump(job_to_dict(load_job(args.config, args.overrides)), sort_keys=False), end="")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; a user error prints one line and returns 2."""
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for reports
     try:

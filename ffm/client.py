@@ -3,7 +3,7 @@
 A node learns which data it owns from its node config (``partition-id``); the job from the run config.
 It loads the received trainable state (the record named ``arrays``) into the process's shared backbone,
 adds its personal part from its node state, trains or evaluates on its own partition, and replies with the
-travelling part of its new state and its metrics. The mods the job names run around it (``ffm.mods``).
+travelling part of its new state and its metrics. The mods the job switches on run around it (``ffm.mods``).
 It never learns which Grid carried it.
 """
 
@@ -11,36 +11,61 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
-from ffm.config import JobConfig, job_from_run_config
-from ffm.continual.local import continual_round
-from ffm.continual.stream import stage_of
-from ffm.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
+from ffm.config import job_from_run_config
+from ffm.keys import (
+    ARRAYS_KEY,
+    CLIENT_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    PARTITION_ID,
+    PERSONAL_KEY,
+    SERVER_ROUND,
+    Salt,
+    derive_seed,
+)
 from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, train_steps
-from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
+from ffm.methods import PartyAdjustment, build_method
 from ffm.models import split_personal, trainable_state
-from ffm.mods import FLIP_LABELS_KEY, job_mods
-from ffm.privacy import DP_WEIGHT_KEY
+from ffm.mods import FLIP_LABELS_KEY, build_mods
+from ffm.privacy import reply_metrics
+from ffm.privacy.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.prompt_search import CANDIDATES_KEY, scores_reply
-from ffm.strategies import ARRAYS_KEY, METRICS_KEY, STRATEGIES, round_seed
+from ffm.settings import Job
+from ffm.strategies import strategy_spec
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
 
-__all__ = ["app"]
+__all__ = ["DP_SGD_KEY", "app", "job_mods"]
+
+DP_SGD_KEY = "dp-sgd"  # the node state's count of its DP-SGD steps (its own privacy accounting)
+DATA_PATH = "data-path"  # a SuperNode's node config: the folder of its own exported data
+
+
+def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The ClientApp's one mod: run the mods of the job in ``context.run_config`` around it (first = outermost)."""
+    chain = call_next
+    for mod in reversed(build_mods(job_from_run_config(context.run_config))):
+        chain = _bind(mod, chain)
+    return chain(msg, context)
+
+
+def _bind(mod, inner: ClientAppCallable) -> ClientAppCallable:
+    return lambda msg, context: mod(msg, context, inner)
+
 
 app = ClientApp(mods=[job_mods])
 
-PERSONAL_KEY = "personal"  # the node state's record of the parameters that never leave this client
-DP_SGD_KEY = "dp-sgd"  # the node state's count of its DP-SGD steps (its own privacy accounting)
 
-
-def _workspace(context: Context) -> tuple[JobConfig, Workspace, int, int]:
+def _workspace(context: Context) -> tuple[Job, Workspace, int, int]:
     """This message's job; the workspace; (index of this node's data in it, its partition id).
 
     A node with ``data-path`` in its node config holds its own folder alone (index 0); otherwise (simulation)
@@ -48,35 +73,29 @@ def _workspace(context: Context) -> tuple[JobConfig, Workspace, int, int]:
     the shared workspace may have been built for an earlier job that differs in what does not shape it
     (strategy, rounds, mods).
     """
-    data_path = context.node_config.get("data-path")
+    data_path = context.node_config.get(DATA_PATH)
     job = job_from_run_config(context.run_config)
     workspace = workspace_for(job, str(data_path) if data_path else None)
-    partition = int(context.node_config.get("partition-id", 0))
+    partition = int(context.node_config.get(PARTITION_ID, 0))
     index = 0 if data_path else partition
     if not 0 <= index < workspace.num_parties:
         raise ValueError(f"partition-id {partition} is outside 0..{workspace.num_parties - 1}")
     return job, workspace, index, partition
 
 
-def _load(workspace: Workspace, msg: Message, context: Context, rank: int | None) -> dict[str, torch.Tensor]:
-    """Load the received global state and this node's personal part (truncated to its LoRA ``rank`` in a
-    federation of heterogeneous ranks); return the global state."""
+def _load(workspace: Workspace, msg: Message, context: Context, adjust: PartyAdjustment) -> dict[str, torch.Tensor]:
+    """Load the received global state and this node's personal part, adjusted for this party (e.g. truncated to
+    its LoRA rank); return the global state."""
     received = msg.content[ARRAYS_KEY].to_torch_state_dict()
     mine = context.state[PERSONAL_KEY].to_torch_state_dict() if PERSONAL_KEY in context.state.array_records else None
     workspace.load(received, mine)
-    if rank is not None:
-        truncate_rank(workspace.model, rank)
+    for hook in adjust.after_load:
+        hook(workspace.model)
     return received
 
 
-def _rank(job: JobConfig, party: int) -> int | None:
-    """This party's LoRA rank when the job gives clients different ranks, else None."""
-    ranks = getattr(job.method, "client_ranks", [])
-    return client_rank(ranks, party, job.method.r) if ranks else None
-
-
 def _client_record(party: int) -> ConfigRecord:
-    return ConfigRecord({"partition-id": party})
+    return ConfigRecord({PARTITION_ID: party})
 
 
 @app.train()
@@ -84,23 +103,23 @@ def train(msg: Message, context: Context) -> Message:
     """Local steps on this node's training split, from the received global state."""
     job, workspace, index, party = _workspace(context)
     model = workspace.model
-    rank = _rank(job, party)
-    global_state = _load(workspace, msg, context, rank)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    seed = round_seed(job.seed, server_round, salt=1000 + party)  # fixes shuffling and dropout (resume relies on it)
+    adjust = build_method(job.method).for_party(party)
+    global_state = _load(workspace, msg, context, adjust)
+    config = msg.content[CONFIG_KEY]
+    server_round = int(config[SERVER_ROUND])
+    # fixes shuffling, dropout layers and DP noise (a resumed run relies on it)
+    seed = derive_seed(job.seed, server_round, Salt.LOCAL_TRAINING, party)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    stage = stage_of(job, server_round)  # a continual stream's stage (None: the job's only data)
+    stage = workspace.stream.stage_of(server_round)  # None: the job's only data
     data = workspace.examples("train", index, stage)
     steps = straggler_steps(workspace.local_steps(index, stage), job.train.steps_spread, seed)
     train = job.train
     optimizer = make_optimizer(model, train.lr, train.weight_decay, train.optimizer, train.momentum)
     schedule = {"kind": train.scheduler, "warmup_ratio": train.warmup_ratio, "steps": steps,
                 "server_round": server_round, "rounds": job.federation.rounds}
-    rule = STRATEGIES[job.strategy.name].client_rule(msg.content, model, global_state, context.state)
-    if rank is not None:  # the components beyond its rank stay zero: it trains a rank-`rank` adapter
-        rule.grad_hooks.append(rank_mask_hook(model, rank))
+    rule = strategy_spec(job).client_rule(msg.content, model, global_state, context.state)
+    rule.grad_hooks.extend(adjust.grad_hooks)  # e.g. a lower LoRA rank's components stay zero
     private = job.privacy.dp_sgd
     sample_rate = min(1.0, train.batch_size / len(data))
     batches = (poisson_batches(data, sample_rate, steps, generator) if private
@@ -108,10 +127,12 @@ def train(msg: Message, context: Context) -> Message:
     if config.get(FLIP_LABELS_KEY):  # a label-flipping attacker (mod 'attack'): its own data poisoned
         batches = flip_labels(batches, len(workspace.data.label_names))
     penalties = list(rule.penalties)
-    if stage is not None:  # replay mixes in the node's own buffer; EWC adds its penalty
-        batches, extra = continual_round(job, workspace, index, stage, context.state, batches, steps, seed)
+    if stage is not None:  # a stream of stages: replay mixes in the node's own buffer, EWC adds its penalty
+        batches, extra = workspace.stream.local_round(job, workspace, index, stage, context.state, batches, steps,
+                                                      seed)
         penalties += extra
     scheduler = run_scheduler(optimizer, **schedule)
+    started = time.perf_counter()
     with ExitStack() as stack:
         trained, stepping = model, optimizer
         if private:  # Opacus's hooks live for this client's round only (the backbone is shared)
@@ -129,6 +150,7 @@ def train(msg: Message, context: Context) -> Message:
             max_grad_norm=0.0 if private else train.max_grad_norm,
             bf16=train.precision == "bf16",
         )
+    seconds = time.perf_counter() - started
     private_metrics = _dp_sgd_account(job, context, steps, sample_rate) if private else {}
     # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.
     lr_sum = round_lr_sum(train.lr, **schedule) / (1.0 - train.momentum if train.optimizer == "sgd" else 1.0)
@@ -136,20 +158,20 @@ def train(msg: Message, context: Context) -> Message:
     if personal:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
-               "lr-sum": lr_sum, **({RANK_KEY: rank} if rank is not None else {}),
-               **({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {}), **private_metrics}
+               "lr-sum": lr_sum, "train-seconds": seconds, **adjust.metrics, **reply_metrics(job),
+               **private_metrics}
     reply = RecordDict(
         {
             ARRAYS_KEY: ArrayRecord(shared),
             METRICS_KEY: MetricRecord(metrics),
-            "client": _client_record(party),
+            CLIENT_KEY: _client_record(party),
             **rule.finish(model, lr_sum),
         }
     )
     return Message(reply, reply_to=msg)
 
 
-def _dp_sgd_account(job: JobConfig, context: Context, steps: int, sample_rate: float) -> dict[str, float]:
+def _dp_sgd_account(job: Job, context: Context, steps: int, sample_rate: float) -> dict[str, float]:
     """Add this round's DP-SGD steps to the node's count; this client's epsilon so far."""
     done = int(context.state[DP_SGD_KEY]["steps"]) if DP_SGD_KEY in context.state.metric_records else 0
     context.state[DP_SGD_KEY] = MetricRecord({"steps": done + steps, "sample-rate": sample_rate})
@@ -177,21 +199,21 @@ def flip_labels(batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> 
 def evaluate(msg: Message, context: Context) -> Message:
     """The task's metrics of the received state (with this node's personal part) on its own validation split."""
     job, workspace, index, party = _workspace(context)
-    _load(workspace, msg, context, _rank(job, party))
-    stage = stage_of(job, int(msg.content["config"].get("server-round", 1)))
+    _load(workspace, msg, context, build_method(job.method).for_party(party))
+    stage = workspace.stream.stage_of(int(msg.content[CONFIG_KEY].get(SERVER_ROUND, 1)))
     result = workspace.task.evaluate(workspace.model, workspace.examples("val", index, stage),
                                      job.train.eval_batch_size)
     metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()}
-                           | ({DP_WEIGHT_KEY: 1} if job.privacy.clipping != "none" else {}))
-    return Message(RecordDict({METRICS_KEY: metrics, "client": _client_record(party)}), reply_to=msg)
+                           | reply_metrics(job))
+    return Message(RecordDict({METRICS_KEY: metrics, CLIENT_KEY: _client_record(party)}), reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Replies without tensors: which data owner this node is (the local-only baseline asks it after a resume),
     with the scores of candidate prompts when the message carries some (``mode=prompt_search``)."""
-    party = int(context.node_config.get("partition-id", 0))
-    content = RecordDict({"client": _client_record(party)})
+    party = int(context.node_config.get(PARTITION_ID, 0))
+    content = RecordDict({CLIENT_KEY: _client_record(party)})
     if CANDIDATES_KEY in msg.content.config_records:
         _, workspace, index, party = _workspace(context)
         for key, record in scores_reply(workspace, index, msg.content.config_records[CANDIDATES_KEY]).items():

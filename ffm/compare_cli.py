@@ -7,14 +7,19 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ffm.config import TRAINING_MODES, load_job
 from ffm.errors import ConfigError
+from ffm.modes import Mode
+
+if TYPE_CHECKING:
+    from ffm.study import StudyPlan
 
 __all__ = ["add_compare_parser", "compare_main"]
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``ffm compare`` and its options to the CLI's sub-commands."""
     compare = sub.add_parser(
         "compare",
         help="federated vs centralized vs local: one job over seeds and a grid, with REPORT.md and plots",
@@ -24,8 +29,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("config", help="YAML job file")
     compare.add_argument("overrides", nargs="*", help="dotted overrides shared by every run")
     compare.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (split, partition, init); default 3")
-    compare.add_argument("--modes", default=",".join(TRAINING_MODES),
-                         help=f"comma-separated, default {','.join(TRAINING_MODES)}")
+    compare.add_argument("--modes", default=",".join(Mode.training()),
+                         help=f"comma-separated, default {','.join(Mode.training())}")
     compare.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                          help="tuned per mode on validation data, e.g. train.lr=1e-4,5e-4,1e-3 (repeatable)")
     compare.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
@@ -51,7 +56,22 @@ def _check_same_study(study_dir: Path, recorded: dict) -> None:
             )
 
 
+def _check_each_condition(plan: StudyPlan, args: argparse.Namespace) -> None:
+    """Load each condition's data once (its first run's), so a bad column or too many clients fails before the
+    study directory is written, not in every child run."""
+    from ffm.config import load_job  # every plug-in loads with it: only once it runs
+    from ffm.workspace import check_data
+
+    seen: set[tuple] = set()
+    for run in plan.runs():
+        if run.condition not in seen:
+            seen.add(run.condition)
+            check_data(load_job(args.config, [*args.overrides, *run.overrides]))
+
+
 def compare_main(args: argparse.Namespace) -> int:
+    """Run (or resume) a study and write its report; 1 when a run failed, else 0."""
+    from ffm.config import load_job  # every plug-in loads with it: only once it runs
     from ffm.study import StudyPlan, run_study, save_results
     from ffm.study.plan import parse_axis
     from ffm.study.report import write_report
@@ -63,6 +83,7 @@ def compare_main(args: argparse.Namespace) -> int:
     study_dir = Path(args.study_dir or Path("runs") / f"study-{Path(args.config).stem}")
     for run in plan.runs():  # every run's config must be valid before the first one starts
         load_job(args.config, [*args.overrides, *run.overrides])
+    _check_each_condition(plan, args)
     recorded = {"config": str(args.config), "overrides": list(args.overrides), "modes": plan.modes,
                 "seeds": plan.seeds, "grid": plan.grid, "vary": plan.vary}
     _check_same_study(study_dir, recorded)

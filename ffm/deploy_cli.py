@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ffm.config import load_job
+from ffm.modes import Runtime
 
 if TYPE_CHECKING:
     from ffm.runtime.deploy import TlsFiles
@@ -160,10 +160,11 @@ def _foreground_pair(cmds: list[list[str]], flwr_home: Path) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from ffm.config import load_job  # every plug-in loads with it: only once it runs
     from ffm.runtime import deploy  # flwr and torch load only once an action runs
 
     job = load_job(args.config, args.overrides)
-    job.runtime = "flower"
+    job.runtime = Runtime.FLOWER
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # The ServerApp writes the run directory on the SuperLink's machine: make the path absolute.
     job.run_dir = str(Path(job.run_dir or f"runs/{Path(args.config).stem}-{job.mode}-{stamp}").resolve())
@@ -194,6 +195,7 @@ def _split(args: argparse.Namespace) -> int:
     """Write the job's split as one folder per party: each SuperNode then gets only its own."""
     import datasets
 
+    from ffm.config import load_job  # every plug-in loads with it: only once it runs
     from ffm.data import export_split, load_source, split_federated
 
     datasets.disable_progress_bars()

@@ -15,11 +15,59 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["GradHook", "Penalty", "lr_factor", "make_optimizer", "round_lr_sum", "run_scheduler", "train_steps"]
+from ffm.settings import option, require
+
+__all__ = ["GradHook", "Penalty", "TrainConfig", "lr_factor", "make_optimizer", "round_lr_sum", "run_scheduler",
+           "train_steps"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """How each party trains locally in a round, and how models are evaluated."""
+
+    optimizer: str = option("adamw", "local optimizer (SCAFFOLD and FedNova assume plain SGD steps)",
+                            choices=OPTIMIZERS)
+    lr: float = option(1e-3, "learning rate of the local optimizer (its peak, under a scheduler)")
+    momentum: float = option(0.0, "SGD momentum (train.optimizer=sgd)")
+    weight_decay: float = option(0.0, "weight decay of the local optimizer")
+    batch_size: int = option(16, "local batch size")
+    local_epochs: int = option(1, "passes over the local data per round (used when local_steps is 0)")
+    local_steps: int = option(0, "optimizer steps per round per client (0 = use local_epochs)")
+    eval_batch_size: int = option(64, "batch size for evaluation")
+    eval_parties: bool = option(
+        False, "at the end, evaluate the final model(s) on every party's validation split, on a sample of the "
+        "training data (the overfitting gap) and on the unseen parties; into summary.json (ffm compare sets it)"
+    )
+    eval_train_examples: int = option(512, "eval_parties: training examples sampled for the train metric (0 = all)")
+    scheduler: str = option("constant", "learning-rate schedule over the whole run (every round continues it)",
+                            choices=SCHEDULES)
+    warmup_ratio: float = option(0.0, "share of the run's steps spent warming the learning rate up from 0, in "
+                                 "[0, 1)")
+    max_grad_norm: float = option(0.0, "clip each step's gradient to this L2 norm (0 = no clipping)")
+    precision: str = option("fp32", "local training's forward pass: fp32, or bf16 (CPU autocast; fp32 weights and "
+                            "gradients; faster where the CPU has bf16 instructions, e.g. avx512_bf16 / AMX)",
+                            choices=("fp32", "bf16"))
+    steps_spread: float = option(
+        0.0, "stragglers: each client's steps in a round drawn uniformly from [(1 - spread) S, S], in [0, 1)"
+    )
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0.0, "train.lr must be > 0")
+        require(self.batch_size >= 1 and self.eval_batch_size >= 1, "train.batch_size/eval_batch_size must be >= 1")
+        require(self.local_epochs >= 1 or self.local_steps >= 1, "set train.local_epochs or train.local_steps >= 1")
+        require(self.local_steps >= 0, "train.local_steps must be >= 0")
+        require(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        require(self.max_grad_norm >= 0.0, "train.max_grad_norm must be >= 0 (0 = no clipping)")
+        require(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
+        require(0.0 <= self.steps_spread < 1.0, f"train.steps_spread must be in [0, 1), got {self.steps_spread}")
 
 Penalty = Callable[[], torch.Tensor]  # an extra loss term computed from the model's current parameters
 GradHook = Callable[[nn.Module], None]

@@ -19,19 +19,24 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from ffm.config import JobConfig
 from ffm.errors import ConfigError
+from ffm.keys import CLIENT_KEY, PARTITION_ID
 from ffm.run_dir import RunDirectory
+from ffm.settings import CHECKS, SECTIONS, Job, Plain, SectionSpec, items, option, require
+from ffm.tasks import TASKS
 from ffm.tasks.base import Task
-from ffm.workspace import Workspace
 
-__all__ = ["CANDIDATES_KEY", "Candidate", "aggregate_scores", "edits", "run_prompt_search", "score_candidates"]
+if TYPE_CHECKING:
+    from ffm.workspace import Workspace
+
+__all__ = ["CANDIDATES_KEY", "Candidate", "SearchConfig", "aggregate_scores", "edits", "run_prompt_search",
+           "score_candidates"]
 
 logger = logging.getLogger("ffm")
 
@@ -39,17 +44,65 @@ CANDIDATES_KEY = "prompt-candidates"  # the query's ConfigRecord: the candidates
 SCORES_KEY = "prompt-scores"  # the reply's MetricRecord: score-<i> per candidate and num-examples
 
 
+@dataclass
+class SearchConfig:
+    """``mode=prompt_search``: the candidates, how they are edited, and how clients score them."""
+
+    templates: list[str] = items("mode=prompt_search: candidate templates, each with the task's input slot ({text}, "
+                                 "or {} for captions; empty = the task's own template)")
+    verbalizers: list[str] = items("mode=prompt_search: candidate label words, one string per candidate with the "
+                                   "words in label order separated by | (empty = task.verbalizer)")
+    cues: list[str] = items("mode=prompt_search: endings an edit may put after the text of the best template",
+                            ("Topic:", "Category:", "Section:", "This article is about"))
+    instructions: list[str] = items("mode=prompt_search: first lines an edit may put in front of the best template "
+                                    "(or an edit drops the first line)", ("Classify the news article by topic.",))
+    edits: int = option(4, "mode=prompt_search: new candidates made from the best so far in every round after the "
+                        "first")
+    init_from: str = option("", "mode=prompt_search: a run directory whose last checkpoint the frozen model starts "
+                            "from (e.g. a federated CLIP run; every node must be able to read it)")
+    score: str = option("accuracy", "mode=prompt_search: what clients score a candidate by",
+                        choices=("accuracy", "loss"))
+    noise_multiplier: float = option(
+        0.0, "mode=prompt_search: Gaussian noise on the sum of the clients' score vectors, in units of its "
+        "sensitivity (client-level DP; score=accuracy only); epsilon is reported")
+    delta: float = option(1e-5, "mode=prompt_search: delta of the reported (epsilon, delta)")
+
+    def __post_init__(self) -> None:
+        require(self.edits >= 0 and self.noise_multiplier >= 0, "search.edits and search.noise_multiplier must be "
+                ">= 0")
+        require(self.noise_multiplier == 0 or self.score == "accuracy",
+                "search.noise_multiplier > 0 needs search.score=accuracy (a bounded score; loss has no bound)")
+
+
+def check_search(job: Job) -> None:
+    """A search scores prompts of a task that has an input slot, and every template must hold that slot."""
+    task = TASKS[job.task.name]
+    if not job.mode.trains:
+        prompt_tasks = [name for name, cls in TASKS.items() if cls.prompt_slot]
+        require(task.prompt_slot is not None,
+                f"mode=prompt_search scores prompts of task.name={' or '.join(prompt_tasks)}, not '{job.task.name}'")
+    slot = task.prompt_slot or "{text}"
+    require(all(slot in t for t in job.search.templates), f"every template of search.templates must contain {slot}")
+
+
+SECTIONS.register("search", SectionSpec(Plain(SearchConfig), position=30))
+CHECKS.register("prompt_search_has_a_slot", check_search)
+
+
 @dataclass(frozen=True)
 class Candidate:
+    """One discrete prompt: a template and one label word per class."""
+
     template: str
     words: tuple[str, ...]
 
     def as_json(self) -> list:
+        """The candidate as it travels in a query message and appears in metrics.jsonl."""
         return [self.template, list(self.words)]
 
 
-def initial_candidates(job: JobConfig, task: Task) -> list[Candidate]:
-    """The configured templates x label words; a prompt task (config.PROMPT_TASKS) gives ``prompt_template``,
+def initial_candidates(job: Job, task: Task) -> list[Candidate]:
+    """The configured templates x label words; a prompt task (one with ``prompt_slot``) gives ``prompt_template``,
     ``words()`` and ``with_prompt()``."""
     templates = job.search.templates or [task.prompt_template]
     verbalizers = [tuple(w.strip() for w in v.split("|")) for v in job.search.verbalizers] or [tuple(task.words())]
@@ -65,7 +118,7 @@ def _split(template: str) -> tuple[str, str, str]:
     return first, before + "{text}", after
 
 
-def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Random) -> list[Candidate]:
+def edits(best: Candidate, pool: list[Candidate], job: Job, rng: random.Random) -> list[Candidate]:
     """Up to ``search.edits`` new candidates, each a simple edit of ``best``: another ending or first line
     (text prompts), another candidate's template or label words, or one class's word from another."""
     made: list[Candidate] = []
@@ -85,10 +138,10 @@ def edits(best: Candidate, pool: list[Candidate], job: JobConfig, rng: random.Ra
                 options.append(Candidate(best.template, (*best.words[:k], theirs, *best.words[k + 1:])))
     rng.shuffle(options)
     seen = set(pool)
-    for option in options:
-        if option not in seen and len(made) < job.search.edits:
-            made.append(option)
-            seen.add(option)
+    for candidate in options:
+        if candidate not in seen and len(made) < job.search.edits:
+            made.append(candidate)
+            seen.add(candidate)
     return made
 
 
@@ -114,7 +167,7 @@ def score_candidates(ws: Workspace, index: int, candidates: list[Candidate]) -> 
     return scores, len(data)
 
 
-def aggregate_scores(replies: list[tuple[list[float], int]], job: JobConfig, rng: np.random.Generator
+def aggregate_scores(replies: list[tuple[list[float], int]], job: Job, rng: np.random.Generator
                      ) -> np.ndarray:
     """Mean score per candidate: weighted by examples; with noise, uniform over clients plus Gaussian noise of
     std z * sqrt(K) on the sum (each client's K scores lie in [0, 1], so that is the sum's L2 sensitivity)."""
@@ -127,7 +180,7 @@ def aggregate_scores(replies: list[tuple[list[float], int]], job: JobConfig, rng
     return total / len(replies)
 
 
-def search_epsilon(job: JobConfig, rounds: int) -> float:
+def search_epsilon(job: Job, rounds: int) -> float:
     """(epsilon at search.delta) of ``rounds`` noisy releases with clients sampled at federation.fraction_train."""
     from opacus.accountants import RDPAccountant
 
@@ -155,13 +208,13 @@ def _ask(grid: Grid, nodes: list[int], candidates: list[Candidate]) -> tuple[lis
             logger.warning("prompt search: node %s sent no scores; left out", reply.metadata.src_node_id)
             continue
         metrics = reply.content.metric_records[SCORES_KEY]
-        party = int(reply.content.config_records["client"]["partition-id"])
+        party = int(reply.content.config_records[CLIENT_KEY][PARTITION_ID])
         replies.append((party, [float(metrics[f"score-{i}"]) for i in range(len(candidates))],
                         int(metrics["num-examples"])))
     return replies, len(payload.encode()) * len(nodes)
 
 
-def run_prompt_search(grid: Grid, job: JobConfig, ws: Workspace, run: RunDirectory) -> dict[str, Any]:
+def run_prompt_search(grid: Grid, job: Job, ws: Workspace, run: RunDirectory) -> dict[str, Any]:
     """Rounds of propose, score privately, aggregate, keep the best; then the comparisons on the test set."""
     if run.read_metrics():
         raise ConfigError(f"run_dir '{run.path}' already holds a prompt search (a search is short and does not "
@@ -210,7 +263,7 @@ def run_prompt_search(grid: Grid, job: JobConfig, ws: Workspace, run: RunDirecto
     central = _central_choice(ws, list(tried)) if ws.data.clients else None  # simulation: the server holds all
     single = {str(p): test_of(c) for p, c in sorted(own_best.items())}
     summary = {
-        "mode": job.mode, "task": job.task.name, "primary_metric": "accuracy", "higher_is_better": True,
+        "mode": str(job.mode), "task": job.task.name, "primary_metric": "accuracy", "higher_is_better": True,
         "rounds": job.federation.rounds, "selected": best.as_json(),
         "final_test_accuracy": test_of(best), "best_test_accuracy": test_of(best),
         "initial_test_accuracy": test_of(initial_candidates(job, ws.task)[0]),

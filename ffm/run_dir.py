@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ffm.config import JobConfig, _flatten, job_to_dict
 from ffm.errors import CheckpointError, ConfigError
+from ffm.settings import MOVED, Job, flatten, nest, option, require, to_dict
 
-__all__ = ["Checkpoint", "RunDirectory"]
+__all__ = ["Checkpoint", "CheckpointConfig", "RunDirectory"]
+
+
+@dataclass
+class CheckpointConfig:
+    """What a run keeps of its round checkpoints."""
+
+    keep_last: int = option(0, "keep only the newest this many round checkpoints (0 = keep every round)")
+
+    def __post_init__(self) -> None:
+        require(self.keep_last >= 0, "checkpoint.keep_last must be 0 (keep all) or positive")
+
 
 Checkpoint = dict[str, Any]
 # What a resumed run may change: how long it goes, what it prints and keeps, how it is measured at the end.
@@ -36,12 +48,14 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 class RunDirectory:
+    """One run's folder: its config, metrics lines, checkpoints, samples and summary."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
 
-    def start(self, job: JobConfig) -> None:
+    def start(self, job: Job) -> None:
         """Create the directory for a new run; refuse to overwrite another run's results, and refuse to resume
         a run under a config that changes what it computes."""
         if not job.resume and self.checkpoints.is_dir() and any(self.checkpoints.iterdir()):
@@ -52,14 +66,14 @@ class RunDirectory:
         if job.resume and (self.path / "config.yaml").is_file():
             self._check_same_job(job)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(job_to_dict(job) | {"resume": False}, sort_keys=False)
+        text = yaml.safe_dump(to_dict(job) | {"resume": False}, sort_keys=False)
         _atomic_write(self.path / "config.yaml", lambda p: p.write_text(text))
 
-    def _check_same_job(self, job: JobConfig) -> None:
-        before = _flatten(yaml.safe_load((self.path / "config.yaml").read_text()) or {})
-        now = _flatten(job_to_dict(job))
-        differing = sorted(k for k in before.keys() | now.keys()
-                           if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    def _check_same_job(self, job: Job) -> None:
+        before = flatten(self.read_config(self.path))
+        now = flatten(to_dict(job))
+        # A key the run's file lacks was added to ffm since: the run used what is now its default.
+        differing = sorted(k for k in before.keys() if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
         if differing:
             shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing[:5])
             raise ConfigError(
@@ -68,12 +82,14 @@ class RunDirectory:
             )
 
     def append_metrics(self, line: dict[str, Any]) -> None:
+        """Append one round's line to metrics.jsonl, on disk before it returns (fsync)."""
         with self.metrics.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every line of metrics.jsonl so far (empty before the first round)."""
         if not self.metrics.is_file():
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
@@ -90,6 +106,7 @@ class RunDirectory:
             handle.write(json.dumps({"round": server_round, "text": text}) + "\n")
 
     def checkpoint_path(self, server_round: int) -> Path:
+        """Where round ``server_round``'s checkpoint is written."""
         return self.checkpoints / f"round-{server_round:06d}.pt"
 
     def save_checkpoint(
@@ -126,6 +143,7 @@ class RunDirectory:
         return payload
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json atomically (a crash leaves the previous one whole)."""
         text = json.dumps(summary, indent=2)
         _atomic_write(self.path / "summary.json", lambda p: p.write_text(text))
 
@@ -136,6 +154,20 @@ class RunDirectory:
         if not config.is_file():
             raise CheckpointError(f"'{path}' is not a run directory (no config.yaml); pass the folder of a run")
         try:
-            return yaml.safe_load(config.read_text()) or {}
+            raw = yaml.safe_load(config.read_text()) or {}
         except yaml.YAMLError:
             raise CheckpointError(f"'{config}' is not valid YAML; the run cannot be resumed") from None
+        return _migrated(raw)
+
+
+def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml that an older ffm wrote, with its renamed keys and values under their new names (a user's
+    own file gets an error instead: the job refuses a moved key)."""
+    flat = flatten(raw)
+    for old, new in MOVED.items():
+        key, sep, value = old.partition("=")
+        if sep and str(flat.get(key)) == value:
+            flat[key] = new.partition("=")[2]
+        elif not sep and old in flat:
+            flat[new] = flat.pop(old)
+    return nest(flat)

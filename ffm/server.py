@@ -20,25 +20,24 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
+from ffm import privacy
+from ffm.carrier import Carrier, carrier_for
 from ffm.checkpointer import Checkpointer
-from ffm.client import PERSONAL_KEY
 from ffm.compression import decode_reply
-from ffm.config import JobConfig, job_from_run_config
-from ffm.continual.stages import StageLoop
+from ffm.config import job_from_run_config
 from ffm.evaluation import Evaluator
-from ffm.methods.lora_federation import BASE_DELTA_PREFIX, is_base_delta
+from ffm.keys import BASE_DELTA_PREFIX, is_base_delta
+from ffm.methods import build_method
+from ffm.observers import Reporters
 from ffm.partition_report import report_partition
 from ffm.party_evaluation import evaluate_parties
-from ffm.privacy import dp_strategy, epsilon, noise_multiplier
 from ffm.prompt_search import run_prompt_search
 from ffm.run_dir import RunDirectory
-from ffm.secagg import SecAggPlus
-from ffm.strategies import STRATEGIES, LocalOnly, RoundLog, RoundOffset, UpdateGuard
-from ffm.strategies.lora_aggregation import LoraAggregation
-from ffm.strategies.streaming import streams
+from ffm.settings import Job
+from ffm.strategies import LocalOnly, RoundLog, RoundOffset, UpdateGuard, strategy_spec
 from ffm.workspace import Workspace, workspace_for
 
-__all__ = ["app", "build_strategy", "run_job"]
+__all__ = ["app", "build_strategy", "run_job", "streams"]
 
 logger = logging.getLogger("ffm")
 
@@ -47,28 +46,29 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """The ServerApp's entry: the job from the run config, over whatever Grid carries it."""
     run_job(grid, job_from_run_config(context.run_config))
 
 
-def build_strategy(job: JobConfig) -> Strategy:
-    """The aggregation rule the job names (or the local-only baseline)."""
-    if job.mode == "local":
+def build_strategy(job: Job) -> Strategy:
+    """The aggregation rule the job names (or the local-only baseline), inside the method's server half and
+    every active privacy mechanism's."""
+    if job.mode.keeps_party_models:
         return LocalOnly()
-    spec = STRATEGIES[job.strategy.name]
+    spec = strategy_spec(job)
     if spec.assumes_sgd and job.train.optimizer != "sgd":
         logger.warning("strategy.name=%s reads client updates as plain SGD steps; with train.optimizer=%s its "
                        "correction is approximate (set train.optimizer=sgd)", job.strategy.name, job.train.optimizer)
-    strategy = spec.build(job.strategy, job.federation)
-    exact = getattr(job.method, "aggregation", "naive") == "exact"
-    ranks = getattr(job.method, "client_ranks", [])
-    if exact or ranks:
-        strategy = LoraAggregation(strategy, exact=exact, heterogeneous=bool(ranks),
-                                   scaling=job.method.alpha / job.method.r)
-    if job.privacy.secure_aggregation:  # the clients clip and add their share of DP noise before masking
-        return SecAggPlus(strategy, job)
-    if job.privacy.clipping != "none":
-        strategy = dp_strategy(strategy, job)
-    return strategy
+    strategy = build_method(job.method).wrap_strategy(spec.build(job.strategy, job.federation))
+    return privacy.wrap_strategy(strategy, job)
+
+
+def streams(job: Job) -> bool:
+    """Whether replies can be folded into a running mean as they arrive (and ``federation.streaming`` asks):
+    the rule's aggregate depends on them only through their weighted mean, and neither the method's server half
+    nor a privacy mechanism reads each update."""
+    return (job.federation.streaming and job.mode.aggregates and strategy_spec(job).mean_based
+            and not build_method(job.method).needs_each_update and not privacy.needs_each_update(job))
 
 
 def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
@@ -84,17 +84,20 @@ def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:
 
 
 class RoundEnd:
-    """``evaluate_fn`` of Strategy.start: evaluate, then append the metrics line, then checkpoint."""
+    """``evaluate_fn`` of Strategy.start: evaluate, append the metrics line, checkpoint, tell the observers."""
 
-    def __init__(self, job: JobConfig, evaluator: Evaluator, run: RunDirectory, guard: UpdateGuard,
-                 checkpointer: Checkpointer, *, offset: int) -> None:
+    def __init__(self, job: Job, evaluator: Evaluator, run: RunDirectory, guard: UpdateGuard,
+                 checkpointer: Checkpointer, reporters: Reporters, *, offset: int) -> None:
         self.job, self.evaluator, self.run, self.guard, self.checkpointer = job, evaluator, run, guard, checkpointer
+        self.reporters = reporters
         self.offset = offset
-        self.stages: StageLoop | None = None  # a continual stream: each line's stage, and the rows of R
+        self.stages: Any = None  # a stream of stages: each line's stage, and what is measured after a stage
         self._tick = time.perf_counter()
+        self._left = self._tick  # when the previous call returned
         self.bar = tqdm(total=job.federation.rounds, initial=offset, desc="rounds", disable=not job.progress)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        entered = time.perf_counter()
         true_round = server_round + self.offset
         if server_round == 0 and self.offset > 0:
             return None  # that round's line and checkpoint were written before the interruption
@@ -112,25 +115,35 @@ class RoundEnd:
             line.update(_round_record(self.guard.rounds.pop(true_round), now - self._tick))
             if self.job.privacy.clipping != "none":  # a failed round released nothing, so it spends nothing
                 released = sum(1 for m in self.run.read_metrics() if m["round"] > 0 and not m.get("failed"))
-                line["epsilon"] = epsilon(self.job, released + (not line.get("failed")))
+                line["epsilon"] = privacy.epsilon(self.job, released + (not line.get("failed")))
             self._tick = now
         self.run.append_metrics(line)
+        evaluated = time.perf_counter()
         if true_round > 0:
             self.checkpointer.save(true_round, arrays.to_torch_state_dict())
             self.bar.update(1)
         primary = self.evaluator.primary
         self.bar.set_postfix({primary: f"{line[primary]:.3f}"})
+        self.reporters.round(line)
+        left = time.perf_counter()
+        self.reporters.timing(true_round, {"between": entered - self._left, "evaluate": evaluated - entered,
+                                           "checkpoint": left - evaluated})
+        self._left = left
         return MetricRecord({k: v for k, v in test.items() if isinstance(v, float | int)})
 
 
-def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
-    """Run (or resume) ``job`` over ``grid``; write the run directory; return the summary."""
+def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, Any]:
+    """Run (or resume) ``job`` over ``grid``; write the run directory; return the summary.
+
+    ``carrier``: the runtime's services beyond the Grid API (default: what ``grid`` itself offers)."""
+    carrier = carrier or carrier_for(grid)
     run = RunDirectory(job.run_dir)
     workspace = workspace_for(job)  # bad data or model fails here, before anything is written
-    if job.mode == "prompt_search":  # no training: its own loop of query messages
+    if not job.mode.trains:  # a prompt search: its own loop of query messages
         return run_prompt_search(grid, job, workspace, run)
     run.start(job)
-    table = report_partition(workspace.data, run.path) if job.mode != "centralized" else None
+    reporters = Reporters(job, run.path)
+    table = report_partition(workspace.data, run.path) if not job.mode.pools_data else None
     if table:
         logger.info("%s", table)
     codec, streaming = job.client.compression, streams(job)
@@ -138,18 +151,18 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
                         max_failed_rounds=job.federation.max_failed_rounds,
                         decoder=None if codec == "none" else partial(decode_reply, codec=codec),
                         streaming=streaming)
-    if streaming and hasattr(grid, "streaming"):
-        grid.streaming = True  # the in-process Grid delivers train messages one by one as replies are read
-    checkpointer = Checkpointer(run, guard, keep_last=job.checkpoint.keep_last, grid=grid)
+    carrier.stream_replies(streaming)
+    checkpointer = Checkpointer(run, guard, carrier, keep_last=job.checkpoint.keep_last)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)
-    round_end = RoundEnd(job, evaluator, run, guard, checkpointer, offset=offset)
+    round_end = RoundEnd(job, evaluator, run, guard, checkpointer, reporters, offset=offset)
     start = time.perf_counter()
-    stages = StageLoop(job, workspace, run) if job.continual.kind != "none" else None
+    stream = workspace.stream
+    stages = stream.server_loop(job, workspace, run)  # what changes between stages and is measured after each
     round_end.stages = stages
-    phases = stages.phases() if stages else [(None, offset + 1)]
+    phases = stream.phases(job.federation.rounds, offset)
     final_state = initial
-    for number, (stage, first) in enumerate(phases):  # one phase, or a continual stream's stages
+    for number, (stage, first) in enumerate(phases):  # one phase, or a stream's stages
         last = phases[number + 1][1] - 1 if number + 1 < len(phases) else job.federation.rounds
         if stages and stage is not None:
             final_state = stages.begin(stage, final_state, getattr(guard, "party_states", None))
@@ -157,7 +170,7 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
             continue
         round_end.offset = first - 1
         result = RoundOffset(guard, offset=first - 1, seed=job.seed).start(
-            stages.grid(grid, stage) if stages and stage is not None else grid,
+            stages.grid(grid, stage, carrier) if stages and stage is not None else grid,
             ArrayRecord(final_state),
             num_rounds=last - first + 1,
             train_config=ConfigRecord({}),
@@ -166,14 +179,13 @@ def run_job(grid: Grid, job: JobConfig) -> dict[str, Any]:
         if len(result.arrays) > 0:  # Flower keeps the last aggregate; the local baseline never makes one
             final_state = result.arrays.to_torch_state_dict()
     round_end.bar.close()
-    summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start, _personal_parts(grid))
+    summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start, carrier.personal_states())
     if stages:
         summary["continual"] = stages.summary()
-        if job.continual.method == "adapters":
-            for k, models in enumerate(stages.snapshots):
-                if None in models:
-                    _save_final(workspace, models[None], run.path / "final" / f"stage-{k}")
+        for name, state in stages.final_states():  # e.g. one adapter per stage
+            _save_final(workspace, state, run.path / "final" / name)
     run.write_summary(summary)
+    reporters.finish(summary)
     return summary
 
 
@@ -190,15 +202,8 @@ def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Pa
         workspace.tokenizer.save_pretrained(target)
 
 
-def _personal_parts(grid: Grid) -> dict[int, dict[str, torch.Tensor]]:
-    """Each virtual node's kept part by partition id: only an in-process Grid can show them (for evaluation)."""
-    contexts = getattr(grid, "contexts", {})
-    return {int(ctx.node_config["partition-id"]): ctx.state[PERSONAL_KEY].to_torch_state_dict()
-            for ctx in contexts.values() if PERSONAL_KEY in ctx.state.array_records}
-
-
 def _finish(
-    job: JobConfig, workspace: Workspace, run: RunDirectory, guard: UpdateGuard, state: dict, seconds: float,
+    job: Job, workspace: Workspace, run: RunDirectory, guard: UpdateGuard, state: dict, seconds: float,
     personal: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     task = workspace.task
@@ -223,7 +228,7 @@ def _finish(
     if warning:
         logger.warning("ffm: warning: %s", warning)
     return {
-        "mode": job.mode,
+        "mode": str(job.mode),
         "task": job.task.name,
         "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better,
@@ -239,7 +244,8 @@ def _finish(
         "trainable_params": sum(t.numel() for k, t in state.items() if not is_base_delta(k)),
         "total_params": sum(p.numel() for p in workspace.model.parameters()),
         "privacy": None if job.privacy.clipping == "none" else {
-            "epsilon": last.get("epsilon"), "delta": job.privacy.delta, "noise_multiplier": noise_multiplier(job),
+            "epsilon": last.get("epsilon"), "delta": job.privacy.delta,
+            "noise_multiplier": privacy.noise_multiplier(job),
             "clipping": job.privacy.clipping, "side": job.privacy.side, "accountant": "opacus RDP"},
         "dp_sgd": None if not job.privacy.dp_sgd else {
             "epsilon_max": max((c.get("dp_sgd_epsilon", 0.0) for m in metrics for c in m["clients"]), default=0.0),

@@ -17,48 +17,52 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ffm.config import JobConfig, job_to_dict
-from ffm.continual.head import fit_head, head_keys, shrink_head
-from ffm.continual.stream import active_parties, joint_data, split_stream, stage_classes
-from ffm.data import FederatedData, load_party, load_server_test, load_source, pooled, split_federated
+from ffm.data import FederatedData, Stream, open_stream, pooled
 from ffm.errors import DataError
+from ffm.keys import is_base_delta
 from ffm.methods import build_method
-from ffm.methods.lora_federation import apply_base_delta, is_base_delta
+from ffm.methods.lora_federation import apply_base_delta
 from ffm.models import load_tokenizer, load_trainable_state, split_personal, trainable_state
+from ffm.privacy.dp_sgd import check_supported
+from ffm.settings import Job, to_dict
 from ffm.tasks import Examples, Task, build_task, ensure_pad_token, steps_per_epoch
 
-__all__ = ["Workspace", "build_workspace", "workspace_for"]
+__all__ = ["Workspace", "build_workspace", "check_data", "workspace_for"]
 
 
 @dataclass
 class Workspace:
-    job: JobConfig
+    """The shared model, its tokenizer and task, and the data stream this process holds for one job."""
+
+    job: Job
     task: Task
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase | None  # None for tasks that read no text
-    data: FederatedData
+    stream: Stream  # the parties' data, stage by stage (one stage for a plain job)
     initial_state: dict[str, torch.Tensor]  # the round-0 global state: what travels
     initial_personal: dict[str, torch.Tensor]  # a client's personal part before it first trains
-    stages: list[FederatedData] = field(default_factory=list)  # a continual stream's data, stage by stage
-    head_keys: list[str] = field(default_factory=list)  # class-incremental: the head's per-class tensors
-    full_head: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # ... with every class's rows
     _examples: dict[tuple[str, int, int], Examples] = field(default_factory=dict, repr=False)
     _pristine_base: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # before any base delta
 
     @property
+    def data(self) -> FederatedData:
+        """All of the stream's data at once (a plain job's only data)."""
+        return self.stream.joint
+
+    @property
     def num_parties(self) -> int:
         """Parties that train: the clients, or one data holder in centralized mode."""
-        return 1 if self.job.mode == "centralized" else len(self.data.clients)
+        return 1 if self.job.mode.pools_data else len(self.data.clients)
 
     def stage_data(self, stage: int | None) -> FederatedData:
-        """One stage's data of a continual stream (None: all of it, the joint data)."""
-        return self.data if stage is None else self.stages[stage]
+        """One stage's data of the stream (None: all of it)."""
+        return self.stream.stage_data(stage)
 
     def _party(self, stage: int | None) -> FederatedData:
         data = self.stage_data(stage)
-        if self.job.mode != "centralized":
+        if not self.job.mode.pools_data:
             return data
-        return pooled(data, active_parties(self.job, stage))
+        return pooled(data, self.stream.active_parties(stage))
 
     def examples(self, split: str, party: int = 0, stage: int | None = None) -> Examples:
         """Encoded ``train`` / ``val`` of a party, or the global ``test`` (of a continual ``stage``, or of all
@@ -79,8 +83,7 @@ class Workspace:
         their pristine values; a state without them restores the pristine base.
         """
         personal = self.initial_personal if personal is None else personal
-        if self.head_keys:  # a class-incremental head has as many rows as the classes seen so far
-            fit_head(self.model, {**state, **personal}, self.head_keys)
+        self.stream.fit(self.model, {**state, **personal})  # e.g. a grown head gets its rows
         deltas = {k: v for k, v in state.items() if is_base_delta(k)}
         if deltas or self._pristine_base:
             apply_base_delta(self.model, deltas, self._pristine_base)
@@ -94,11 +97,11 @@ class Workspace:
         train = self.job.train
         fed = self.job.federation
         data = self.stage_data(stage)
-        if self.job.mode != "centralized":
+        if not self.job.mode.pools_data:
             if train.local_steps:
                 return train.local_steps
             return train.local_epochs * steps_per_epoch(len(data.clients[party].train), train.batch_size)
-        clients = [data.clients[p] for p in active_parties(self.job, stage)]
+        clients = [data.clients[p] for p in self.stream.active_parties(stage)]
         sampled = max(1, int(len(clients) * fed.fraction_train))
         if train.local_steps:
             return train.local_steps * sampled
@@ -118,28 +121,20 @@ def _check_schema(data: FederatedData, task: Task) -> None:
             )
 
 
-def _load_data(job: JobConfig, data_path: str | None) -> tuple[FederatedData, list[FederatedData]]:
-    """(the data, a continual stream's stages; for the joint upper bound and reports, data = every stage)."""
-    if data_path:
-        if job.continual.kind != "none":
-            raise DataError(f"continual.kind={job.continual.kind}: a node's exported folder ('{data_path}') holds no "
-                            "stages; start the SuperNodes without data-path (each builds its own split of the stream)")
-        return load_party(data_path), []
-    if job.data.test_path:
-        return load_server_test(job.data.test_path), []
-    if job.continual.kind != "none":
-        stages = split_stream(load_source(job.data), job)
-        return joint_data(stages), stages
-    return split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed), []
+def check_data(job: Job) -> None:
+    """Load and split the job's data and check its columns, without a model: what a study checks for each of its
+    conditions before it writes anything."""
+    _check_schema(open_stream(job).joint, build_task(job.task))
 
 
-def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
-    """Load data and model: the whole split, one party's folder (``data_path``), or the server's test set.
+def build_workspace(job: Job, data_path: str | None = None) -> Workspace:
+    """Load data and model: the whole stream, one party's folder (``data_path``), or the server's test set.
 
     Data loads first, so bad data fails before a model loads.
     """
     task = build_task(job.task)
-    data, stages = _load_data(job, data_path)
+    stream = open_stream(job, data_path)
+    data = stream.joint
     _check_schema(data, task)
     tokenizer = load_tokenizer(job.model) if task.uses_tokenizer else None
     backbone = task.build_model(job.model, data.label_names, tokenizer, job.seed)
@@ -147,29 +142,16 @@ def build_workspace(job: JobConfig, data_path: str | None = None) -> Workspace:
         ensure_pad_token(tokenizer, backbone)
     model = build_method(job.method).apply(backbone, task)
     if job.privacy.dp_sgd:
-        from ffm.dp_sgd import check_supported
-
         check_supported(model, job.method.name)
     for name, param in model.named_parameters():
         if any(prefix in name for prefix in task.frozen_prefixes):
             param.requires_grad_(False)  # e.g. a LiT text tower: it neither trains nor travels
-    if job.mode == "prompt_search" and job.search.init_from:
+    if not job.mode.trains and job.search.init_from:
         _load_run_state(model, job.search.init_from)
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
-    state = trainable_state(model)
-    keys: list[str] = []
-    full: dict[str, torch.Tensor] = {}
-    if job.continual.kind == "class_incremental" and job.continual.method != "joint":
-        keys = head_keys(state, len(data.label_names))
-        if not keys:
-            raise DataError(f"continual.kind=class_incremental: method.name={job.method.name} trains no "
-                            "classification head to grow (its head must be trainable)")
-        full = {k: state[k].clone() for k in keys}
-        state = shrink_head(state, keys, stage_classes(job, data.label_names)[0])
-        fit_head(model, state, keys)
+    state = stream.prepare(model, trainable_state(model))  # e.g. a growing head starts small
     shared, personal = split_personal(state, job.method.personal)
-    return Workspace(job, task, model, tokenizer, data, initial_state=shared, initial_personal=personal,
-                     stages=stages, head_keys=keys, full_head=full)
+    return Workspace(job, task, model, tokenizer, stream, initial_state=shared, initial_personal=personal)
 
 
 def _load_run_state(model: nn.Module, run_dir: str) -> None:
@@ -186,9 +168,9 @@ def _load_run_state(model: nn.Module, run_dir: str) -> None:
                         "of the same model, task and method") from None
 
 
-def _shaping_key(job: JobConfig) -> str:
+def _shaping_key(job: Job) -> str:
     """The config keys that shape model and data (not rounds, paths, strategy or progress)."""
-    raw = job_to_dict(job)
+    raw = to_dict(job)
     shaping = {k: raw[k] for k in ("mode", "seed", "model", "task", "method", "data", "train", "continual")}
     shaping["num_clients"] = job.federation.num_clients
     shaping["fraction_train"] = job.federation.fraction_train
@@ -199,7 +181,7 @@ def _shaping_key(job: JobConfig) -> str:
 _SLOT: dict[str, Workspace] = {}
 
 
-def workspace_for(job: JobConfig, data_path: str | None = None) -> Workspace:
+def workspace_for(job: Job, data_path: str | None = None) -> Workspace:
     """The process's Workspace for ``job`` (and a node's own ``data_path``): built on first use, then shared."""
     key = f"{_shaping_key(job)}|{data_path or ''}"
     if key not in _SLOT:

@@ -69,6 +69,45 @@ def test_bad_config_value_exits_2_with_one_line_naming_the_key(job_yaml, tmp_pat
     assert not (tmp_path / "run").exists()  # rejected before anything is written
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["privacy.secure_aggregation=true", "federation.num_clients=1"], "at least 2 clients per round"),
+        (["client.mods=secaggplus"], "switched on by privacy.secure_aggregation=true"),
+        (["client.mods=dpclipping"], "switched on by privacy.clipping=fixed privacy.side=client"),
+        (["continual.kind=domain_incremental", "continual.sources=bbc_news,nosuchsource,ag_news",
+          "federation.rounds=3"], "continual.sources names ['nosuchsource']"),
+        (["continual.kind=class_incremental", "continual.parties=0-1,0-9,1", "federation.rounds=3"],
+         "continual.parties: '0-9' is outside the partition ids 0..2"),
+        (["client.clipping_norm=0.5"], "'client.clipping_norm' is now 'client.max_update_norm'"),
+        (["continual.method=replay"], "'continual.method' is now 'continual.approach'"),
+        (["runtime=local"], "runtime=local is now runtime=simulation"),
+    ],
+    ids=["secagg-one-client", "secagg-mod", "dp-mod", "unknown-source", "unknown-party", "moved-clipping-norm",
+         "moved-continual-method", "moved-runtime-local"],
+)
+def test_inputs_that_used_to_slip_through_exit_2_with_one_line_before_anything_is_written(
+        job_yaml, tmp_path, capsys, overrides, named):
+    code = _cli(["run", str(job_yaml), f"run_dir={tmp_path / 'run'}", *overrides])
+
+    assert code == 2
+    assert named in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("argv", "named"), [(["run", "JOB", "--audit", "-5"], "--audit must be"),
+                                            (["run", "JOB", "--audit-shadows", "-1"], "--audit-shadows must be"),
+                                            (["audit", "RUN", "--examples", "0"], "--examples must be at least 1"),
+                                            (["audit", "RUN", "--shadows", "-2"], "--shadows must be")])
+def test_audit_counts_out_of_range_exit_2_with_one_line(job_yaml, tmp_path, capsys, argv, named):
+    argv = [str(job_yaml) if a == "JOB" else str(tmp_path) if a == "RUN" else a for a in argv]
+
+    code = _cli(argv)
+
+    assert code == 2
+    assert named in _one_error_line(capsys)
+
+
 def test_missing_config_file_exits_2_naming_the_file(tmp_path, capsys):
     code = _cli(["run", str(tmp_path / "nope.yaml")])
 

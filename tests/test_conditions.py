@@ -88,7 +88,7 @@ def _attacked_replies(attack: str, clients: int = 10) -> tuple[list[Message], to
     """Each client trains from 0 to an honest update near 1; the attack mod poisons the attackers' replies."""
     job = load_job(None, ["client.mods=[attack]", f"client.attack={attack}", "client.attackers=0.2",
                           f"federation.num_clients={clients}", "client.attack_scale=10"])
-    mod = MODS["attack"](job)
+    mod = MODS["attack"].build(job)
     honest = 1.0 + 0.05 * torch.randn(clients, 16, generator=torch.Generator().manual_seed(0))
     replies = []
     for party in range(clients):

@@ -10,7 +10,6 @@ import pytest
 
 from ffm.config import (
     JobConfig,
-    _flatten,
     apply_overrides,
     declared_run_config_tree,
     describe_keys,
@@ -21,6 +20,7 @@ from ffm.config import (
 )
 from ffm.errors import ConfigError
 from ffm.methods import METHODS
+from ffm.settings import flatten as _flatten
 from ffm.strategies import STRATEGIES
 from ffm.tasks import TASKS
 

@@ -47,7 +47,7 @@ def test_a_class_incremental_stream_is_disjoint_by_stage_party_and_split(job_fac
 def test_rounds_follow_stages_and_the_joint_bound_has_none(job_factory):
     job = job_factory(**CLASS_STREAM, federation__rounds=4)
     assert [stage_of(job, r) for r in (1, 2, 3, 4)] == [0, 0, 1, 1]
-    joint = job_factory(**CLASS_STREAM, federation__rounds=4, continual__method="joint")
+    joint = job_factory(**CLASS_STREAM, federation__rounds=4, continual__approach="joint")
     assert stage_of(joint, 3) is None
 
 
@@ -130,7 +130,7 @@ def test_replay_buffers_stay_in_node_state_and_never_travel(job_factory, carried
     run_local(naive)
     sent_naive = [(sorted(m.content.array_records), sorted(r.content.array_records)) for m, r in carried]
     carried.clear()
-    job = job_factory("replay", **CLASS_STREAM, federation__rounds=2, continual__method="replay",
+    job = job_factory("replay", **CLASS_STREAM, federation__rounds=2, continual__approach="replay",
                       continual__replay_size=5)
     _, grid = run_local(job)
     sent = [(sorted(m.content.array_records), sorted(r.content.array_records)) for m, r in carried]
@@ -146,8 +146,8 @@ def test_replay_buffers_stay_in_node_state_and_never_travel(job_factory, carried
 def test_ewc_with_penalty_zero_equals_naive_and_a_penalty_changes_training(job_factory):
     common = {**CLASS_STREAM, "federation__rounds": 2}
     run_local(naive := job_factory("naive", **common))
-    run_local(zero := job_factory("zero", **common, continual__method="ewc", continual__ewc_lambda=0.0))
-    run_local(strong := job_factory("strong", **common, continual__method="ewc", continual__ewc_lambda=1e6))
+    run_local(zero := job_factory("zero", **common, continual__approach="ewc", continual__ewc_lambda=0.0))
+    run_local(strong := job_factory("strong", **common, continual__approach="ewc", continual__ewc_lambda=1e6))
     a, b, c = (checkpoint_state(j.run_dir, 2) for j in (naive, zero, strong))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -188,7 +188,7 @@ def test_naive_forgets_and_replay_forgets_less_on_conflicting_stages(job_factory
               "green|gray"], "data__source": "jsonl", "data__path": str(colours), "data__max_examples": 0,
               "federation__rounds": 4, "train__local_steps": 16, "method__name": "full", "train__lr": 0.003}
     naive, _ = run_local(job_factory("naive", **common))
-    replay, _ = run_local(job_factory("replay", **common, continual__method="replay", continual__replay_size=16))
+    replay, _ = run_local(job_factory("replay", **common, continual__approach="replay", continual__replay_size=16))
     R_naive, R_replay = naive["continual"]["R"], replay["continual"]["R"]
     assert R_naive[0][0] > 0.9 and R_naive[1][1] > 0.9, R_naive  # it learns each stage ...
     assert naive["continual"]["backward_transfer"] < -0.8, R_naive  # ... and forgets the first

@@ -118,7 +118,8 @@ def _comparable(lines: list[dict]) -> dict:
     """metrics.jsonl flattened to numbers, clients keyed by partition: all but times and the nodes' ids."""
     out: dict = {}
     for line in lines:
-        clients = {str(c["partition_id"]): {k: v for k, v in c.items() if k != "node"} for c in line.get("clients", [])}
+        clients = {str(c["partition_id"]): {k: v for k, v in c.items() if k not in ("node", "train_seconds")}
+                   for c in line.get("clients", [])}
         rest = {k: v for k, v in line.items() if k not in ("wall_time_s", "clients", "rejected")}
         out.update(_flat({"rejected": len(line.get("rejected", [])), **rest, "clients": clients}, f"{line['round']}."))
     return out
@@ -203,7 +204,7 @@ def test_a_continual_stream_with_churn_and_replay_runs_unchanged_on_supernodes(j
     # QUERY, as a real Grid shows none); replay keeps each node's buffer in its Context.state between messages.
     # Warm SuperNodes: the stream needs nothing of the cold path (tested above), and they save ~7 s a message
     stream = {**NO_EVAL, "continual__kind": "domain_incremental", "continual__stages": 2,
-              "continual__parties": ["0-1", "0-2"], "continual__method": "replay", "continual__replay_size": 4}
+              "continual__parties": ["0-1", "0-2"], "continual__approach": "replay", "continual__replay_size": 4}
     local = job_factory("local", **stream)
     job = job_factory("deployed", runtime="flower", **stream)
     run_local(local)

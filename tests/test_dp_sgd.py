@@ -7,7 +7,7 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from ffm.config import ConfigError
-from ffm.dp_sgd import dp_sgd_epsilon, dp_sgd_session
+from ffm.privacy.dp_sgd import dp_sgd_epsilon, dp_sgd_session
 from ffm.runtime import run_local
 from ffm.workspace import workspace_for
 
@@ -64,7 +64,7 @@ def test_noise_changes_the_update_and_the_session_leaves_no_opacus_state_on_the_
 
 @pytest.mark.parametrize("method", ["ia3", "full", "prompt_tuning", "p_tuning"])
 def test_a_method_opacus_cannot_differentiate_per_example_is_a_clear_error_before_the_run(job_factory, method):
-    with pytest.raises(ConfigError, match=r"supports method\.name=lora or bitfit"):
+    with pytest.raises(ConfigError, match=r"supports method\.name=bitfit or lora"):
         job_factory(privacy__dp_sgd=True, method__name=method)
 
 

@@ -11,9 +11,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp.strategy import FedAvg
 
 from ffm.config import ConfigError, load_job
-from ffm.methods.lora_federation import BASE_DELTA_PREFIX, RANK_KEY, lora_pairs
+from ffm.keys import BASE_DELTA_PREFIX
+from ffm.methods.lora_aggregation import LoraAggregation
+from ffm.methods.lora_federation import RANK_KEY, lora_pairs
 from ffm.runtime import run_local, set_message_id, set_task_identity
-from ffm.strategies.lora_aggregation import LoraAggregation
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ def test_fixed_clipping_mod_bounds_every_updates_l2_norm(job_factory, carried):
     free = _update_norms(carried)
     carried.clear()
 
-    run_local(job_factory("clipped", train__lr=0.05, client__mods=["fixedclipping"], client__clipping_norm=0.05))
+    run_local(job_factory("clipped", train__lr=0.05, client__mods=["fixedclipping"], client__max_update_norm=0.05))
     clipped = _update_norms(carried)
 
     assert len(clipped) == 6 and min(free) > 0.05  # without the mod the updates are larger than the bound

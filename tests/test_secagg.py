@@ -12,11 +12,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
 from ffm.config import ConfigError
+from ffm.keys import ARRAYS_KEY
 from ffm.runtime import LocalGrid, run_local
 from ffm.secagg import mod as secagg_module
 from ffm.secagg.mod import MASKED_KEY, SECAGG_KEY
 from ffm.secagg.protocol import dequantize, neighbours, prg, quantize
-from ffm.strategies import ARRAYS_KEY
 
 TEN = {"federation__num_clients": 10, "federation__rounds": 1, "federation__fraction_evaluate": 0.0}
 

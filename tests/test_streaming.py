@@ -8,8 +8,8 @@ from conftest import checkpoint_state
 
 from ffm.config import load_job
 from ffm.runtime import run_local
+from ffm.server import streams
 from ffm.strategies import streaming
-from ffm.strategies.streaming import streams
 
 
 @pytest.mark.parametrize("rule", ["fedavg", "fedadam"])

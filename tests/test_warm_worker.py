@@ -20,9 +20,9 @@ import torch
 from federation import federation, tail, wait_for
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from ffm import flwr_internals as fi
 from ffm.data import export_split, party_dir
 from ffm.run_dir import RunDirectory
-from ffm.runtime import flwr_internals as fi
 from ffm.runtime import run_local, set_task_identity
 from ffm.runtime.deploy import (
     deploy_env,
@@ -40,7 +40,7 @@ WORKER_LINE = re.compile(r"ffm warm worker pid=(\d+): task \d+ \((\w+)\) (\w+) i
 
 
 def test_the_flwr_internals_the_worker_uses_are_where_it_expects():
-    # flwr 1.42 internals (ffm/runtime/flwr_internals.py): a flwr upgrade that moves or changes them fails here
+    # flwr 1.42 internals (ffm/flwr_internals.py): a flwr upgrade that moves or changes them fails here
     def params(fn) -> list[str]:
         return list(inspect.signature(fn).parameters)
 

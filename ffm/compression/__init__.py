@@ -4,7 +4,7 @@
 side with error feedback in the node state; :func:`decode_reply` the server side.
 """
 
-from ffm.compression.codec import CODECS, decode, encode
+from ffm.compression.codec import CODECS, Codec, decode, encode
 from ffm.compression.mod import RESIDUAL_KEY, compression_mod, decode_reply
 
-__all__ = ["CODECS", "RESIDUAL_KEY", "compression_mod", "decode", "decode_reply", "encode"]
+__all__ = ["CODECS", "RESIDUAL_KEY", "Codec", "compression_mod", "decode", "decode_reply", "encode"]

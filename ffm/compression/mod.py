@@ -15,17 +15,15 @@ from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from ffm.compression.codec import decode, encode
-from ffm.config import JobConfig
-from ffm.strategies.guard import ARRAYS_KEY
-from ffm.strategies.offset import round_seed
+from ffm.keys import ARRAYS_KEY, CONFIG_KEY, PARTITION_ID, SERVER_ROUND, Salt, derive_seed
 
 __all__ = ["RESIDUAL_KEY", "compress", "compression_mod", "decode_reply"]
 
 RESIDUAL_KEY = "compression-residual"  # node state: what compression has not sent yet
 
 
-def compression_mod(job: JobConfig) -> Mod:
-    codec, fraction, feedback = job.client.compression, job.client.topk_fraction, job.client.error_feedback
+def compression_mod(codec: str, *, fraction: float, feedback: bool, seed: int) -> Mod:
+    """A mod that sends each train reply's update encoded by ``codec`` (with error feedback when ``feedback``)."""
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -34,9 +32,9 @@ def compression_mod(job: JobConfig) -> Mod:
         reply = call_next(msg, context)
         if reply.has_error() or ARRAYS_KEY not in reply.content.array_records:
             return reply
-        party = int(context.node_config.get("partition-id", 0))
-        generator = torch.Generator().manual_seed(
-            round_seed(job.seed, int(msg.content["config"]["server-round"]), salt=11_000 + party))
+        party = int(context.node_config.get(PARTITION_ID, 0))
+        server_round = int(msg.content[CONFIG_KEY][SERVER_ROUND])
+        generator = torch.Generator().manual_seed(derive_seed(seed, server_round, Salt.COMPRESSION, party))
         state = context.state
         residual = state[RESIDUAL_KEY].to_torch_state_dict() if RESIDUAL_KEY in state.array_records else {}
         parts: dict[str, torch.Tensor] = {}

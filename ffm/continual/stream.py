@@ -15,37 +15,38 @@ import logging
 
 import datasets
 
-from ffm.config import JobConfig
-from ffm.data import FederatedData, load_source, split_federated
+from ffm.data import PARTITIONERS, FederatedData, load_source, split_federated
 from ffm.data.partition import ClientData, _stratified_split
 from ffm.errors import ConfigError, DataError
+from ffm.settings import Job
 
-__all__ = ["active_parties", "class_groups", "joint_data", "split_stream", "stage_classes", "stage_index", "stage_of",
-           "stage_rounds"]
+__all__ = ["active_parties", "class_groups", "joint_data", "parse_parties", "split_stream", "stage_classes",
+           "stage_index", "stage_of", "stage_rounds"]
 
 logger = logging.getLogger("ffm")
 
 
-def stage_rounds(job: JobConfig) -> int:
+def stage_rounds(job: Job) -> int:
     """Rounds each stage trains."""
     return job.federation.rounds // job.continual.stages
 
 
-def stage_index(job: JobConfig, server_round: int) -> int:
+def stage_index(job: Job, server_round: int) -> int:
     """The stage round ``server_round`` falls in (round 0, before any training, in stage 0)."""
     return min((max(server_round, 1) - 1) // stage_rounds(job), job.continual.stages - 1)
 
 
-def stage_of(job: JobConfig, server_round: int) -> int | None:
+def stage_of(job: Job, server_round: int) -> int | None:
     """The stage whose data round ``server_round`` trains on; None when the job has no stages to follow
     (not continual, or the joint upper bound, which trains on every stage's data from the start)."""
     c = job.continual
-    if c.kind == "none" or c.method == "joint":
+    if c.kind == "none" or c.approach == "joint":
         return None
     return stage_index(job, server_round)
 
 
-def _parse_ids(text: str, num_parties: int) -> list[int]:
+def parse_parties(text: str, num_parties: int) -> list[int]:
+    """The partition ids that ``text`` (ranges joined by |, e.g. 0-5|8) names; a ConfigError names a bad one."""
     ids: set[int] = set()
     for part in text.split("|"):
         low, sep, high = part.strip().partition("-")
@@ -60,16 +61,16 @@ def _parse_ids(text: str, num_parties: int) -> list[int]:
     return sorted(ids)
 
 
-def active_parties(job: JobConfig, stage: int | None) -> list[int]:
+def active_parties(job: Job, stage: int | None) -> list[int]:
     """Partition ids that take part in ``stage`` (every party when the stream has no churn)."""
     everyone = list(range(job.federation.num_clients))
     parties = job.continual.parties
     if not parties or stage is None:
         return everyone
-    return _parse_ids(parties[stage], job.federation.num_clients)
+    return parse_parties(parties[stage], job.federation.num_clients)
 
 
-def class_groups(job: JobConfig, label_names: list[str]) -> list[list[str]]:
+def class_groups(job: Job, label_names: list[str]) -> list[list[str]]:
     """The label names of each stage: ``continual.classes``, or the label order cut into ``stages`` groups."""
     c = job.continual
     if not c.classes:
@@ -88,7 +89,7 @@ def class_groups(job: JobConfig, label_names: list[str]) -> list[list[str]]:
     return groups
 
 
-def stage_classes(job: JobConfig, label_names: list[str]) -> list[int]:
+def stage_classes(job: Job, label_names: list[str]) -> list[int]:
     """Classes seen after each stage of a class-incremental stream (the head's rows then)."""
     sizes = [len(group) for group in class_groups(job, label_names)]
     return [sum(sizes[: k + 1]) for k in range(len(sizes))]
@@ -103,7 +104,7 @@ def _relabel(ds: datasets.Dataset, names: list[str], mapping: dict[int, int]) ->
     return ds.map(lambda row: {"label": mapping[row["label"]]}, features=features)
 
 
-def _class_incremental(ds: datasets.Dataset, job: JobConfig) -> list[tuple[datasets.Dataset, list[str]]]:
+def _class_incremental(ds: datasets.Dataset, job: Job) -> list[tuple[datasets.Dataset, list[str]]]:
     names = ds.features["label"].names
     groups = class_groups(job, names)
     order = [name for group in groups for name in group]
@@ -133,7 +134,7 @@ def _aligned(ds: datasets.Dataset, names: list[str], label_map: dict[str, str], 
     return _relabel(ds, names, mapping)
 
 
-def _domain_incremental(ds: datasets.Dataset, job: JobConfig) -> list[tuple[datasets.Dataset, list[str]]]:
+def _domain_incremental(ds: datasets.Dataset, job: Job) -> list[tuple[datasets.Dataset, list[str]]]:
     c = job.continual
     names = ds.features["label"].names if "label" in ds.column_names else []
     if not c.sources:  # one source, cut in its own order (no shuffle: the order is the stream)
@@ -168,7 +169,7 @@ def _capped(ds: datasets.Dataset, count: int, seed: int) -> datasets.Dataset:
     return ds.select(range(count))  # an unlabelled stream keeps its order
 
 
-def split_stream(ds: datasets.Dataset, job: JobConfig) -> list[FederatedData]:
+def split_stream(ds: datasets.Dataset, job: Job) -> list[FederatedData]:
     """Each stage's data, split into a test set and the parties' (train, val) by the job's partitioner."""
     sources = job.continual.kind == "domain_incremental" and job.continual.sources
     if not sources:  # data.max_examples is of the whole stream: the one source here, each source's share below
@@ -189,7 +190,7 @@ def split_stream(ds: datasets.Dataset, job: JobConfig) -> list[FederatedData]:
             data = split_federated(part, cfg, job.federation.num_clients, job.seed * 1_000 + k)
         except DataError as exc:
             hint = ""
-            if job.data.partitioner in ("dirichlet", "shards") and len(set(part["label"])) < 2:
+            if PARTITIONERS[job.data.partitioner].by_label and len(set(part["label"])) < 2:
                 hint = (f" (stage {k} holds one class, which data.partitioner={job.data.partitioner} cannot skew: "
                         "use data.partitioner=iid or quantity, or give every stage two classes)")
             raise DataError(f"continual stage {k} ({len(part)} examples): {exc}{hint}") from None

@@ -1,5 +1,6 @@
-"""Offline data sources and their split across clients."""
+"""Offline data sources, their split across clients, and the stream of stages a run consumes."""
 
+from ffm.data.config import PARTITIONERS, SOURCES, DataConfig, PartitionerSpec, SourceSpec
 from ffm.data.exported import export_split, load_party, load_server_test, party_dir
 from ffm.data.partition import (
     ClientData,
@@ -10,10 +11,18 @@ from ffm.data.partition import (
     split_federated,
 )
 from ffm.data.sources import bbc_news_dir, data_dir, load_shakespeare, load_source, load_table, load_text_folder
+from ffm.data.stream import STREAMS, Stream, open_stream
 
 __all__ = [
+    "PARTITIONERS",
+    "SOURCES",
+    "STREAMS",
     "ClientData",
+    "DataConfig",
     "FederatedData",
+    "PartitionerSpec",
+    "SourceSpec",
+    "Stream",
     "bbc_news_dir",
     "data_dir",
     "export_split",
@@ -24,6 +33,7 @@ __all__ = [
     "load_table",
     "load_text_folder",
     "make_partitioner",
+    "open_stream",
     "partition_histogram",
     "party_dir",
     "pooled",

@@ -22,6 +22,7 @@ __all__ = ["export_split", "load_party", "load_server_test", "party_dir"]
 
 
 def party_dir(root: str | Path, partition_id: int) -> Path:
+    """The folder of data owner ``partition_id`` inside an exported split."""
     return Path(root) / f"partition-{partition_id}"
 
 

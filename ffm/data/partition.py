@@ -19,8 +19,8 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
-from ffm.config import DataConfig
 from ffm.data.clusters import add_clusters
+from ffm.data.config import PARTITIONERS, DataConfig, PartitionerSpec
 from ffm.errors import DataError
 
 __all__ = [
@@ -61,29 +61,33 @@ def unseen_count(cfg: DataConfig, num_clients: int) -> int:
 
 def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples: int) -> Partitioner:
     """The flwr-datasets partitioner that ``data.partitioner`` names."""
-    if cfg.partitioner == "natural":
-        return NaturalIdPartitioner(partition_by=cfg.partition_column)
-    by = "cluster" if cfg.partitioner == "clusters" else "label"
-    if cfg.partitioner == "iid":
-        return IidPartitioner(num_partitions=num_clients)
-    if cfg.partitioner == "quantity":  # the pool is already shuffled (train_test_split): sizes alone skew
-        return SizePartitioner(power_law_sizes(num_examples, num_clients, cfg.quantity_exponent))
-    if cfg.partitioner == "shards":
-        return ShardPartitioner(
-            num_partitions=num_clients,
-            partition_by="label",
-            num_shards_per_partition=cfg.shards_per_client,
-            seed=seed,
-        )
+    return PARTITIONERS[cfg.partitioner].make(cfg, num_clients, seed, num_examples)
+
+
+def _dirichlet(cfg: DataConfig, parties: int, seed: int, num_examples: int) -> Partitioner:
     return DirichletPartitioner(
-        num_partitions=num_clients,
-        partition_by=by,
+        num_partitions=parties,
+        partition_by="cluster" if cfg.partitioner == "clusters" else "label",
         alpha=cfg.alpha,
         # Every client needs at least one training and one validation example.
-        min_partition_size=min(10, max(2, num_examples // (4 * num_clients))),
+        min_partition_size=min(10, max(2, num_examples // (4 * parties))),
         self_balancing=False,
         seed=seed,
     )
+
+
+PARTITIONERS.register("dirichlet", PartitionerSpec(_dirichlet, by_label=True))
+PARTITIONERS.register("clusters", PartitionerSpec(_dirichlet))
+PARTITIONERS.register("iid", PartitionerSpec(lambda cfg, parties, seed, n: IidPartitioner(num_partitions=parties)))
+PARTITIONERS.register("natural", PartitionerSpec(
+    lambda cfg, parties, seed, n: NaturalIdPartitioner(partition_by=cfg.partition_column)))
+# The pool is already shuffled (train_test_split): sizes alone skew.
+PARTITIONERS.register("quantity", PartitionerSpec(
+    lambda cfg, parties, seed, n: SizePartitioner(power_law_sizes(n, parties, cfg.quantity_exponent))))
+PARTITIONERS.register("shards", PartitionerSpec(
+    lambda cfg, parties, seed, n: ShardPartitioner(num_partitions=parties, partition_by="label",
+                                                   num_shards_per_partition=cfg.shards_per_client, seed=seed),
+    by_label=True))
 
 
 def power_law_sizes(total: int, parts: int, exponent: float) -> list[int]:

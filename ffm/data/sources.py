@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-from ffm.config import DataConfig
+from ffm.data.config import SOURCES, DataConfig, SourceSpec
 from ffm.data.images import load_digits_images, load_image_folder, load_mnist_5k
 from ffm.errors import DataError
 
@@ -152,13 +152,6 @@ def _ag_news() -> datasets.Dataset:
     )
 
 
-IMAGE_SOURCES = {
-    "mnist": lambda cfg: load_mnist_5k(),
-    "digits": lambda cfg: load_digits_images(),
-    "image_folder": lambda cfg: load_image_folder(cfg.path),
-}
-
-
 def load_shakespeare() -> datasets.Dataset:
     """Tiny Shakespeare as one example per speech: ``text`` (its lines) and ``role`` (the speaker).
 
@@ -181,14 +174,16 @@ def load_shakespeare() -> datasets.Dataset:
 
 def load_source(cfg: DataConfig) -> datasets.Dataset:
     """The data set named by ``data.source``: ``text`` and a ClassLabel ``label``, or (tinyshakespeare) a ``role``."""
-    if cfg.source == "tinyshakespeare":
-        return load_shakespeare()
-    if cfg.source in IMAGE_SOURCES:
-        return IMAGE_SOURCES[cfg.source](cfg)
-    if cfg.source == "bbc_news":
-        return load_text_folder(bbc_news_dir())
-    if cfg.source == "ag_news":
-        return _ag_news()
-    if cfg.source == "folder":
-        return load_text_folder(cfg.path)
-    return load_table(cfg.path, cfg.source, cfg.text_column, cfg.label_column)
+    return SOURCES[cfg.source].load(cfg)
+
+
+SOURCES.register("bbc_news", SourceSpec(lambda cfg: load_text_folder(bbc_news_dir())))
+SOURCES.register("ag_news", SourceSpec(lambda cfg: _ag_news()))
+SOURCES.register("tinyshakespeare", SourceSpec(lambda cfg: load_shakespeare()))
+SOURCES.register("mnist", SourceSpec(lambda cfg: load_mnist_5k()))
+SOURCES.register("digits", SourceSpec(lambda cfg: load_digits_images()))
+SOURCES.register("folder", SourceSpec(lambda cfg: load_text_folder(cfg.path), reads_path=True))
+SOURCES.register("image_folder", SourceSpec(lambda cfg: load_image_folder(cfg.path), reads_path=True))
+for _kind in ("csv", "jsonl", "parquet"):
+    SOURCES.register(_kind, SourceSpec(lambda cfg: load_table(cfg.path, cfg.source, cfg.text_column,
+                                                              cfg.label_column), reads_path=True))

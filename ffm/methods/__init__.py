@@ -1,17 +1,14 @@
 """Methods, registered by ``method.name`` (the one place a method name is matched)."""
 
-from ffm.config import MethodConfig
-from ffm.methods.base import Method
+from ffm.methods.base import METHODS, Method, MethodConfig, PartyAdjustment
 from ffm.methods.bitfit import BitFit
 from ffm.methods.full import Full
 from ffm.methods.ia3 import Ia3
 from ffm.methods.lora import Lora
 from ffm.methods.prompts import PrefixTuning, PromptTuning, PTuning
-from ffm.registry import Registry
 
-__all__ = ["METHODS", "Method", "build_method"]
+__all__ = ["METHODS", "Method", "MethodConfig", "PartyAdjustment", "build_method"]
 
-METHODS: Registry[type[Method]] = Registry("method.name")
 METHODS.register("lora", Lora)
 METHODS.register("full", Full)
 METHODS.register("ia3", Ia3)
@@ -22,5 +19,5 @@ METHODS.register("p_tuning", PTuning)
 
 
 def build_method(cfg: MethodConfig) -> Method:
-    """The method object for a job's ``method`` section."""
+    """The method object for a job's ``method`` section (its capabilities, and what it trains)."""
     return METHODS[cfg.name](cfg)

@@ -7,20 +7,54 @@ for all virtual clients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from flwr.serverapp.strategy import Strategy
 from peft import get_peft_model
 from torch import nn
 
-from ffm.config import MethodConfig
 from ffm.errors import ConfigError
+from ffm.local_training import GradHook
+from ffm.registry import Registry
+from ffm.settings import items, option
 from ffm.tasks import Task
 
-__all__ = ["Method", "with_peft_adapters"]
+__all__ = ["METHODS", "Method", "MethodConfig", "PartyAdjustment", "with_peft_adapters"]
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config; a method registers a subclass with its own keys."""
+
+    name: str = option("lora", "what is trained and sent; registered")
+    personal: list[str] = items("trainable parameters whose name contains one of these stay on their client and "
+                                "never travel (e.g. classifier: a personal head, FedPer-style)")
+
+
+@dataclass
+class PartyAdjustment:
+    """What one party does differently under a method: after a state is loaded (``after_load``), while it
+    trains (``grad_hooks``), and what it adds to its train metrics."""
+
+    after_load: list[GradHook] = field(default_factory=list)  # each called with the model
+    grad_hooks: list[GradHook] = field(default_factory=list)
+    metrics: dict[str, int | float] = field(default_factory=dict)
 
 
 class Method:
+    """What in a model trains, hence what travels; with the capabilities the rest of ffm reads.
+
+    ``dp_sgd``: Opacus can give per-example gradients of every layer it trains; ``task_types``: the tasks' peft
+    task types it can adapt (None: any). An instance (built from its
+    config) says whether its server half needs each update (:meth:`needs_each_update`: no secure aggregation,
+    no streaming, a plain-mean strategy), whether parties differ (:meth:`for_party`) and how it wraps the
+    strategy (:meth:`wrap_strategy`).
+    """
+
     config: ClassVar[type[MethodConfig]] = MethodConfig
+    dp_sgd: ClassVar[bool] = False
+    task_types: ClassVar[tuple[str, ...] | None] = None  # peft task types it can adapt (None: any task)
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
@@ -28,6 +62,24 @@ class Method:
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         """Return the model with exactly the method's parameters trainable."""
         raise NotImplementedError
+
+    @property
+    def needs_each_update(self) -> bool:
+        """Whether the server half aggregates its own way from every reply (not from a plain sum or mean)."""
+        return False
+
+    @property
+    def parties_differ(self) -> bool:
+        """Whether some party trains another shape of state than the global one (no per-example masking)."""
+        return False
+
+    def for_party(self, party: int) -> PartyAdjustment:
+        """What party ``party`` does differently (nothing, for most methods)."""
+        return PartyAdjustment()
+
+    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+        """The method's server half around the aggregation rule (none, for most methods)."""
+        return strategy
 
 
 def with_peft_adapters(model: nn.Module, task: Task, config_class: type, *, marker: str, train_head: bool,
@@ -55,3 +107,7 @@ def with_peft_adapters(model: nn.Module, task: Task, config_class: type, *, mark
             if marker not in name:
                 param.requires_grad_(False)
     return peft_model
+
+
+METHODS: Registry[type[Method]] = Registry("method.name")
+"""Methods by ``method.name``: one file with a ``Method`` subclass plus one ``METHODS.register`` line."""

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ffm.config import ConfigError, MethodConfig, _f
-from ffm.methods.base import Method
+from ffm.errors import ConfigError
+from ffm.methods.base import Method, MethodConfig
+from ffm.settings import option
 from ffm.tasks import Task
 
 __all__ = ["BitFit", "BitFitMethodConfig"]
@@ -22,12 +23,17 @@ _CLASSIFIER_HEADS = ("classifier", "score")
 
 @dataclass
 class BitFitMethodConfig(MethodConfig):
+    """BitFit's key: whether the head trains with the biases."""
+
     name: str = "bitfit"
-    train_head: bool = _f(True, "train (and send) the task's head with the bias terms")
+    train_head: bool = option(True, "train (and send) the task's head with the bias terms")
 
 
 class BitFit(Method):
+    """Bias terms (and the head) train: a choice of ``requires_grad``, no adapter."""
+
     config = BitFitMethodConfig
+    dp_sgd = True  # bias terms and LayerNorms: Opacus gives their per-example gradients
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         heads = tuple(task.head_modules) or (_CLASSIFIER_HEADS if task.peft_task_type == "SEQ_CLS" else ())

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ffm.config import MethodConfig
-from ffm.methods.base import Method
+from ffm.methods.base import Method, MethodConfig
 from ffm.tasks import Task
 
 __all__ = ["Full", "FullMethodConfig"]
@@ -15,10 +14,14 @@ __all__ = ["Full", "FullMethodConfig"]
 
 @dataclass
 class FullMethodConfig(MethodConfig):
+    """Full fine-tuning has no keys of its own."""
+
     name: str = "full"
 
 
 class Full(Method):
+    """Every parameter trains and travels."""
+
     config = FullMethodConfig
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:

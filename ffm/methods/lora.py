@@ -1,14 +1,22 @@
-"""LoRA (Hu et al. 2021) through peft: low-rank adapters on the named modules, plus the task's head."""
+"""LoRA (Hu et al. 2021) through peft: low-rank adapters on the named modules, plus the task's head.
+
+How the adapters federate beyond plain averaging (exact aggregation, heterogeneous ranks) is the method's own
+server and client half: :mod:`ffm.methods.lora_federation` (the model side) and
+:mod:`ffm.methods.lora_aggregation` (the server side).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from flwr.serverapp.strategy import Strategy
 from peft import LoraConfig
 from torch import nn
 
-from ffm.config import MethodConfig, _check, _f
-from ffm.methods.base import Method, with_peft_adapters
+from ffm.methods.base import Method, MethodConfig, PartyAdjustment, with_peft_adapters
+from ffm.methods.lora_aggregation import LoraAggregation
+from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
+from ffm.settings import items, option, require
 from ffm.tasks import Task
 
 __all__ = ["Lora", "LoraMethodConfig"]
@@ -16,38 +24,72 @@ __all__ = ["Lora", "LoraMethodConfig"]
 
 @dataclass
 class LoraMethodConfig(MethodConfig):
+    """LoRA's keys: rank, scaling, where the adapters go, and how they federate."""
+
     name: str = "lora"
-    r: int = _f(8, "LoRA rank")
-    alpha: int = _f(16, "LoRA scaling alpha")
-    dropout: float = _f(0.05, "dropout on the LoRA branch")
-    targets: list[str] = field(
-        default_factory=lambda: ["query", "value"],
-        metadata={"help": "module names that get LoRA adapters (comma-separated)"},
-    )
-    train_head: bool = _f(True, "train (and send) the task's head with the adapters")
-    aggregation: str = _f(
+    r: int = option(8, "LoRA rank")
+    alpha: int = option(16, "LoRA scaling alpha")
+    dropout: float = option(0.05, "dropout on the LoRA branch")
+    targets: list[str] = items("module names that get LoRA adapters (comma-separated)", ("query", "value"))
+    train_head: bool = option(True, "train (and send) the task's head with the adapters")
+    aggregation: str = option(
         "naive", "naive (average A and B apart) | exact (FedEx-LoRA: the residual goes into the frozen base, which "
-        "then travels down every round; fedavg/fedprox only)"
+        "then travels down every round; needs a strategy whose aggregate is the plain mean)",
+        choices=("naive", "exact"),
     )
-    client_ranks: list[int] = field(
-        default_factory=list,
-        metadata={"help": "heterogeneous ranks: client k uses client_ranks[k % len] (each <= r); empty = all use r"},
-    )
+    client_ranks: list[int] = items("heterogeneous ranks: client k uses client_ranks[k % len] (each <= r); empty = "
+                                    "all use r")
 
     def __post_init__(self) -> None:
-        _check(self.r >= 1, "method.r (LoRA rank) must be at least 1")
-        _check(self.aggregation in ("naive", "exact"), f"method.aggregation: '{self.aggregation}' is not one of "
-               "naive, exact")
-        _check(all(1 <= k <= self.r for k in self.client_ranks),
-               f"method.client_ranks {self.client_ranks}: each must be in 1..method.r={self.r}")
-        _check(0.0 <= self.dropout < 1.0, "method.dropout must be in [0, 1)")
-        _check(bool(self.targets), "method.targets must name at least one module")
+        require(self.r >= 1, "method.r (LoRA rank) must be at least 1")
+        require(all(1 <= k <= self.r for k in self.client_ranks),
+                f"method.client_ranks {self.client_ranks}: each must be in 1..method.r={self.r}")
+        require(0.0 <= self.dropout < 1.0, "method.dropout must be in [0, 1)")
+        require(bool(self.targets), "method.targets must name at least one module")
 
 
 class Lora(Method):
+    """peft's LoRA; exact aggregation and heterogeneous ranks change its server and client halves."""
+
     config = LoraMethodConfig
+    dp_sgd = True  # Linear adapters: Opacus gives their per-example gradients
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         cfg = self.cfg
         return with_peft_adapters(model, task, LoraConfig, marker="lora_", train_head=cfg.train_head, r=cfg.r,
                                   lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
+
+    @property
+    def needs_each_update(self) -> bool:
+        return self.cfg.aggregation == "exact" or bool(self.cfg.client_ranks)
+
+    @property
+    def parties_differ(self) -> bool:
+        return bool(self.cfg.client_ranks)
+
+    def for_party(self, party: int) -> PartyAdjustment:
+        """A party of a lower rank zeroes the components beyond it on load and keeps them zero as it trains."""
+        if not self.cfg.client_ranks:
+            return PartyAdjustment()
+        rank = client_rank(self.cfg.client_ranks, party, self.cfg.r)
+        return PartyAdjustment(after_load=[lambda model: truncate_rank(model, rank)],
+                               grad_hooks=[_LazyMask(rank)], metrics={RANK_KEY: rank})
+
+    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+        if not self.needs_each_update:
+            return strategy
+        return LoraAggregation(strategy, exact=self.cfg.aggregation == "exact",
+                               heterogeneous=bool(self.cfg.client_ranks), scaling=self.cfg.alpha / self.cfg.r)
+
+
+class _LazyMask:
+    """The rank mask as a gradient hook, built on its first call (it needs the model's parameters)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.hook = None
+
+    def __call__(self, model: nn.Module) -> None:
+        if self.hook is None:
+            self.hook = rank_mask_hook(model, self.rank)
+        self.hook(model)

@@ -22,7 +22,7 @@ averages each rank component over the clients that have it (weighted by examples
 adapter is the mean of the clients with r_i > j. With equal ranks this is plain FedAvg.
 
 This module holds the model side (used by the ClientApp and the workspace); the server side is
-``ffm.strategies.lora_aggregation``.
+:mod:`ffm.methods.lora_aggregation`, and :class:`ffm.methods.lora.Lora` wires both into the job.
 """
 
 from __future__ import annotations
@@ -33,24 +33,19 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ffm.keys import BASE_DELTA_PREFIX
+
 __all__ = [
-    "BASE_DELTA_PREFIX",
     "RANK_KEY",
     "apply_base_delta",
     "client_rank",
-    "is_base_delta",
     "lora_pairs",
     "rank_mask_hook",
     "truncate_rank",
 ]
 
-BASE_DELTA_PREFIX = "base-delta:"
 RANK_KEY = "lora-rank"  # a client's adapter rank, in its train metrics (heterogeneous ranks)
 _A = re.compile(r"^(?P<module>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
-
-
-def is_base_delta(name: str) -> bool:
-    return name.startswith(BASE_DELTA_PREFIX)
 
 
 def lora_pairs(names: Iterable[str]) -> dict[str, tuple[str, str]]:

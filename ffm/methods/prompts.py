@@ -20,58 +20,71 @@ from dataclasses import dataclass
 from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from torch import nn
 
-from ffm.config import ConfigError, MethodConfig, _check, _f
-from ffm.methods.base import Method
+from ffm.errors import ConfigError
+from ffm.methods.base import Method, MethodConfig
+from ffm.settings import option, require
 from ffm.tasks import Task
 
 __all__ = ["PTuning", "PrefixTuning", "PromptTuning"]
 
-SUPPORTED = {"SEQ_CLS": "text_classification", "CAUSAL_LM": "causal_lm or verbalizer_classification"}
 
 
 @dataclass
 class _VirtualTokens(MethodConfig):
-    virtual_tokens: int = _f(20, "number of virtual tokens put in front of every input")
+    virtual_tokens: int = option(20, "number of virtual tokens put in front of every input")
 
     def __post_init__(self) -> None:
-        _check(self.virtual_tokens >= 1, "method.virtual_tokens must be at least 1")
+        require(self.virtual_tokens >= 1, "method.virtual_tokens must be at least 1")
 
 
 @dataclass
 class PromptTuningMethodConfig(_VirtualTokens):
+    """Prompt tuning's keys: how many virtual tokens, and their start."""
+
     name: str = "prompt_tuning"
-    init: str = _f("random", "initial virtual-token embeddings: random | sample_vocab (embeddings of random words)")
+    init: str = option("random", "initial virtual-token embeddings: random | sample_vocab (embeddings of random words)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.init in ("random", "sample_vocab"), f"method.init: '{self.init}' is not random or sample_vocab")
+        require(self.init in ("random", "sample_vocab"), f"method.init: '{self.init}' is not random or sample_vocab")
 
 
 @dataclass
 class PrefixTuningMethodConfig(_VirtualTokens):
+    """Prefix tuning's keys: how many virtual tokens, and an optional MLP."""
+
     name: str = "prefix_tuning"
-    projection: bool = _f(False, "produce the prefixes through a 2-layer MLP (more to train and send)")
+    projection: bool = option(False, "produce the prefixes through a 2-layer MLP (more to train and send)")
 
 
 @dataclass
 class PTuningMethodConfig(_VirtualTokens):
+    """P-tuning's keys: how many virtual tokens, and the prompt encoder."""
+
     name: str = "p_tuning"
-    encoder: str = _f("MLP", "the prompt encoder: MLP | LSTM")
-    encoder_hidden: int = _f(128, "hidden size of the prompt encoder")
+    encoder: str = option("MLP", "the prompt encoder: MLP | LSTM")
+    encoder_hidden: int = option(128, "hidden size of the prompt encoder")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.encoder in ("MLP", "LSTM"), f"method.encoder: '{self.encoder}' is not MLP or LSTM")
+        require(self.encoder in ("MLP", "LSTM"), f"method.encoder: '{self.encoder}' is not MLP or LSTM")
+
+
+class _SoftPrompt(Method):
+    """peft's prompt learning: sequence classification (its head trains along) and causal LMs only."""
+
+    task_types = ("SEQ_CLS", "CAUSAL_LM")
 
 
 def _task_type(task: Task, method: str) -> str:
-    if task.peft_task_type not in SUPPORTED:
-        raise ConfigError(f"method.name={method} (peft prompt learning) supports task.name="
-                          f"{' or '.join(SUPPORTED.values())}, not '{task.cfg.name}'; use lora, ia3, bitfit or full")
+    if task.peft_task_type not in _SoftPrompt.task_types:  # the job's check refuses it first; a direct use too
+        raise ConfigError(f"method.name={method} (peft prompt learning) cannot adapt task.name={task.cfg.name}")
     return task.peft_task_type
 
 
-class PromptTuning(Method):
+class PromptTuning(_SoftPrompt):
+    """Prompt tuning: the virtual tokens' input embeddings train."""
+
     config = PromptTuningMethodConfig
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
@@ -81,7 +94,9 @@ class PromptTuning(Method):
                                                         prompt_tuning_init=init))
 
 
-class PrefixTuning(Method):
+class PrefixTuning(_SoftPrompt):
+    """Prefix tuning: key/value prefixes in every layer train."""
+
     config = PrefixTuningMethodConfig
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
@@ -104,7 +119,9 @@ def _takes_past_key_values(peft_model: nn.Module) -> bool:
         peft_model.base_model.get_submodule(backbone).forward).parameters
 
 
-class PTuning(Method):
+class PTuning(_SoftPrompt):
+    """P-tuning: a small prompt encoder produces the virtual tokens."""
+
     config = PTuningMethodConfig
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:

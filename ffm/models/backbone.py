@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ModelConfig
 from ffm.errors import ModelError
+from ffm.models.config import ModelConfig
 from ffm.models.gguf import GGUF_MODELS, converted_gguf_model
 
 __all__ = ["load_model", "load_pretrained", "load_tokenizer", "resolve_model_path"]
@@ -45,6 +45,7 @@ def _offline() -> bool:
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``model.name``, loaded offline when the model is local."""
     path = resolve_model_path(cfg.name)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).exists())

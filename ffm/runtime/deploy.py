@@ -35,8 +35,8 @@ from typing import Any
 
 import tomli_w
 
-from ffm.config import JobConfig, declared_run_config_tree, job_to_run_config_tree
 from ffm.errors import FfmError
+from ffm.settings import Job, scalars, to_dict
 
 __all__ = [
     "TlsFiles",
@@ -198,16 +198,16 @@ def app_pyproject() -> dict[str, Any]:
                 "app": {
                     "publisher": "ffm",
                     "components": {"serverapp": "ffm.server:app", "clientapp": "ffm.client:app"},
-                    "config": declared_run_config_tree(),
+                    "config": _declared_keys(),
                 }
             }
         },
     }
 
 
-def job_toml(job: JobConfig) -> str:
+def job_toml(job: Job) -> str:
     """The job as a ``flwr run --run-config`` TOML file."""
-    return tomli_w.dumps(job_to_run_config_tree(job))
+    return tomli_w.dumps(scalars(to_dict(job)))
 
 
 def write_app(directory: Path) -> Path:
@@ -258,3 +258,9 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
         return
+
+
+def _declared_keys() -> dict[str, Any]:
+    from ffm.config import declared_run_config_tree  # every plug-in: only when an app is written
+
+    return declared_run_config_tree()

@@ -22,8 +22,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
+from ffm.carrier import Carrier
+from ffm.flwr_internals import Run, set_message_id, set_task_identity
+from ffm.keys import PARTITION_ID, PERSONAL_KEY
 from ffm.models.state import state_nbytes
-from ffm.runtime.flwr_internals import Run, set_message_id, set_task_identity
 from ffm.runtime.pool import deliver_in_parallel, error_reply
 
 __all__ = ["LocalGrid"]
@@ -35,8 +37,12 @@ def _payload(msg: Message) -> int:
     return 0 if msg.has_error() else sum(state_nbytes(r) for r in msg.content.array_records.values())
 
 
-class LocalGrid(Grid):
-    """Drive ``client_app`` for ``num_nodes`` virtual nodes (node ids 1..N, partition ids 0..N-1)."""
+class LocalGrid(Grid, Carrier):
+    """Drive ``client_app`` for ``num_nodes`` virtual nodes (node ids 1..N, partition ids 0..N-1).
+
+    Its nodes live in this process, so it also offers the ServerApp every runtime service (:class:`Carrier`):
+    the nodes' own state for checkpoints, each party's personal part, and replies handed over one by one.
+    """
 
     def __init__(
         self,
@@ -55,7 +61,7 @@ class LocalGrid(Grid):
             pid + 1: Context(
                 run_id=run_id,
                 node_id=pid + 1,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={PARTITION_ID: pid, "num-partitions": num_nodes},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
@@ -80,6 +86,20 @@ class LocalGrid(Grid):
         """Restore what :meth:`node_states` saved (a resumed simulation continues with the nodes' own state)."""
         for node, packed in states.items():
             self.contexts[int(node)].state = _unpack(packed)
+
+    def personal_states(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Each virtual node's kept part (``method.personal``) by partition id, for the final evaluation."""
+        return {int(ctx.node_config[PARTITION_ID]): ctx.state[PERSONAL_KEY].to_torch_state_dict()
+                for ctx in self.contexts.values() if PERSONAL_KEY in ctx.state.array_records}
+
+    def partition_ids(self, grid: Grid) -> dict[int, int]:
+        """Node id -> partition id of this grid's virtual nodes (``grid`` may show a subset of them)."""
+        shown = set(grid.get_node_ids())
+        return {node: int(ctx.node_config[PARTITION_ID]) for node, ctx in self.contexts.items() if node in shown}
+
+    def stream_replies(self, on: bool) -> None:
+        """Deliver train messages lazily, one reply at a time as the reader asks (streaming aggregation)."""
+        self.streaming = on
 
     def set_run(self, run: Run) -> None:
         self._run = run

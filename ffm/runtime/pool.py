@@ -29,7 +29,7 @@ import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from ffm.runtime.flwr_internals import (
+from ffm.flwr_internals import (
     ErrorCode,
     ProtoContext,
     ProtoMessage,

@@ -11,11 +11,12 @@ import torch
 from flwr.app import Context, RecordDict
 
 from ffm.client import app as client_app
-from ffm.config import JobConfig, job_to_run_config
+from ffm.config import job_to_run_config
+from ffm.flwr_internals import SERVER_NODE_ID
 from ffm.runtime.auto_workers import auto_workers, available_memory, resident_memory
-from ffm.runtime.flwr_internals import SERVER_NODE_ID
 from ffm.runtime.local_grid import LocalGrid
 from ffm.server import app as server_app
+from ffm.settings import Job
 from ffm.workspace import workspace_for
 
 logger = logging.getLogger(__name__)
@@ -23,10 +24,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["run_local"]
 
 
-def run_local(job: JobConfig, *, run_id: int = 1) -> tuple[dict[str, Any], LocalGrid]:
+def run_local(job: Job, *, run_id: int = 1) -> tuple[dict[str, Any], LocalGrid]:
     """Run ``job`` on the in-process LocalGrid; return its summary and the grid (for its byte counters)."""
     run_config = job_to_run_config(job)
-    num_nodes = 1 if job.mode == "centralized" else job.federation.num_clients
+    num_nodes = job.mode.nodes(job.federation.num_clients)
     grid = LocalGrid(client_app, num_nodes=num_nodes, run_config=run_config, run_id=run_id,
                      workers=_workers(job), threads=job.federation.worker_threads)
     context = Context(run_id=run_id, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
@@ -35,15 +36,15 @@ def run_local(job: JobConfig, *, run_id: int = 1) -> tuple[dict[str, Any], Local
         return json.load(handle), grid
 
 
-def _workers(job: JobConfig) -> int:
+def _workers(job: Job) -> int:
     """``federation.workers``; 0 (the default) resolved for this machine and this job's model
     (ffm.runtime.auto_workers): the workers share the torch threads this process was given (OMP_NUM_THREADS,
     torch.set_num_threads). The Workspace is built for it here, once: the ServerApp finds it built."""
     fed = job.federation
     if fed.workers:
         return fed.workers
-    per_round = 1 if job.mode == "centralized" else max(fed.min_train_clients, math.ceil(fed.fraction_train
-                                                                                         * fed.num_clients))
+    per_round = 1 if job.mode.pools_data else max(fed.min_train_clients, math.ceil(fed.fraction_train
+                                                                                   * fed.num_clients))
     if per_round < 2:
         return 1
     params = list(workspace_for(job).model.parameters())

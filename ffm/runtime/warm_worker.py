@@ -7,7 +7,7 @@ executor: it acquires the node's ``flwr-clientapp`` tasks one by one and runs ea
 this process, so ffm's per-process :func:`ffm.workspace.workspace_for` cache keeps the backbone and the
 tokenized data loaded from one message to the next.
 
-Per task it does what ``flwr-clientapp`` does (flwr's own functions, see :mod:`ffm.runtime.flwr_internals`):
+Per task it does what ``flwr-clientapp`` does (flwr's own functions, see :mod:`ffm.flwr_internals`):
 pull the message and context, run the ClientApp, push the reply, push the task output (the context and
 COMPLETED / FAILED). It differs only where a process that lives for one task and one that serves many must:
 
@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 from flwr.app import Context, Message
 
-from ffm.runtime import flwr_internals as fi
+from ffm import flwr_internals as fi
 
 __all__ = ["TaskResult", "WarmWorker", "main"]
 
@@ -62,6 +62,8 @@ class TaskCancelled(BaseException):
 
 @dataclass(frozen=True)
 class TaskResult:
+    """What one ClientApp task ended with (its reply, or why it failed)."""
+
     task_id: int
     message_type: str  # "train", "evaluate", ... ("" when the message never arrived)
     status: str  # flwr's SubStatus: "completed" or "failed"
@@ -245,12 +247,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ffm.runtime.warm_worker``: serve a SuperNode's ClientApp tasks until stopped."""
     args = _parse(argv)
     # On SIGTERM the worker stops within milliseconds, but the interpreter's teardown then garbage-collects
     # every module (torch, transformers, flwr): ~1.5 s of CPU, longer on a busy machine, before the process is
     # gone. Frozen objects are left to the OS instead; atexit handlers and the flushing of files still run.
     atexit.register(gc.freeze)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # force: a library imported above (Opacus) may have configured the root logger already
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
     certificates = Path(args.root_certificates).read_bytes() if args.root_certificates else None
     worker = WarmWorker(args.runtime_api, root_certificates=certificates, insecure=args.insecure,

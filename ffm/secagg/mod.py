@@ -19,11 +19,12 @@ import os
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
-from ffm.config import JobConfig
+from ffm.flwr_internals import create_shares
+from ffm.keys import ARRAYS_KEY, METRICS_KEY
+from ffm.privacy import noise_multiplier
 from ffm.secagg.protocol import agree, decrypt, encrypt, keypair, neighbours, prg, quantize
-from ffm.strategies import ARRAYS_KEY, METRICS_KEY
+from ffm.settings import Job
 
 __all__ = ["MASKED_KEY", "SECAGG_KEY", "secagg_mod", "update_vector"]
 
@@ -91,7 +92,7 @@ def _store_shares(context: Context, node: int, cfg: ConfigRecord) -> None:
     state["held-src"], state["held-s"], state["held-b"] = srcs, held_s, held_b
 
 
-def _mask(job: JobConfig, context: Context, node: int, delta: np.ndarray, weight: int) -> np.ndarray:
+def _mask(job: Job, context: Context, node: int, delta: np.ndarray, weight: int) -> np.ndarray:
     dp = job.privacy
     state = context.state[STATE_KEY]
     values = (quantize(delta, dp.secagg_bound, dp.secagg_bits) * weight).view(np.uint64)
@@ -103,11 +104,9 @@ def _mask(job: JobConfig, context: Context, node: int, delta: np.ndarray, weight
     return masked
 
 
-def _private_delta(job: JobConfig, delta: np.ndarray, participants: int) -> np.ndarray:
+def _private_delta(job: Job, delta: np.ndarray, participants: int) -> np.ndarray:
     """Clip to privacy.clipping_norm and add this client's share of the Gaussian noise (distributed DP: the
     participants' shares sum to std z x clipping_norm, all before masking)."""
-    from ffm.privacy import noise_multiplier
-
     dp = job.privacy
     norm = float(np.linalg.norm(delta))
     delta = delta * min(1.0, dp.clipping_norm / max(norm, 1e-12))
@@ -115,7 +114,7 @@ def _private_delta(job: JobConfig, delta: np.ndarray, participants: int) -> np.n
     return delta + np.random.default_rng().normal(0.0, std, size=delta.shape)
 
 
-def _collect(job: JobConfig, msg: Message, context: Context, call_next: ClientAppCallable, node: int) -> Message:
+def _collect(job: Job, msg: Message, context: Context, call_next: ClientAppCallable, node: int) -> Message:
     cfg = msg.content.config_records[SECAGG_KEY]
     _store_shares(context, node, cfg)
     received = msg.content[ARRAYS_KEY]
@@ -154,7 +153,7 @@ def _unmask(context: Context, cfg: ConfigRecord) -> ConfigRecord:
     return ConfigRecord(out)
 
 
-def secagg_mod(job: JobConfig) -> Mod:
+def secagg_mod(job: Job) -> Mod:
     """The mod that runs SecAgg+'s client stages around the ClientApp (outermost: it masks the final update)."""
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -49,11 +49,13 @@ def agree(private: bytes, public: bytes, purpose: bytes) -> bytes:
 
 
 def encrypt(key: bytes, plaintext: bytes) -> bytes:
+    """AES-GCM encryption of ``plaintext`` under a 32-byte ``key`` (nonce first)."""
     nonce = os.urandom(12)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, None)
 
 
 def decrypt(key: bytes, blob: bytes) -> bytes:
+    """The plaintext of :func:`encrypt`'s output; a wrong key or tampering raises."""
     return AESGCM(key).decrypt(blob[:12], blob[12:], None)
 
 

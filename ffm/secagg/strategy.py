@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from ffm.config import JobConfig
 from ffm.errors import AggregationFailed
+from ffm.flwr_internals import combine_shares
 from ffm.secagg.mod import MASKED_KEY, SECAGG_KEY
 from ffm.secagg.protocol import agree, dequantize, neighbours, prg, threshold_of
+from ffm.settings import Job
 from ffm.strategies.wrapper import StrategyWrapper
 
 __all__ = ["SecAggPlus"]
@@ -34,9 +34,11 @@ logger = logging.getLogger("ffm")
 
 
 class SecAggPlus(StrategyWrapper):
+    """Around a plain-mean rule: the four SecAgg+ exchanges, then the rule's aggregate of the unmasked sum."""
+
     arrayrecord_key = None  # replies carry a masked vector, checked by the client before masking
 
-    def __init__(self, inner: Strategy, job: JobConfig) -> None:
+    def __init__(self, inner: Strategy, job: Job) -> None:
         super().__init__(inner)
         self.job = job
         self._round: dict[str, Any] | None = None

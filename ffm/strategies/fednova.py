@@ -23,9 +23,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from ffm.config import StrategyConfig
-from ffm.strategies.guard import ARRAYS_KEY, METRICS_KEY
-from ffm.strategies.spec import FlowerStrategy
+from ffm.keys import ARRAYS_KEY, METRICS_KEY
+from ffm.strategies.spec import FlowerSpec, StrategyConfig
 
 __all__ = ["FEDNOVA", "FedNova", "FedNovaConfig", "WORK_KEY"]
 
@@ -33,6 +32,8 @@ WORK_KEY = "lr-sum"  # a client's amount of local work, in its train MetricRecor
 
 
 class FedNova(FedAvg):
+    """Flower's FedAvg (sampling, weighting, metrics) with FedNova's normalized aggregate."""
+
     def __init__(self, **fedavg: Any) -> None:
         super().__init__(**fedavg)
         self._round_start: dict[str, torch.Tensor] = {}
@@ -73,10 +74,14 @@ class FedNova(FedAvg):
 
 @dataclass
 class FedNovaConfig(StrategyConfig):
+    """FedNova has no keys of its own (clients report their work)."""
+
     name: str = "fednova"
 
 
-class FedNovaSpec(FlowerStrategy):
+class FedNovaSpec(FlowerSpec):
+    """FedNova's server rule; clients train as usual and report their work (``lr-sum``)."""
+
     assumes_sgd = True
 
 

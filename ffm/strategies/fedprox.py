@@ -14,20 +14,22 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedProx
 from torch import nn
 
-from ffm.config import StrategyConfig, _check, _f
 from ffm.local_training import Penalty
-from ffm.strategies.spec import FlowerStrategy
+from ffm.settings import option, require
+from ffm.strategies.spec import FlowerSpec, StrategyConfig
 
 __all__ = ["FEDPROX", "FedProxConfig", "proximal_term"]
 
 
 @dataclass
 class FedProxConfig(StrategyConfig):
+    """FedProx's key: the weight of the proximal term."""
+
     name: str = "fedprox"
-    proximal_mu: float = _f(0.01, "weight mu of the proximal term (0 = FedAvg)")
+    proximal_mu: float = option(0.01, "weight mu of the proximal term (0 = FedAvg)")
 
     def __post_init__(self) -> None:
-        _check(self.proximal_mu >= 0.0, f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
+        require(self.proximal_mu >= 0.0, f"strategy.proximal_mu must be >= 0, got {self.proximal_mu}")
 
 
 def proximal_term(model: nn.Module, global_state: dict[str, torch.Tensor], mu: float) -> Penalty:
@@ -40,7 +42,11 @@ def proximal_term(model: nn.Module, global_state: dict[str, torch.Tensor], mu: f
     return term
 
 
-class FedProxStrategy(FlowerStrategy):
+class FedProxSpec(FlowerSpec):
+    """Flower's FedProx on the server; the proximal term on the client."""
+
+    client_correction = True
+
     def client_penalties(
         self, config: ConfigRecord, model: nn.Module, global_state: dict[str, torch.Tensor]
     ) -> list[Penalty]:
@@ -48,4 +54,4 @@ class FedProxStrategy(FlowerStrategy):
         return [proximal_term(model, global_state, mu)] if mu > 0 else []
 
 
-FEDPROX = FedProxStrategy(FedProx, FedProxConfig)
+FEDPROX = FedProxSpec(FedProx, FedProxConfig, plain_mean=True)

@@ -22,87 +22,107 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
-from ffm.config import StrategyConfig, _check, _f
-from ffm.strategies.spec import FlowerStrategy
+from ffm.settings import option, require
+from ffm.strategies.spec import FlowerSpec, StrategyConfig
 
 __all__ = ["FLOWER_STRATEGIES"]
 
 
 @dataclass
 class FedAvgConfig(StrategyConfig):
+    """FedAvg has no keys of its own: the federation section samples clients."""
+
     name: str = "fedavg"
 
 
 @dataclass
 class FedAvgMConfig(StrategyConfig):
+    """FedAvgM's server step and momentum."""
+
     name: str = "fedavgm"
-    server_learning_rate: float = _f(1.0, "server step size on the averaged update")
-    server_momentum: float = _f(0.9, "server momentum (0 = FedAvg when server_learning_rate is 1)")
+    server_learning_rate: float = option(1.0, "server step size on the averaged update")
+    server_momentum: float = option(0.9, "server momentum (0 = FedAvg when server_learning_rate is 1)")
 
 
 @dataclass
 class FedAdamConfig(StrategyConfig):
+    """FedAdam's server learning rate, moment decays and adaptivity."""
+
     name: str = "fedadam"
-    eta: float = _f(1e-2, "server learning rate")
-    eta_l: float = _f(1e-1, "client learning rate Flower records (ffm clients use train.lr)")
-    beta_1: float = _f(0.9, "first-moment decay")
-    beta_2: float = _f(0.99, "second-moment decay")
-    tau: float = _f(1e-3, "adaptivity (added to the root of the second moment)")
+    eta: float = option(1e-2, "server learning rate")
+    eta_l: float = option(1e-1, "client learning rate Flower records (ffm clients use train.lr)")
+    beta_1: float = option(0.9, "first-moment decay")
+    beta_2: float = option(0.99, "second-moment decay")
+    tau: float = option(1e-3, "adaptivity (added to the root of the second moment)")
 
 
 @dataclass
 class FedYogiConfig(FedAdamConfig):
+    """FedYogi takes FedAdam's keys (Yogi's sign-based second moment)."""
+
     name: str = "fedyogi"
 
 
 @dataclass
 class FedAdagradConfig(StrategyConfig):
+    """FedAdagrad's server learning rate and adaptivity."""
+
     name: str = "fedadagrad"
-    eta: float = _f(1e-2, "server learning rate")
-    eta_l: float = _f(1e-1, "client learning rate Flower records (ffm clients use train.lr)")
-    tau: float = _f(1e-3, "adaptivity (added to the root of the second moment)")
+    eta: float = option(1e-2, "server learning rate")
+    eta_l: float = option(1e-1, "client learning rate Flower records (ffm clients use train.lr)")
+    tau: float = option(1e-3, "adaptivity (added to the root of the second moment)")
 
 
 @dataclass
 class FedMedianConfig(StrategyConfig):
+    """FedMedian has no keys of its own."""
+
     name: str = "fedmedian"
 
 
 @dataclass
 class FedTrimmedAvgConfig(StrategyConfig):
+    """FedTrimmedAvg's trimmed share per side."""
+
     name: str = "fedtrimmedavg"
-    beta: float = _f(0.2, "share of the lowest and of the highest values cut per coordinate, in [0, 0.5)")
+    beta: float = option(0.2, "share of the lowest and of the highest values cut per coordinate, in [0, 0.5)")
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.beta < 0.5, f"strategy.beta must be in [0, 0.5), got {self.beta}")
+        require(0.0 <= self.beta < 0.5, f"strategy.beta must be in [0, 0.5), got {self.beta}")
 
 
 @dataclass
 class KrumConfig(StrategyConfig):
+    """Krum's assumed number of attackers."""
+
     name: str = "krum"
-    num_malicious_nodes: int = _f(0, "attackers the rule must tolerate (f)")
+    num_malicious_nodes: int = option(0, "attackers the rule must tolerate (f)")
 
 
 @dataclass
 class MultiKrumConfig(KrumConfig):
+    """MultiKrum: Krum's keys plus how many updates are averaged."""
+
     name: str = "multikrum"
-    num_nodes_to_select: int = _f(1, "updates averaged after Krum scoring (m)")
+    num_nodes_to_select: int = option(1, "updates averaged after Krum scoring (m)")
 
 
 @dataclass
 class BulyanConfig(KrumConfig):
+    """Bulyan takes Krum's keys."""
+
     name: str = "bulyan"
 
 
 FLOWER_STRATEGIES = {
-    "fedavg": FlowerStrategy(FedAvg, FedAvgConfig),
-    "fedavgm": FlowerStrategy(FedAvgM, FedAvgMConfig),
-    "fedadam": FlowerStrategy(FedAdam, FedAdamConfig),
-    "fedyogi": FlowerStrategy(FedYogi, FedYogiConfig),
-    "fedadagrad": FlowerStrategy(FedAdagrad, FedAdagradConfig),
-    "fedmedian": FlowerStrategy(FedMedian, FedMedianConfig),
-    "fedtrimmedavg": FlowerStrategy(FedTrimmedAvg, FedTrimmedAvgConfig),
-    "krum": FlowerStrategy(Krum, KrumConfig),
-    "multikrum": FlowerStrategy(MultiKrum, MultiKrumConfig),
-    "bulyan": FlowerStrategy(Bulyan, BulyanConfig),
+    "fedavg": FlowerSpec(FedAvg, FedAvgConfig, plain_mean=True),
+    "fedavgm": FlowerSpec(FedAvgM, FedAvgMConfig, mean_based=True, model_shaped_state=True),
+    "fedadam": FlowerSpec(FedAdam, FedAdamConfig, mean_based=True, model_shaped_state=True),
+    "fedyogi": FlowerSpec(FedYogi, FedYogiConfig, mean_based=True, model_shaped_state=True),
+    "fedadagrad": FlowerSpec(FedAdagrad, FedAdagradConfig, mean_based=True, model_shaped_state=True),
+    "fedmedian": FlowerSpec(FedMedian, FedMedianConfig),
+    "fedtrimmedavg": FlowerSpec(FedTrimmedAvg, FedTrimmedAvgConfig),
+    "krum": FlowerSpec(Krum, KrumConfig),
+    "multikrum": FlowerSpec(MultiKrum, MultiKrumConfig),
+    "bulyan": FlowerSpec(Bulyan, BulyanConfig),
 }

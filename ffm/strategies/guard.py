@@ -18,15 +18,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ffm.errors import AggregationFailed, RoundFailedError
-from ffm.methods.lora_federation import is_base_delta
+from ffm.keys import ARRAYS_KEY, CLIENT_KEY, METRICS_KEY, is_base_delta
 from ffm.models.state import check_update, state_nbytes
 from ffm.strategies.streaming import RunningMean
 from ffm.strategies.wrapper import StrategyWrapper
 
-__all__ = ["ARRAYS_KEY", "METRICS_KEY", "RoundLog", "UpdateGuard"]
-
-ARRAYS_KEY = "arrays"  # Flower's default arrayrecord_key; a strategy may name another, or None
-METRICS_KEY = "metrics"
+__all__ = ["RoundLog", "UpdateGuard"]
 
 logger = logging.getLogger("ffm")
 
@@ -45,7 +42,7 @@ class RoundLog:
 
 def _reply_info(msg: Message) -> dict:
     info: dict = {"node": msg.metadata.src_node_id}
-    client = msg.content.config_records.get("client") if not msg.has_error() else None
+    client = msg.content.config_records.get(CLIENT_KEY) if not msg.has_error() else None
     if client is not None:
         info.update({key.replace("-", "_"): value for key, value in client.items()})
     return info

@@ -16,11 +16,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from ffm.keys import ARRAYS_KEY, CLIENT_KEY, CONFIG_KEY, PARTITION_ID, SERVER_ROUND
+
 __all__ = ["LocalOnly"]
 
 
 def _partition(msg: Message) -> int:
-    return int(msg.content["client"]["partition-id"])
+    return int(msg.content[CLIENT_KEY][PARTITION_ID])
 
 
 class LocalOnly(Strategy):
@@ -35,7 +37,7 @@ class LocalOnly(Strategy):
         if not unknown or not self.states:
             return  # nobody unknown, or nobody has a state of its own yet (everyone starts from `arrays`)
         asks = [
-            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY,
+            Message(RecordDict({CONFIG_KEY: ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY,
                     group_id=str(server_round))
             for node in unknown
         ]
@@ -46,12 +48,12 @@ class LocalOnly(Strategy):
     def _messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, kind: str
     ) -> list[Message]:
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         nodes = sorted(grid.get_node_ids())
         self._learn_partitions(nodes, grid, server_round)
         return [
             Message(
-                RecordDict({"arrays": self.states.get(self.partition_of.get(node, -1), arrays), "config": config}),
+                RecordDict({ARRAYS_KEY: self.states.get(self.partition_of.get(node, -1), arrays), CONFIG_KEY: config}),
                 dst_node_id=node,
                 message_type=kind,
                 group_id=str(server_round),
@@ -72,7 +74,7 @@ class LocalOnly(Strategy):
             if msg.has_error():
                 continue
             self.partition_of[msg.metadata.src_node_id] = _partition(msg)
-            self.states[_partition(msg)] = msg.content["arrays"]
+            self.states[_partition(msg)] = msg.content[ARRAYS_KEY]
             contents.append(msg.content)
         return None, aggregate_metricrecords(contents, "num-examples") if contents else None
 
@@ -94,7 +96,9 @@ class LocalOnly(Strategy):
         """Nothing to configure: the baseline has no parameters."""
 
     def state_dict(self) -> dict[str, dict]:
+        """Every party's own model, for the checkpoint."""
         return {"states": {pid: arrays.to_torch_state_dict() for pid, arrays in self.states.items()}}
 
     def load_state_dict(self, state: dict[str, dict]) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.states = {int(pid): ArrayRecord(sd) for pid, sd in state.get("states", {}).items()}

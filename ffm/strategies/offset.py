@@ -17,14 +17,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from ffm.keys import Salt, derive_seed
 from ffm.strategies.wrapper import StrategyWrapper
 
-__all__ = ["RoundOffset", "round_seed"]
-
-
-def round_seed(seed: int, server_round: int, salt: int = 0) -> int:
-    """A seed for one round (and optionally one party), independent of what ran before it."""
-    return (seed * 1_000_003 + server_round * 10_007 + salt) % (2**31 - 1)
+__all__ = ["RoundOffset"]
 
 
 class RoundOffset(StrategyWrapper):
@@ -38,19 +34,19 @@ class RoundOffset(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        random.seed(round_seed(self.seed, server_round + self.offset, salt=1))
+        random.seed(derive_seed(self.seed, server_round + self.offset, Salt.TRAIN_SAMPLING))
         return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        np.random.seed(round_seed(self.seed, server_round + self.offset, salt=3))
+        np.random.seed(derive_seed(self.seed, server_round + self.offset, Salt.AGGREGATION_NOISE))
         return self.inner.aggregate_train(server_round + self.offset, replies)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        random.seed(round_seed(self.seed, server_round + self.offset, salt=2))
+        random.seed(derive_seed(self.seed, server_round + self.offset, Salt.EVALUATE_SAMPLING))
         return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

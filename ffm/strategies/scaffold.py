@@ -26,8 +26,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, validate_message_reply_consistency
 from torch import nn
 
-from ffm.config import StrategyConfig, _check, _f
-from ffm.strategies.spec import ClientRule, FlowerStrategy
+from ffm.settings import option, require
+from ffm.strategies.spec import ClientRule, FlowerSpec, StrategyConfig
 
 __all__ = ["CLIENT_CONTROL_KEY", "CONTROL_KEY", "CONTROL_UPDATE_KEY", "SCAFFOLD", "Scaffold", "ScaffoldConfig"]
 
@@ -40,11 +40,13 @@ logger = logging.getLogger("ffm")
 
 @dataclass
 class ScaffoldConfig(StrategyConfig):
+    """SCAFFOLD's server learning rate."""
+
     name: str = "scaffold"
-    global_lr: float = _f(1.0, "server learning rate: x += global_lr * (mean of the clients' states - x)")
+    global_lr: float = option(1.0, "server learning rate: x += global_lr * (mean of the clients' states - x)")
 
     def __post_init__(self) -> None:
-        _check(self.global_lr > 0.0, f"strategy.global_lr must be > 0, got {self.global_lr}")
+        require(self.global_lr > 0.0, f"strategy.global_lr must be > 0, got {self.global_lr}")
 
 
 def _zeros_like(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,9 +106,11 @@ class Scaffold(FedAvg):
         return arrays, metrics
 
     def state_dict(self) -> dict[str, Any]:
+        """The server control variate, for the checkpoint."""
         return {"control": None if self.control is None else {k: v.clone() for k, v in self.control.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.control = state.get("control")
 
 
@@ -141,12 +145,15 @@ class ScaffoldClient(ClientRule):
         return {CONTROL_UPDATE_KEY: ArrayRecord(change)}
 
 
-class ScaffoldSpec(FlowerStrategy):
+class ScaffoldSpec(FlowerSpec):
+    """SCAFFOLD's server rule and its client half (the control-variate correction)."""
+
     assumes_sgd = True
+    client_correction = True
 
     def client_rule(self, content: RecordDict, model: nn.Module, global_state: dict[str, torch.Tensor],
                     node_state: RecordDict) -> ClientRule:
         return ScaffoldClient(content, model, global_state, node_state)
 
 
-SCAFFOLD = ScaffoldSpec(Scaffold, ScaffoldConfig)
+SCAFFOLD = ScaffoldSpec(Scaffold, ScaffoldConfig, model_shaped_state=True)

@@ -17,10 +17,19 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from ffm.config import FederationConfig, StrategyConfig
+from ffm.federation import FederationConfig
 from ffm.local_training import GradHook, Penalty
+from ffm.registry import Registry
+from ffm.settings import option
 
-__all__ = ["ClientRule", "FlowerStrategy", "StrategySpec"]
+__all__ = ["STRATEGIES", "ClientRule", "FlowerSpec", "StrategyConfig", "StrategySpec"]
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy's config; a strategy registers a subclass with its own keys."""
+
+    name: str = option("fedavg", "server aggregation rule; registered")
 
 
 @dataclass
@@ -36,10 +45,29 @@ class ClientRule:
 
 
 class StrategySpec:
+    """A registered strategy: its config, how the server builds it, its client rule, and its capabilities.
+
+    Capabilities (read by the rules that span sections, never the strategy's name):
+
+    - ``plain_mean``: the aggregate IS the weighted mean of the replies (what secure aggregation's sum, DP-FedAvg's
+      noised mean and LoRA's exact aggregation need);
+    - ``mean_based``: the aggregate depends on the replies only through their weighted mean (so it can be folded
+      from a running sum as they arrive: streaming aggregation);
+    - ``model_shaped_state``: the server keeps state shaped like the model between rounds (moments, momentum,
+      control variates), which a head that grows between stages would break;
+    - ``client_correction``: its client rule changes local training (a proximal term, a gradient correction);
+    - ``assumes_sgd``: its math reads updates as plain SGD steps (the server warns otherwise).
+    """
+
     config: ClassVar[type[StrategyConfig]] = StrategyConfig
-    assumes_sgd: ClassVar[bool] = False  # its math reads updates as plain SGD steps (the server warns otherwise)
+    plain_mean: ClassVar[bool] = False
+    mean_based: ClassVar[bool] = False
+    model_shaped_state: ClassVar[bool] = False
+    client_correction: ClassVar[bool] = False
+    assumes_sgd: ClassVar[bool] = False
 
     def build(self, cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
+        """The server's Flower Strategy for this config and federation."""
         raise NotImplementedError
 
     def client_rule(
@@ -56,12 +84,17 @@ class StrategySpec:
         return []
 
 
-class FlowerStrategy(StrategySpec):
-    """One of Flower's strategies; the config's own fields are passed as the constructor's keywords."""
+class FlowerSpec(StrategySpec):
+    """One of Flower's strategies; the config's own fields are passed as the constructor's keywords, and the
+    capabilities are given per instance (one class serves every Flower strategy)."""
 
-    def __init__(self, strategy: type[Strategy], config: type[StrategyConfig], **fixed: Any) -> None:
+    def __init__(self, strategy: type[Strategy], config: type[StrategyConfig], *, plain_mean: bool = False,
+                 mean_based: bool = False, model_shaped_state: bool = False, **fixed: Any) -> None:
         self.strategy = strategy
-        self.config = config  # type: ignore[misc]  # per instance: one class serves every Flower strategy
+        self.config = config  # type: ignore[misc]
+        self.plain_mean = plain_mean  # type: ignore[misc]
+        self.mean_based = mean_based or plain_mean  # type: ignore[misc]
+        self.model_shaped_state = model_shaped_state  # type: ignore[misc]
         self.fixed = fixed
 
     def build(self, cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
@@ -77,3 +110,7 @@ class FlowerStrategy(StrategySpec):
             **own,
             **self.fixed,
         )
+
+
+STRATEGIES: Registry[StrategySpec] = Registry("strategy.name")
+"""Strategies by ``strategy.name``: one file with a ``StrategySpec`` plus one ``STRATEGIES.register`` line."""

@@ -1,11 +1,12 @@
 """Streaming aggregation: fold each usable reply into a running weighted sum as it arrives.
 
 A list-based FedAvg holds every client's state until the round ends: with full fine-tuning of MiniLM that is
-~90 MB a client, 9 GB for 100 clients. Rules whose aggregate is the weighted mean of the replies (FedAvg and
-FedProx, and FedAvgM / FedAdam / FedYogi / FedAdagrad, which apply their server step to that mean) only need
-the running sum: the guard folds each reply into it and hands the rule one reply that carries the mean (its
-weight the total), so the rule's own code runs unchanged. Rules that need every reply (median, trimmed mean,
-Krum, Bulyan, FedNova, SCAFFOLD's second record, server-side DP clipping, exact LoRA) keep the list.
+~90 MB a client, 9 GB for 100 clients. Rules whose aggregate depends on the replies only through their weighted
+mean (``StrategySpec.mean_based``: FedAvg and FedProx, and FedAvgM / FedAdam / FedYogi / FedAdagrad, which apply
+their server step to that mean) only need the running sum: the guard folds each reply into it and hands the
+rule one reply that carries the mean (its weight the total), so the rule's own code runs unchanged. Rules that
+need every reply (median, trimmed mean, Krum, Bulyan, FedNova, SCAFFOLD's second record, server-side DP
+clipping, exact LoRA) keep the list; the ServerApp decides which from the capabilities.
 """
 
 from __future__ import annotations
@@ -13,20 +14,9 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from ffm.config import JobConfig
+__all__ = ["RunningMean"]
 
-__all__ = ["STREAMING_STRATEGIES", "RunningMean", "streams"]
-
-STREAMING_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 WEIGHT_KEY = "num-examples"
-
-
-def streams(job: JobConfig) -> bool:
-    """Whether the job's rule can aggregate from a running mean (and ``federation.streaming`` asks for it)."""
-    exact = getattr(job.method, "aggregation", "naive") == "exact" or getattr(job.method, "client_ranks", [])
-    server_dp = job.privacy.clipping != "none" and job.privacy.side == "server"
-    return (job.federation.streaming and job.mode == "federated" and job.strategy.name in STREAMING_STRATEGIES
-            and not exact and not server_dp and not job.privacy.secure_aggregation)
 
 
 class RunningMean:
@@ -42,6 +32,7 @@ class RunningMean:
         self.last: Message | None = None
 
     def add(self, msg: Message) -> None:
+        """Fold one reply's arrays and scalar metrics into the weighted sums."""
         metrics = msg.content[self.metrics_key]
         weight = float(metrics[WEIGHT_KEY])
         for name, value in msg.content[self.arrays_key].to_torch_state_dict().items():

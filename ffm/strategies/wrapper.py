@@ -53,7 +53,9 @@ class StrategyWrapper(Strategy):
         self.inner.summary()
 
     def state_dict(self) -> dict[str, Any]:
+        """The inner strategy's state (a wrapper keeps none of its own)."""
         return {"inner": strategy_state(self.inner)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the inner strategy's state."""
         load_strategy_state(self.inner, state.get("inner", {}))

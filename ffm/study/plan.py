@@ -10,14 +10,16 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from ffm.config import TRAINING_MODES
 from ffm.errors import ConfigError
+from ffm.modes import Mode
 
 __all__ = ["StudyPlan", "StudyRun", "parse_axis"]
 
 
 @dataclass(frozen=True)
 class StudyRun:
+    """One run of a study: its name, mode, seed, grid point and condition."""
+
     name: str
     mode: str
     seed: int
@@ -26,6 +28,7 @@ class StudyRun:
 
     @property
     def overrides(self) -> list[str]:
+        """The ``key=value`` overrides that make the study's job this run."""
         return [f"mode={self.mode}", f"seed={self.seed}", *(f"{k}={v}" for k, v in self.condition + self.grid)]
 
 
@@ -49,15 +52,17 @@ def _label(pairs: tuple[tuple[str, str], ...]) -> str:
 
 @dataclass
 class StudyPlan:
+    """Every run of a study: modes x seeds x grid points x conditions."""
+
     modes: list[str]
     seeds: list[int]
     grid: dict[str, list[str]] = field(default_factory=dict)
     vary: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.modes if m not in TRAINING_MODES]
+        unknown = [m for m in self.modes if m not in Mode.training()]
         if unknown or not self.modes:
-            raise ConfigError(f"--modes: {unknown or 'none given'} not among {', '.join(TRAINING_MODES)}")
+            raise ConfigError(f"--modes: {unknown or 'none given'} not among {', '.join(Mode.training())}")
         if not self.seeds:
             raise ConfigError("--seeds must be at least 1")
         shared = set(self.grid) & set(self.vary)
@@ -65,14 +70,17 @@ class StudyPlan:
             raise ConfigError(f"{sorted(shared)} is both a --grid and a --vary key; choose one")
 
     def conditions(self) -> list[tuple[tuple[str, str], ...]]:
+        """Every combination of the ``--vary`` values (one empty condition without any)."""
         keys = list(self.vary)
         return [tuple(zip(keys, values, strict=True)) for values in itertools.product(*self.vary.values())]
 
     def grid_points(self) -> list[tuple[tuple[str, str], ...]]:
+        """Every combination of the ``--grid`` values (one empty point without any)."""
         keys = list(self.grid)
         return [tuple(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
 
     def runs(self) -> list[StudyRun]:
+        """Every run, named uniquely, in a stable order."""
         out = []
         for condition in self.conditions():
             for mode in self.modes:

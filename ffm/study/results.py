@@ -67,6 +67,7 @@ def row_of(run: StudyRun, record: dict, run_dir: Path) -> dict[str, Any]:
 
 
 def save_results(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the study's rows as results.csv (one row per run)."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

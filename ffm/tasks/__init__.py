@@ -1,8 +1,6 @@
 """Tasks: the objective and metric of a job, registered by ``task.name`` (the one place a task name is matched)."""
 
-from ffm.config import TaskConfig
-from ffm.registry import Registry
-from ffm.tasks.base import Task, ensure_pad_token
+from ffm.tasks.base import TASKS, Task, TaskConfig, ensure_pad_token
 from ffm.tasks.causal_lm import CausalLM
 from ffm.tasks.classification import TextClassification
 from ffm.tasks.contrastive import ImageTextContrastive
@@ -11,9 +9,9 @@ from ffm.tasks.image_classification import ImageClassification
 from ffm.tasks.masked_lm import MaskedLM
 from ffm.tasks.verbalizer import VerbalizerClassification
 
-__all__ = ["TASKS", "Examples", "Task", "batches", "build_task", "ensure_pad_token", "step_batches", "steps_per_epoch"]
+__all__ = ["TASKS", "Examples", "Task", "TaskConfig", "batches", "build_task", "ensure_pad_token", "step_batches",
+           "steps_per_epoch"]
 
-TASKS: Registry[type[Task]] = Registry("task.name")
 TASKS.register("text_classification", TextClassification)
 TASKS.register("causal_lm", CausalLM)
 TASKS.register("masked_lm", MaskedLM)

@@ -8,6 +8,7 @@ whatever the task names. A new task is one file with a ``Task`` subclass plus on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import datasets
@@ -15,14 +16,28 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ModelConfig, TaskConfig
+from ffm.models.config import ModelConfig
+from ffm.registry import Registry
+from ffm.settings import option
 from ffm.tasks.examples import Examples
 
-__all__ = ["Task", "ensure_pad_token"]
+__all__ = ["TASKS", "Task", "TaskConfig", "ensure_pad_token"]
+
+
+@dataclass
+class TaskConfig:
+    """Base of every task's config; a task registers a subclass with its own keys."""
+
+    name: str = option("text_classification", "objective and metric; registered")
 
 
 class Task:
-    """One objective. Subclasses set the class attributes and implement the four methods."""
+    """One objective. Subclasses set the class attributes and implement ``build_model``, ``encode`` and
+    ``evaluate`` (``loss`` defaults to the model's own).
+
+    Capabilities other parts of ffm read (never the task's name): ``growable_head`` (a class-incremental stream
+    may add classes to its head), ``prompt_slot`` (a discrete prompt search can score templates holding it).
+    """
 
     config: ClassVar[type[TaskConfig]] = TaskConfig
     columns: ClassVar[tuple[str, ...]] = ()  # the data schema a source must provide
@@ -31,6 +46,8 @@ class Task:
     peft_task_type: ClassVar[str | None] = None  # peft's TaskType for this head ("SEQ_CLS", "CAUSAL_LM", ...)
     uses_tokenizer: ClassVar[bool] = True  # image tasks read no text
     head_modules: ClassVar[tuple[str, ...]] = ()  # a fresh head that adapters must train along (peft's modules_to_save)
+    growable_head: ClassVar[bool] = False  # a classification head whose rows are the classes
+    prompt_slot: ClassVar[str | None] = None  # where the input goes in a scored prompt ("{text}"), if it has one
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -39,6 +56,8 @@ class Task:
     def build_model(
         self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int
     ) -> PreTrainedModel:
+        """The backbone with this task's head, loaded (or built) as ``model`` says; ``seed`` fixes a fresh head,
+        so every process builds bit-identical weights."""
         raise NotImplementedError
 
     def sample(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str | None:
@@ -46,6 +65,7 @@ class Task:
         return None
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        """A split's raw examples as the tensors the model takes (encoded once per party, then reused)."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,3 +100,7 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
         tokenizer.pad_token = tokenizer.eos_token
     if model is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+
+
+TASKS: Registry[type[Task]] = Registry("task.name")
+"""Tasks by ``task.name``: one file with a ``Task`` subclass plus one ``TASKS.register`` line."""

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ModelConfig, TaskConfig, _check, _f
 from ffm.models.backbone import load_model
-from ffm.tasks.base import Task, ensure_pad_token
+from ffm.models.config import ModelConfig
+from ffm.settings import option, require
+from ffm.tasks.base import Task, TaskConfig, ensure_pad_token
 from ffm.tasks.examples import Examples, batches
 from ffm.tasks.text_blocks import first_tokens, pack_blocks
 
@@ -23,16 +24,20 @@ __all__ = ["CausalLM", "CausalLMConfig"]
 
 @dataclass
 class CausalLMConfig(TaskConfig):
+    """The causal LM's keys: the evaluation budget and the sample's prompt."""
+
     name: str = "causal_lm"
-    eval_tokens: int = _f(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
-    prompt: str = _f("ROMEO:", "the fixed prompt of the sample written to samples.jsonl every round")
-    sample_tokens: int = _f(24, "tokens generated for the sample (greedy)")
+    eval_tokens: int = option(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
+    prompt: str = option("ROMEO:", "the fixed prompt of the sample written to samples.jsonl every round")
+    sample_tokens: int = option(24, "tokens generated for the sample (greedy)")
 
     def __post_init__(self) -> None:
-        _check(self.eval_tokens >= 0 and self.sample_tokens >= 0, "task.eval_tokens/sample_tokens must be >= 0")
+        require(self.eval_tokens >= 0 and self.sample_tokens >= 0, "task.eval_tokens/sample_tokens must be >= 0")
 
 
 class CausalLM(Task):
+    """Next-token prediction on packed blocks; perplexity; a greedy sample each round."""
+
     config = CausalLMConfig
     columns = ("text",)
     primary_metric = "perplexity"

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ModelConfig, TaskConfig
 from ffm.models.backbone import load_model
-from ffm.tasks.base import Task, ensure_pad_token
+from ffm.models.config import ModelConfig
+from ffm.tasks.base import Task, TaskConfig, ensure_pad_token
 from ffm.tasks.examples import Examples, batches
 
 __all__ = ["TextClassification", "TextClassificationConfig"]
@@ -21,6 +21,8 @@ __all__ = ["TextClassification", "TextClassificationConfig"]
 
 @dataclass
 class TextClassificationConfig(TaskConfig):
+    """Text classification has no keys of its own."""
+
     name: str = "text_classification"
 
 
@@ -32,6 +34,7 @@ class TextClassification(Task):
     primary_metric = "accuracy"
     higher_is_better = True
     peft_task_type = "SEQ_CLS"
+    growable_head = True
 
     def build_model(
         self, model: ModelConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase, seed: int

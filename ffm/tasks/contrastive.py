@@ -26,9 +26,11 @@ from transformers import (
     VisionTextDualEncoderModel,
 )
 
-from ffm.config import ConfigError, ModelConfig, TaskConfig, _check, _f
+from ffm.errors import ConfigError
 from ffm.models.backbone import load_pretrained
-from ffm.tasks.base import Task
+from ffm.models.config import ModelConfig
+from ffm.settings import option, require
+from ffm.tasks.base import Task, TaskConfig
 from ffm.tasks.examples import Examples, batches
 from ffm.tasks.image_classification import image_tensor
 
@@ -37,17 +39,19 @@ __all__ = ["ImageTextContrastive", "ImageTextContrastiveConfig"]
 
 @dataclass
 class ImageTextContrastiveConfig(TaskConfig):
+    """The image-text task's keys: captions, image shape, the shared embedding."""
+
     name: str = "image_text_contrastive"
-    caption: str = _f("a photo of the digit {}", "caption of an image, from its class name ({} = the name)")
-    image_size: int = _f(28, "images are resized to image_size x image_size")
-    patch_size: int = _f(7, "the vision tower's patch size (must divide image_size)")
-    channels: int = _f(1, "1 (grey) or 3 (RGB)")
-    projection_dim: int = _f(128, "width of the shared image-text embedding")
-    freeze_text: bool = _f(True, "keep the pretrained text tower frozen (LiT): it neither trains nor travels")
+    caption: str = option("a photo of the digit {}", "caption of an image, from its class name ({} = the name)")
+    image_size: int = option(28, "images are resized to image_size x image_size")
+    patch_size: int = option(7, "the vision tower's patch size (must divide image_size)")
+    channels: int = option(1, "1 (grey) or 3 (RGB)")
+    projection_dim: int = option(128, "width of the shared image-text embedding")
+    freeze_text: bool = option(True, "keep the pretrained text tower frozen (LiT): it neither trains nor travels")
 
     def __post_init__(self) -> None:
-        _check(self.image_size % self.patch_size == 0, "task.patch_size must divide task.image_size")
-        _check("{}" in self.caption, "task.caption must hold {} where the class name goes")
+        require(self.image_size % self.patch_size == 0, "task.patch_size must divide task.image_size")
+        require("{}" in self.caption, "task.caption must hold {} where the class name goes")
 
 
 class _MeanOfTokens(nn.Module):
@@ -66,10 +70,13 @@ class _FirstToken(nn.Module):
 
 
 class ImageTextContrastive(Task):
+    """CLIP-style training of a ViT against a (frozen) text tower; zero-shot accuracy."""
+
     config = ImageTextContrastiveConfig
     columns = ("image", "label")
     primary_metric = "accuracy"  # zero-shot: the caption whose embedding is nearest the image's
     higher_is_better = True
+    prompt_slot = "{}"
 
     def __init__(self, cfg: ImageTextContrastiveConfig) -> None:
         super().__init__(cfg)

@@ -40,6 +40,7 @@ def batches(data: Examples, batch_size: int, order: torch.Tensor | None = None) 
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches in one pass over ``num_examples`` (at least one)."""
     return max(1, math.ceil(num_examples / batch_size))
 
 

@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ModelConfig, TaskConfig, _check, _f
 from ffm.models.backbone import load_model
+from ffm.models.config import ModelConfig
+from ffm.settings import option, require
+from ffm.tasks.base import TaskConfig
 from ffm.tasks.classification import TextClassification
 from ffm.tasks.examples import Examples
 
@@ -21,14 +23,16 @@ __all__ = ["ImageClassification", "ImageClassificationConfig", "image_tensor"]
 
 @dataclass
 class ImageClassificationConfig(TaskConfig):
+    """The image task's keys: image size, patch size, channels."""
+
     name: str = "image_classification"
-    image_size: int = _f(28, "images are resized to image_size x image_size")
-    patch_size: int = _f(7, "from_scratch ViT: patch size (must divide image_size)")
-    channels: int = _f(1, "1 (grey) or 3 (RGB): images are converted to this")
+    image_size: int = option(28, "images are resized to image_size x image_size")
+    patch_size: int = option(7, "from_scratch ViT: patch size (must divide image_size)")
+    channels: int = option(1, "1 (grey) or 3 (RGB): images are converted to this")
 
     def __post_init__(self) -> None:
-        _check(self.image_size % self.patch_size == 0, "task.patch_size must divide task.image_size")
-        _check(self.channels in (1, 3), "task.channels must be 1 or 3")
+        require(self.image_size % self.patch_size == 0, "task.patch_size must divide task.image_size")
+        require(self.channels in (1, 3), "task.channels must be 1 or 3")
 
 
 def image_tensor(images: list, size: int, channels: int) -> torch.Tensor:
@@ -49,6 +53,8 @@ def image_tensor(images: list, size: int, channels: int) -> torch.Tensor:
 
 
 class ImageClassification(TextClassification):
+    """A ViT (or any image classifier) with a fresh head; accuracy."""
+
     config = ImageClassificationConfig
     columns = ("image", "label")
     peft_task_type = None

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ModelConfig, TaskConfig, _check, _f
 from ffm.models.backbone import load_model
-from ffm.tasks.base import Task
+from ffm.models.config import ModelConfig
+from ffm.settings import option, require
+from ffm.tasks.base import Task, TaskConfig
 from ffm.tasks.examples import Examples, batches
 from ffm.tasks.text_blocks import first_tokens, pack_blocks
 
@@ -29,16 +30,20 @@ logger = logging.getLogger("ffm")
 
 @dataclass
 class MaskedLMConfig(TaskConfig):
+    """The masked LM's keys: the masking rate and the evaluation budget."""
+
     name: str = "masked_lm"
-    mlm_probability: float = _f(0.15, "share of tokens masked")
-    eval_tokens: int = _f(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
+    mlm_probability: float = option(0.15, "share of tokens masked")
+    eval_tokens: int = option(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.mlm_probability < 1.0, "task.mlm_probability must be in (0, 1)")
-        _check(self.eval_tokens >= 0, "task.eval_tokens must be >= 0")
+        require(0.0 < self.mlm_probability < 1.0, "task.mlm_probability must be in (0, 1)")
+        require(self.eval_tokens >= 0, "task.eval_tokens must be >= 0")
 
 
 class MaskedLM(Task):
+    """BERT-style masked-token prediction on packed blocks; perplexity."""
+
     config = MaskedLMConfig
     columns = ("text",)
     primary_metric = "perplexity"

@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from ffm.config import ConfigError, ModelConfig, TaskConfig, _check, _f
+from ffm.errors import ConfigError
 from ffm.models.backbone import load_model
-from ffm.tasks.base import Task, ensure_pad_token
+from ffm.models.config import ModelConfig
+from ffm.settings import items, option, require
+from ffm.tasks.base import Task, TaskConfig, ensure_pad_token
 from ffm.tasks.examples import Examples, batches
 
 __all__ = ["VerbalizerClassification", "VerbalizerConfig"]
@@ -29,23 +31,25 @@ __all__ = ["VerbalizerClassification", "VerbalizerConfig"]
 
 @dataclass
 class VerbalizerConfig(TaskConfig):
+    """The verbalizer task's keys: the prompt template and the label words."""
+
     name: str = "verbalizer_classification"
-    template: str = _f("Article: {text}\nTopic:", "prompt around each text; must contain {text}")
-    verbalizer: list[str] = dataclasses.field(
-        default_factory=list,
-        metadata={"help": "one label word per class, in label order (empty = the data set's label names)"},
-    )
+    template: str = option("Article: {text}\nTopic:", "prompt around each text; must contain {text}")
+    verbalizer: list[str] = items("one label word per class, in label order (empty = the data set's label names)")
 
     def __post_init__(self) -> None:
-        _check("{text}" in self.template, f"task.template must contain {{text}} (got {self.template!r})")
+        require("{text}" in self.template, f"task.template must contain {{text}} (got {self.template!r})")
 
 
 class VerbalizerClassification(Task):
+    """A frozen LM classifies by scoring label words after a prompt."""
+
     config = VerbalizerConfig
     columns = ("text", "label")
     primary_metric = "accuracy"
     higher_is_better = True
     peft_task_type = "CAUSAL_LM"
+    prompt_slot = "{text}"
 
     def __init__(self, cfg: VerbalizerConfig) -> None:
         super().__init__(cfg)
@@ -69,6 +73,7 @@ class VerbalizerClassification(Task):
         return load_model(AutoModelForCausalLM, model, tokenizer, seed)
 
     def words(self) -> list[str]:
+        """One label word per class: task.verbalizer, or the label names."""
         words = self.cfg.verbalizer or [name.lower() for name in self.label_names]
         if self.label_names and len(words) != len(self.label_names):
             raise ConfigError(f"task.verbalizer has {len(words)} words for {len(self.label_names)} classes "
@@ -76,6 +81,7 @@ class VerbalizerClassification(Task):
         return words
 
     def label_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+        """The first token of each label word (distinct, or a ConfigError)."""
         ids = [tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"][0] for w in self.words()]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"task.verbalizer {self.words()}: two label words start with the same token; "

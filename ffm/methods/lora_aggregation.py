@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ffm.methods.lora_federation import BASE_DELTA_PREFIX, RANK_KEY, is_base_delta, lora_pairs
-from ffm.strategies.guard import ARRAYS_KEY, METRICS_KEY
+from ffm.keys import ARRAYS_KEY, BASE_DELTA_PREFIX, METRICS_KEY, is_base_delta
+from ffm.methods.lora_federation import RANK_KEY, lora_pairs
 from ffm.strategies.wrapper import StrategyWrapper
 
 __all__ = ["LoraAggregation"]

@@ -1,12 +1,12 @@
-"""The flwr 1.42 internals that ffm's warm ClientApp worker (:mod:`ffm.runtime.warm_worker`) is built on.
+"""The flwr 1.42 internals that ffm builds on: every import of a non-public flwr name lives in this module.
 
-These are NOT public flwr API (the LocalGrid's process identity and message ids, the clipping mod's config key,
-and the warm worker's Runtime API calls): they are what ``flwr-clientapp`` (``flwr/supernode/runtime/run_clientapp.py``)
-and ``flower-superexec`` (``flwr/supercore/superexec/run_superexec.py``) use to talk to a SuperNode's Runtime
-API, and the protobuf serde the LocalGrid's worker processes exchange messages with. Every such import lives
-in this one module, so that a flwr upgrade that moves or changes them fails in one
-place, loudly: ``tests/test_warm_worker.py::test_the_flwr_internals_the_worker_uses_are_where_it_expects`` checks
-that each name still exists with the signature the worker calls it with. Nothing else in ffm imports these.
+These are NOT public flwr API: the LocalGrid's process identity and message ids, the clipping mod's config key,
+SecAgg+'s Shamir secret sharing, the protobuf serde the LocalGrid's worker processes exchange messages with,
+and the Runtime API calls of the warm ClientApp worker (what ``flwr-clientapp``,
+``flwr/supernode/runtime/run_clientapp.py``, and ``flower-superexec``, ``flwr/supercore/superexec/run_superexec.py``,
+use to talk to a SuperNode). A flwr upgrade that moves or changes them fails in this one place, loudly:
+``tests/test_warm_worker.py::test_the_flwr_internals_the_worker_uses_are_where_it_expects`` checks that each name
+still exists with the signature ffm calls it with. Nothing else in ffm imports flwr internals.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=E0611
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
@@ -46,6 +47,8 @@ __all__ = [
     "SubStatus",
     "TaskIdentity",
     "TaskType",
+    "combine_shares",
+    "create_shares",
     "context_from_proto",
     "context_to_proto",
     "exponential",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from opacus import GradSampleModule
@@ -27,9 +28,59 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from ffm.errors import ConfigError
+from ffm.methods import METHODS, build_method
+from ffm.privacy.mechanism import Mechanism
+from ffm.settings import CHECKS, Job, option, require
+from ffm.strategies import STRATEGIES, strategy_spec
 from ffm.tasks.examples import Examples
 
-__all__ = ["check_supported", "dp_sgd_epsilon", "dp_sgd_session", "poisson_batches"]
+__all__ = ["DP_SGD", "DPSGDConfig", "check_supported", "dp_sgd_epsilon", "dp_sgd_session", "poisson_batches"]
+
+
+@dataclass
+class DPSGDConfig:
+    """Sample-level DP-SGD in local training: per-example clipping and noise (Opacus)."""
+
+    dp_sgd: bool = option(False, "sample-level DP-SGD in local training (Opacus): per-example clipping and noise")
+    sgd_noise_multiplier: float = option(1.0, "dp_sgd: noise std on each step's summed gradient, in units of "
+                                         "sgd_clip")
+    sgd_clip: float = option(1.0, "dp_sgd: L2 bound on each example's gradient")
+
+    def __post_init__(self) -> None:
+        require(not self.dp_sgd or (self.sgd_noise_multiplier > 0 and self.sgd_clip > 0),
+                "privacy.sgd_noise_multiplier and privacy.sgd_clip must be > 0 with privacy.dp_sgd=true")
+
+
+class DPSGD(Mechanism):
+    """DP-SGD runs inside each client's local training; the server half is unchanged."""
+
+    config = DPSGDConfig
+
+
+DP_SGD = DPSGD()
+
+
+def check_dp_sgd(job: Job) -> None:
+    """DP-SGD's guarantee holds only for plain noisy steps of layers Opacus differentiates per example."""
+    if not job.privacy.dp_sgd:
+        return
+    method = build_method(job.method)
+    supported = " or ".join(name for name, cls in METHODS.items() if cls.dp_sgd)
+    require(job.mode.trains, f"privacy.dp_sgd trains; mode={job.mode} does not")
+    require(not strategy_spec(job).client_correction,
+            f"privacy.dp_sgd=true with strategy.name={job.strategy.name}: DP-SGD's noisy per-example step would drop "
+            "its client-side correction; use a rule without one ("
+            f"{', '.join(n for n, s in STRATEGIES.items() if not s.client_correction)})")
+    require(method.dp_sgd, f"privacy.dp_sgd=true supports method.name={supported}, not {job.method.name}: Opacus "
+            "gives no per-sample gradients for peft's IA3 vectors, and wrong-sized ones for embeddings fed broadcast "
+            "ids (BERT's positions under full fine-tuning, soft prompts' virtual tokens)")
+    require(not method.parties_differ, f"privacy.dp_sgd=true: method.name={job.method.name} trains another shape "
+            "of state on some parties (e.g. method.client_ranks), which DP-SGD cannot mask; use one shape")
+    require(job.train.precision == "fp32",
+            "train.precision=bf16 with privacy.dp_sgd=true: Opacus's per-example gradients need fp32; use fp32")
+
+
+CHECKS.register("dp_sgd_fits_training", check_dp_sgd)
 
 
 def check_supported(model: nn.Module, method: str) -> None:

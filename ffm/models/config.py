@@ -1,0 +1,32 @@
+"""The ``model`` section: which backbone a job loads (or builds from scratch) and how long its inputs are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ffm.settings import option, require
+
+__all__ = ["ModelConfig"]
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: a bundled model, a local directory or a Hub id; or a random one of a given shape."""
+
+    name: str = option(
+        "minilm", "backbone: 'minilm' (the bundled pretrained MiniLM encoder), 'smollm2' (SmolLM2-135M-Instruct, "
+        "a decoder), a local directory, or a Hub id; with from_scratch, where the tokenizer comes from"
+    )
+    max_length: int = option(64, "tokens per example (longer texts are truncated; language models: the context)")
+    from_scratch: bool = option(False, "build a randomly initialized model of `architecture` instead of loading "
+                                "weights")
+    architecture: str = option("gpt2", "from_scratch: a transformers model type (gpt2, llama, bert, ...)")
+    layers: int = option(2, "from_scratch: transformer layers")
+    hidden_size: int = option(64, "from_scratch: width (the feed-forward layer is 4x)")
+    heads: int = option(2, "from_scratch: attention heads (must divide hidden_size)")
+
+    def __post_init__(self) -> None:
+        require(self.max_length >= 8, "model.max_length must be at least 8")
+        require(self.layers >= 1 and self.heads >= 1, "model.layers and model.heads must be at least 1")
+        require(self.hidden_size % self.heads == 0,
+                f"model.hidden_size={self.hidden_size} must be a multiple of model.heads={self.heads}")
