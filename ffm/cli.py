@@ -118,6 +118,7 @@ def _resolve(args: argparse.Namespace) -> Job:
 
 def _quiet_libraries(verbose: bool) -> None:
     import datasets
+    import flwr.serverapp  # noqa: F401 - importing flwr sets its logger's level: set ours after it
     import transformers
 
     if not verbose:
