@@ -34,17 +34,18 @@ FFM = str(REPO / ".venv" / "bin" / "ffm")
 CLOCK = "bench_clock"  # the observer name of RoundClock (report.to)
 
 
-def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, report_only: bool = False) -> dict:
+def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, report_only: bool = False,
+               threads: int = 1) -> dict:
     """Run ``ffm run CONFIG OVERRIDES`` into ``work/name`` unless its summary exists (an interrupted run
     resumes); return its summary and metrics lines, or the log's tail when it failed. With ``report_only``
-    nothing runs: a run without a summary is reported as not run."""
+    nothing runs: a run without a summary is reported as not run. ``threads``: the child's torch threads."""
     run_dir = work / name
     if report_only and not (run_dir / "summary.json").is_file():
         return {"name": name, "error": "not run"}
     if not (run_dir / "summary.json").is_file():
         cmd = [FFM, "run", str(config), *overrides, f"run_dir={run_dir}"]
         cmd += ["resume=true"] if run_dir.exists() else []
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         started = time.perf_counter()
         log = work / f"{name}.log"
         with log.open("w") as out:

@@ -76,7 +76,7 @@ def _shadow_losses(ws: Workspace, pool: datasets.Dataset, targets: list[datasets
         half, _ = _sample(pool, max(1, len(pool) // 2), rng)
         ws.load(ws.initial_state)
         torch.manual_seed(seed * 7919 + k)
-        optimizer = make_optimizer(ws.model, train.lr, train.weight_decay, train.optimizer, train.momentum)
+        optimizer = make_optimizer(ws.model, train.lr, train.weight_decay, train.optimizer, train.momentum, train.beta2)
         data = ws.task.encode(half, ws.tokenizer, ws.job.model.max_length)
         generator = torch.Generator().manual_seed(seed * 7919 + k)
         train_steps(ws.model, step_batches(data, train.batch_size, steps, generator), objective=ws.task.loss,

@@ -26,13 +26,22 @@ from ffm.keys import (
     CLIENT_KEY,
     CONFIG_KEY,
     METRICS_KEY,
+    OPTIMIZER_KEY,
     PARTITION_ID,
     PERSONAL_KEY,
     SERVER_ROUND,
     Salt,
     derive_seed,
 )
-from ffm.local_training import make_optimizer, round_lr_sum, run_scheduler, train_steps
+from ffm.local_training import (
+    TokenCount,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state,
+    round_lr_sum,
+    run_scheduler,
+    train_steps,
+)
 from ffm.methods import PartyAdjustment, build_method
 from ffm.models import split_personal, trainable_state
 from ffm.mods import FLIP_LABELS_KEY, build_mods
@@ -115,9 +124,11 @@ def train(msg: Message, context: Context) -> Message:
     data = workspace.examples("train", index, stage)
     steps = straggler_steps(workspace.local_steps(index, stage), job.train.steps_spread, seed)
     train = job.train
-    optimizer = make_optimizer(model, train.lr, train.weight_decay, train.optimizer, train.momentum)
+    optimizer = make_optimizer(model, train.lr, train.weight_decay, train.optimizer, train.momentum, train.beta2)
+    if train.persistent_optimizer and OPTIMIZER_KEY in context.state.array_records:
+        load_optimizer_state(optimizer, context.state[OPTIMIZER_KEY].to_torch_state_dict())
     schedule = {"kind": train.scheduler, "warmup_ratio": train.warmup_ratio, "steps": steps,
-                "server_round": server_round, "rounds": job.federation.rounds}
+                "server_round": server_round, "rounds": job.federation.rounds, "min_lr_ratio": train.min_lr_ratio}
     rule = strategy_spec(job).client_rule(msg.content, model, global_state, context.state)
     rule.grad_hooks.extend(adjust.grad_hooks)  # e.g. a lower LoRA rank's components stay zero
     private = job.privacy.dp_sgd
@@ -132,6 +143,7 @@ def train(msg: Message, context: Context) -> Message:
                                                       seed)
         penalties += extra
     scheduler = run_scheduler(optimizer, **schedule)
+    batches = TokenCount(batches)
     started = time.perf_counter()
     with ExitStack() as stack:
         trained, stepping = model, optimizer
@@ -151,6 +163,8 @@ def train(msg: Message, context: Context) -> Message:
             bf16=train.precision == "bf16",
         )
     seconds = time.perf_counter() - started
+    if train.persistent_optimizer:  # the node's own: never sent
+        context.state[OPTIMIZER_KEY] = ArrayRecord(optimizer_state(optimizer))
     private_metrics = _dp_sgd_account(job, context, steps, sample_rate) if private else {}
     # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.
     lr_sum = round_lr_sum(train.lr, **schedule) / (1.0 - train.momentum if train.optimizer == "sgd" else 1.0)
@@ -158,7 +172,8 @@ def train(msg: Message, context: Context) -> Message:
     if personal:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
-               "lr-sum": lr_sum, "train-seconds": seconds, **adjust.metrics, **reply_metrics(job),
+               "tokens-seen": batches.tokens, "lr-sum": lr_sum, "train-seconds": seconds, **adjust.metrics,
+               **reply_metrics(job),
                **private_metrics}
     reply = RecordDict(
         {

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 import ffm.plugins  # noqa: F401 - registers the built-in plug-ins' sections, checks and entries
+from ffm.budget import BudgetConfig
 from ffm.data.config import DataConfig
 from ffm.errors import ConfigError
 from ffm.federation import FederationConfig
@@ -91,6 +92,7 @@ def _sections() -> dict[str, SectionKind]:
         "train": Plain(TrainConfig),
         "federation": Plain(FederationConfig),
         "strategy": Variant(StrategyConfig, STRATEGIES),
+        "budget": Plain(BudgetConfig),
     }
     ordered = sorted(enumerate(SECTIONS.items()), key=lambda item: (item[1][1].position, item[0]))
     return {**core, **{name: spec.kind for _, (name, spec) in ordered}, "checkpoint": Plain(CheckpointConfig)}
@@ -140,6 +142,11 @@ def _core_checks(job: Job) -> None:
         require(task.peft_task_type in method.task_types,
                 f"method.name={job.method.name} supports task.name={' or '.join(fits)}, not '{job.task.name}'; "
                 f"use {', '.join(others)}")
+    require(job.data.val_fraction > 0 or (job.federation.fraction_evaluate == 0 and not job.train.eval_parties),
+            "data.val_fraction=0 leaves the parties no validation split: set federation.fraction_evaluate=0 and "
+            "train.eval_parties=false (or hold out a share)")
+    require(not job.budget.patience or (job.federation.fraction_evaluate > 0 and job.mode.trains),
+            "budget.patience reads the validation metric of each round: it needs federation.fraction_evaluate > 0")
     require(not method.needs_each_update or strategy_spec(job).plain_mean,
             f"method.name={job.method.name} with these keys (method.aggregation=exact or method.client_ranks) "
             f"aggregates from each update around a plain mean: use strategy.name="

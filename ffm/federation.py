@@ -27,6 +27,8 @@ class FederationConfig:
                           "process; 0 = as many as pay off here (one per core for a model of 5M+ parameters, "
                           "within free memory)")
     worker_threads: int = option(0, "torch threads per worker process (0 = the machine's cores / workers)")
+    evaluate_every: int = option(1, "evaluate the global model (test set, and the clients' validation splits) every "
+                                 "this many rounds; the initial model and the last round always")
     streaming: bool = option(True, "aggregate from a running sum as replies arrive, for rules whose aggregate "
                              "depends on the replies only through their weighted mean (FedAvg, FedProx, FedOpt, "
                              "FedAvgM): memory does not grow with the clients per round")
@@ -39,6 +41,7 @@ class FederationConfig:
         require(0.0 <= self.fraction_evaluate <= 1.0, "federation.fraction_evaluate must be in [0, 1]")
         require(self.min_train_clients >= 1, "federation.min_train_clients must be at least 1")
         require(self.max_failed_rounds >= 1, "federation.max_failed_rounds must be at least 1")
+        require(self.evaluate_every >= 1, "federation.evaluate_every must be at least 1")
         require(self.workers >= 0 and self.worker_threads >= 0, "federation.workers must be >= 0 (0 = as many as "
                 "pay off) and federation.worker_threads >= 0 (0 = cores / workers)")
 

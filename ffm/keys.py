@@ -18,6 +18,7 @@ __all__ = [
     "CLIENT_KEY",
     "CONFIG_KEY",
     "METRICS_KEY",
+    "OPTIMIZER_KEY",
     "PARTITION_ID",
     "PERSONAL_KEY",
     "SERVER_ROUND",
@@ -31,6 +32,7 @@ METRICS_KEY = "metrics"  # a reply's MetricRecord (num-examples, train-loss, ...
 CONFIG_KEY = "config"  # a message's ConfigRecord (server-round, a strategy's keys)
 CLIENT_KEY = "client"  # a reply's ConfigRecord that says which data owner answered (partition-id)
 PERSONAL_KEY = "personal"  # node state: the parameters that never leave their client (method.personal)
+OPTIMIZER_KEY = "optimizer"  # node state: the local optimizer's state (train.persistent_optimizer)
 SERVER_ROUND = "server-round"  # in CONFIG_KEY: the true round number (after a resume too)
 PARTITION_ID = "partition-id"  # in a node's config and in CLIENT_KEY: which data owner it is
 BASE_DELTA_PREFIX = "base-delta:"  # state entries added to a frozen base weight (exact LoRA aggregation)

@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from ffm import privacy
+from ffm.budget import StopTraining, should_stop, time_to_target
 from ffm.carrier import Carrier, carrier_for
 from ffm.checkpointer import Checkpointer
 from ffm.compression import decode_reply
@@ -92,6 +93,7 @@ class RoundEnd:
         self.reporters = reporters
         self.offset = offset
         self.stages: Any = None  # a stream of stages: each line's stage, and what is measured after a stage
+        self.last_state: dict[str, torch.Tensor] | None = None  # the global state the last call saw
         self._tick = time.perf_counter()
         self._left = self._tick  # when the previous call returned
         self.bar = tqdm(total=job.federation.rounds, initial=offset, desc="rounds", disable=not job.progress)
@@ -101,18 +103,21 @@ class RoundEnd:
         true_round = server_round + self.offset
         if server_round == 0 and self.offset > 0:
             return None  # that round's line and checkpoint were written before the interruption
+        log = self.guard.rounds.pop(true_round) if true_round > 0 else None
+        reason = self._stop_reason(true_round, log)
         party_states = getattr(self.guard, "party_states", None)
         stage = self.stages.test_stage(true_round) if self.stages else None
-        test = self.evaluator.round(arrays, party_states, stage)
+        evaluates = _evaluates(self.job, true_round) or bool(reason)  # the model a run ends with is measured
+        test = self.evaluator.round(arrays, party_states, stage) if evaluates else {}
         line: dict[str, Any] = {"round": true_round, **test}
         if self.stages:
             line.update(self.stages.fields(true_round, arrays, party_states))
-        sample = None if party_states else self.evaluator.sample()  # of the global model just evaluated
+        sample = None if party_states or not evaluates else self.evaluator.sample()  # of the model just evaluated
         if sample is not None:
             self.run.append_sample(true_round, sample)
-        if true_round > 0:
+        if log is not None:
             now = time.perf_counter()
-            line.update(_round_record(self.guard.rounds.pop(true_round), now - self._tick))
+            line.update(_round_record(log, now - self._tick))
             if self.job.privacy.clipping != "none":  # a failed round released nothing, so it spends nothing
                 released = sum(1 for m in self.run.read_metrics() if m["round"] > 0 and not m.get("failed"))
                 line["epsilon"] = privacy.epsilon(self.job, released + (not line.get("failed")))
@@ -123,13 +128,34 @@ class RoundEnd:
             self.checkpointer.save(true_round, arrays.to_torch_state_dict())
             self.bar.update(1)
         primary = self.evaluator.primary
-        self.bar.set_postfix({primary: f"{line[primary]:.3f}"})
+        if primary in line:
+            self.bar.set_postfix({primary: f"{line[primary]:.3f}"})
         self.reporters.round(line)
         left = time.perf_counter()
         self.reporters.timing(true_round, {"between": entered - self._left, "evaluate": evaluated - entered,
                                            "checkpoint": left - evaluated})
         self._left = left
+        self.last_state = arrays.to_torch_state_dict()
+        if reason:
+            raise StopTraining(true_round, reason)
         return MetricRecord({k: v for k, v in test.items() if isinstance(v, float | int)})
+
+    def _stop_reason(self, true_round: int, log: RoundLog | None) -> str:
+        """Why the budget ends the run after this round (''), judged from the lines so far and this round's
+        clients and validation (``federation.rounds`` ends it anyway)."""
+        if log is None or true_round >= self.job.federation.rounds:
+            return ""
+        now = {"round": true_round, **_round_record(log, 0.0)}
+        task = self.evaluator.workspace.task
+        return should_stop([*self.run.read_metrics(), now], task.primary_metric, task.higher_is_better,
+                           self.job.budget)
+
+
+def _evaluates(job: Job, true_round: int) -> bool:
+    """Whether a round is evaluated on the test set: every ``federation.evaluate_every``-th, and the first and
+    last (round 0, the initial model, is evaluated too)."""
+    every = job.federation.evaluate_every
+    return true_round % every == 0 or true_round == job.federation.rounds
 
 
 def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, Any]:
@@ -150,7 +176,7 @@ def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, A
     guard = UpdateGuard(build_strategy(job), min_updates=job.federation.min_train_clients,
                         max_failed_rounds=job.federation.max_failed_rounds,
                         decoder=None if codec == "none" else partial(decode_reply, codec=codec),
-                        streaming=streaming)
+                        streaming=streaming, evaluates=partial(_evaluates, job))
     carrier.stream_replies(streaming)
     checkpointer = Checkpointer(run, guard, carrier, keep_last=job.checkpoint.keep_last)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
@@ -162,6 +188,7 @@ def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, A
     round_end.stages = stages
     phases = stream.phases(job.federation.rounds, offset)
     final_state = initial
+    stopped = None
     for number, (stage, first) in enumerate(phases):  # one phase, or a stream's stages
         last = phases[number + 1][1] - 1 if number + 1 < len(phases) else job.federation.rounds
         if stages and stage is not None:
@@ -169,17 +196,28 @@ def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, A
         if last < first:
             continue
         round_end.offset = first - 1
-        result = RoundOffset(guard, offset=first - 1, seed=job.seed).start(
-            stages.grid(grid, stage, carrier) if stages and stage is not None else grid,
-            ArrayRecord(final_state),
-            num_rounds=last - first + 1,
-            train_config=ConfigRecord({}),
-            evaluate_fn=round_end,
-        )
+        try:
+            result = RoundOffset(guard, offset=first - 1, seed=job.seed).start(
+                stages.grid(grid, stage, carrier) if stages and stage is not None else grid,
+                ArrayRecord(final_state),
+                num_rounds=last - first + 1,
+                train_config=ConfigRecord({}),
+                evaluate_fn=round_end,
+            )
+        except StopTraining as stop:  # the budget ended the run after a complete, checkpointed round
+            logger.info("ffm: stopping after round %d: %s", stop.server_round, stop.reason)
+            stopped = {"round": stop.server_round, "reason": stop.reason}
+            final_state = round_end.last_state if round_end.last_state is not None else final_state
+            break
         if len(result.arrays) > 0:  # Flower keeps the last aggregate; the local baseline never makes one
             final_state = result.arrays.to_torch_state_dict()
     round_end.bar.close()
     summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start, carrier.personal_states())
+    summary["stopped_early"] = stopped
+    if job.budget.target:
+        task = workspace.task
+        summary["to_target"] = {"target": job.budget.target, **time_to_target(
+            run.read_metrics(), task.primary_metric, task.higher_is_better, job.budget.target, job.budget.fractions)}
     if stages:
         summary["continual"] = stages.summary()
         for name, state in stages.final_states():  # e.g. one adapter per stage
@@ -216,7 +254,8 @@ def _finish(
         _save_final(workspace, state, run.path / "final")
     last = metrics[-1] if metrics else {}
     primary = f"test_{task.primary_metric}"
-    values = [m[primary] for m in metrics]
+    values = [m[primary] for m in metrics if primary in m]  # federation.evaluate_every skips rounds
+    last = next((m for m in reversed(metrics) if primary in m), last)
     best = None
     for value in values:
         best = value if best is None or task.better(value, best) else best
@@ -239,6 +278,8 @@ def _finish(
         f"final_val_{task.primary_metric}": last.get("val", {}).get(f"val_{task.primary_metric}"),
         "bytes_up": sum(m["bytes_up"] for m in metrics),
         "bytes_down": sum(m["bytes_down"] for m in metrics),
+        "local_steps": sum(c.get("local_steps", 0) for m in metrics for c in m["clients"]),
+        "tokens": sum(c.get("tokens_seen", 0) for m in metrics for c in m["clients"]),
         "rejected_updates": sum(len(m["rejected"]) for m in metrics),
         "failed_rounds": [m["round"] for m in metrics if m.get("failed")],
         "trainable_params": sum(t.numel() for k, t in state.items() if not is_base_delta(k)),

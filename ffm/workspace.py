@@ -73,7 +73,8 @@ class Workspace:
             if split == "test" and data.test is None:
                 raise ValueError("this process holds one data owner's data and no test set")
             ds = data.test if split == "test" else getattr(self._party(stage).clients[party], split)
-            self._examples[key] = self.task.encode(ds, self.tokenizer, self.job.model.max_length)
+            encode = self.task.encode_train if split == "train" else self.task.encode
+            self._examples[key] = encode(ds, self.tokenizer, self.job.model.max_length)
         return self._examples[key]
 
     def load(self, state: dict[str, torch.Tensor], personal: dict[str, torch.Tensor] | None = None) -> None:

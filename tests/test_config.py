@@ -242,11 +242,12 @@ def test_describe_keys_lists_every_key_of_the_default_job_with_type_default_and_
     assert all(key in described for key in _leaf_keys(JobConfig))
     defaults = job_to_run_config(JobConfig())
     for key, kind, default, help_text in rows:
-        assert kind in ("str", "int", "float", "bool", "list[str]", "list[int]"), key
+        assert kind in ("str", "int", "float", "bool", "list[str]", "list[int]", "list[float]"), key
         assert help_text.strip(), f"{key} has no help text"
         if key in defaults and not help_text.startswith("["):
             value = defaults[key]
-            assert default == repr([v for v in value.split(",") if v] if kind == "list[str]" else value), key
+            item = {"list[str]": str, "list[int]": int, "list[float]": float}.get(kind)
+            assert default == repr([item(v) for v in value.split(",") if v] if item else value), key
 
 
 @pytest.mark.parametrize(("section", "registry"), [("method", METHODS), ("strategy", STRATEGIES), ("task", TASKS)])

@@ -40,6 +40,8 @@ def check_stream(job: Job) -> None:
             "continual.approach=replay with privacy.dp_sgd=true: DP-SGD's Poisson batches cannot mix in the buffer")
     require(not growing or not build_method(job.method).cfg.personal,
             "continual.kind=class_incremental grows the head on the server: method.personal must be empty")
+    require(not job.budget.patience, "budget.patience stops a run early; a continual stream's stages need all their "
+            "rounds: set it to 0")
     require(not job.resume, "resume=true is not supported for continual jobs yet: start the stream again")
     require(not job.data.test_path, "continual jobs split their stream themselves: data.test_path (a deployment's "
             "exported split) cannot carry stages; run the SuperNodes without data-path")

@@ -28,11 +28,14 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class PartitionerSpec:
-    """A split across parties: ``make(data_config, parties, seed, examples)`` returns a flwr-datasets
-    Partitioner; ``by_label``: it skews the label (so a stage with one class cannot be split by it)."""
+    """A split across parties: ``make(data_config, parties, seed, pool)`` returns a flwr-datasets Partitioner of
+    the training pool; ``by_label``: it skews the label (so a stage with one class cannot be split by it);
+    ``by_column``: each party is one or more values of ``data.partition_column`` (a random test split then holds
+    out a share within each value, so that the test set covers every party)."""
 
-    make: Callable[[DataConfig, int, int, int], Any]
+    make: Callable[[DataConfig, int, int, Any], Any]
     by_label: bool = False
+    by_column: bool = False
 
 
 SOURCES: Registry[SourceSpec] = Registry("data.source")
@@ -45,7 +48,8 @@ class DataConfig:
 
     source: str = option(
         "bbc_news",
-        "data set: bundled text (bbc_news, ag_news; tinyshakespeare: speeches by role), images (mnist, digits), "
+        "data set: bundled text (bbc_news, ag_news; tinyshakespeare: speeches by role; tinyshakespeare_raw: the "
+        "file's blocks as written, nanoGPT's text), images (mnist, digits), "
         "or your own files (folder, image_folder, csv, jsonl, parquet read data.path)",
         choices=lambda: SOURCES.names(),
     )
@@ -54,15 +58,21 @@ class DataConfig:
     label_column: str = option("label", "column that holds the label (csv/jsonl/parquet)")
     max_examples: int = option(0, "use a stratified subset of this many examples (0 = all)")
     test_fraction: float = option(0.2, "share of examples held out as the global test set (stratified)")
-    val_fraction: float = option(0.1, "share of each client's examples held out as its local validation split")
+    val_fraction: float = option(0.1, "share of each client's examples held out as its local validation split (0 = "
+                                 "none: every example trains; then no validation, federation.fraction_evaluate=0)")
+    test_split: str = option("random", "how the global test set is held out: random (stratified on the label when "
+                             "there is one; within each party for a by-column partition) or tail (the last "
+                             "test_fraction of the source in its own order, by text length: nanoGPT's split)",
+                             choices=("random", "tail"))
     unseen_fraction: float = option(
         0.0, "parties that never train, as a share of federation.num_clients (0.2 with 10 clients adds 2): "
         "partitioned like the others, they measure generalization to unseen parties (train.eval_parties)"
     )
     partitioner: str = option(
         "dirichlet", "how training data splits across clients: dirichlet (on the label), iid, shards, natural "
-        "(by partition_column), clusters (Dirichlet over k-means clusters of MiniLM embeddings: skew without "
-        "labels), quantity (IID labels, power-law sizes)",
+        "(by partition_column: the num_clients largest values), grouped (every value of partition_column, whole, "
+        "in num_clients groups: flwr-datasets' GroupedNaturalIdPartitioner), clusters (Dirichlet over k-means "
+        "clusters of MiniLM embeddings: skew without labels), quantity (IID labels, power-law sizes)",
         choices=lambda: PARTITIONERS.names(),
     )
     quantity_exponent: float = option(1.0, "partitioner=quantity: client k holds a share proportional to "
@@ -82,7 +92,7 @@ class DataConfig:
         reads_path = self.source in SOURCES and SOURCES[self.source].reads_path
         require(not reads_path or bool(self.path), f"data.path must be set for data.source={self.source}")
         require(0.0 < self.test_fraction < 1.0, "data.test_fraction must be in (0, 1)")
-        require(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+        require(0.0 <= self.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
         require(0.0 <= self.unseen_fraction <= 1.0, "data.unseen_fraction must be in [0, 1]")
         require(self.max_examples >= 0, "data.max_examples must be 0 (all) or positive")
         require(self.alpha > 0.0, f"data.alpha must be > 0 (got {self.alpha}); try 0.5 for skewed or 100 for "

@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
+    GroupedNaturalIdPartitioner,
     IidPartitioner,
     NaturalIdPartitioner,
     Partitioner,
@@ -59,12 +60,13 @@ def unseen_count(cfg: DataConfig, num_clients: int) -> int:
     return max(1, round(cfg.unseen_fraction * num_clients)) if cfg.unseen_fraction > 0 else 0
 
 
-def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, num_examples: int) -> Partitioner:
-    """The flwr-datasets partitioner that ``data.partitioner`` names."""
-    return PARTITIONERS[cfg.partitioner].make(cfg, num_clients, seed, num_examples)
+def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, pool: datasets.Dataset) -> Partitioner:
+    """The flwr-datasets partitioner that ``data.partitioner`` names, for the training ``pool``."""
+    return PARTITIONERS[cfg.partitioner].make(cfg, num_clients, seed, pool)
 
 
-def _dirichlet(cfg: DataConfig, parties: int, seed: int, num_examples: int) -> Partitioner:
+def _dirichlet(cfg: DataConfig, parties: int, seed: int, pool: datasets.Dataset) -> Partitioner:
+    num_examples = len(pool)
     return DirichletPartitioner(
         num_partitions=parties,
         partition_by="cluster" if cfg.partitioner == "clusters" else "label",
@@ -78,15 +80,30 @@ def _dirichlet(cfg: DataConfig, parties: int, seed: int, num_examples: int) -> P
 
 PARTITIONERS.register("dirichlet", PartitionerSpec(_dirichlet, by_label=True))
 PARTITIONERS.register("clusters", PartitionerSpec(_dirichlet))
-PARTITIONERS.register("iid", PartitionerSpec(lambda cfg, parties, seed, n: IidPartitioner(num_partitions=parties)))
+def _grouped(cfg: DataConfig, parties: int, seed: int, pool: datasets.Dataset) -> Partitioner:
+    """Every value of the partition column, whole, in ``parties`` groups (sorted values; the first group takes the
+    remainder)."""
+    if cfg.partition_column not in pool.column_names:
+        raise DataError(f"data.partition_column '{cfg.partition_column}' is not a column of the data (it has "
+                        f"{pool.column_names})")
+    values = len(set(pool[cfg.partition_column]))
+    if values < parties:
+        raise DataError(f"data.partitioner=grouped: {values} distinct '{cfg.partition_column}' values cannot make "
+                        f"{parties} parties; lower federation.num_clients to at most {values}")
+    return GroupedNaturalIdPartitioner(partition_by=cfg.partition_column, group_size=values // parties,
+                                       mode="allow-bigger", sort_unique_ids=True)
+
+
+PARTITIONERS.register("iid", PartitionerSpec(lambda cfg, parties, seed, pool: IidPartitioner(num_partitions=parties)))
 PARTITIONERS.register("natural", PartitionerSpec(
-    lambda cfg, parties, seed, n: NaturalIdPartitioner(partition_by=cfg.partition_column)))
+    lambda cfg, parties, seed, pool: NaturalIdPartitioner(partition_by=cfg.partition_column), by_column=True))
+PARTITIONERS.register("grouped", PartitionerSpec(_grouped, by_column=True))
 # The pool is already shuffled (train_test_split): sizes alone skew.
 PARTITIONERS.register("quantity", PartitionerSpec(
-    lambda cfg, parties, seed, n: SizePartitioner(power_law_sizes(n, parties, cfg.quantity_exponent))))
+    lambda cfg, parties, seed, pool: SizePartitioner(power_law_sizes(len(pool), parties, cfg.quantity_exponent))))
 PARTITIONERS.register("shards", PartitionerSpec(
-    lambda cfg, parties, seed, n: ShardPartitioner(num_partitions=parties, partition_by="label",
-                                                   num_shards_per_partition=cfg.shards_per_client, seed=seed),
+    lambda cfg, parties, seed, pool: ShardPartitioner(num_partitions=parties, partition_by="label",
+                                                      num_shards_per_partition=cfg.shards_per_client, seed=seed),
     by_label=True))
 
 
@@ -102,7 +119,10 @@ def power_law_sizes(total: int, parts: int, exponent: float) -> list[int]:
 
 
 def _holdout(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Seeded (rest, held-out) split that also works on tiny partitions (at least one example each)."""
+    """Seeded (rest, held-out) split that also works on tiny partitions (at least one example each); nothing
+    held out at fraction 0."""
+    if fraction <= 0:
+        return ds, ds.select([])
     order = np.random.default_rng(seed).permutation(len(ds))
     n_held = min(len(ds) - 1, max(1, round(len(ds) * fraction)))
     return ds.select(sorted(order[n_held:])), ds.select(sorted(order[:n_held]))
@@ -136,12 +156,31 @@ def _largest_groups(ds: datasets.Dataset, column: str, count: int) -> datasets.D
     return ds.select([i for i, value in enumerate(values) if value in keep])
 
 
+def _tail(ds: datasets.Dataset, fraction: float) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(head, tail): the tail holds the last ``fraction`` of the examples in order, measured in characters of
+    ``text`` when there is one (nanoGPT holds out the last 10% of the characters)."""
+    sizes = [len(t) for t in ds["text"]] if "text" in ds.column_names else [1] * len(ds)
+    cut, seen, total = len(ds), 0, sum(sizes)
+    for i, size in enumerate(sizes):
+        seen += size
+        if seen >= (1.0 - fraction) * total:
+            cut = i + 1
+            break
+    if not 0 < cut < len(ds):
+        raise DataError(f"data.test_split=tail: data.test_fraction={fraction} of {len(ds)} examples leaves no "
+                        "training or no test example")
+    return ds.select(range(cut)), ds.select(range(cut, len(ds)))
+
+
 def _test_split(ds: datasets.Dataset, cfg: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(pool, test): stratified on the label when there is one, and for a natural partition within each party."""
+    """(pool, test): the tail in order; else stratified on the label when there is one, and for a by-column
+    partition within each party."""
+    if cfg.test_split == "tail":
+        return _tail(ds, cfg.test_fraction)
     if "label" in ds.column_names:
         split = _stratified_split(ds, seed, test_size=cfg.test_fraction)
         return split["train"], split["test"]
-    if cfg.partitioner == "natural":  # every party keeps the same share, so the test set covers all of them
+    if PARTITIONERS[cfg.partitioner].by_column:  # every party keeps the same share: the test set covers all
         groups: dict = {}
         for i, value in enumerate(ds[cfg.partition_column]):
             groups.setdefault(value, []).append(i)
@@ -176,7 +215,7 @@ def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, see
             f"{cfg.unseen_fraction}) are too many for {len(pool)} training examples "
             f"(each needs at least 2); lower federation.num_clients or use more data"
         )
-    partitioner = make_partitioner(cfg, parties, seed, len(pool))
+    partitioner = make_partitioner(cfg, parties, seed, pool)
     partitioner.dataset = pool
     clients: list[ClientData] = []
     for pid in range(parties):
@@ -213,11 +252,17 @@ def partition_histogram(data: FederatedData) -> tuple[str, list[str], list[list[
     return column, [data.label_names[v] if labelled else str(v) for v in values], counts
 
 
+POSITION = "position"  # a source whose order means something (a text stream) numbers its examples in this column
+
+
 def pooled(data: FederatedData, parties: list[int] | None = None) -> FederatedData:
     """All clients' data (or ``parties``') held by one party: the centralized baseline (the privacy-violating
-    upper bound)."""
+    upper bound). A source that numbers its examples (``position``) gets them back in its own order, so a text
+    stream pooled from its parties reads as it was written."""
     clients = data.clients if parties is None else [data.clients[p] for p in parties]
     train = datasets.concatenate_datasets([c.train for c in clients])
     val = datasets.concatenate_datasets([c.val for c in clients])
+    if POSITION in train.column_names:
+        train = train.sort(POSITION)
     return FederatedData(test=data.test, clients=[ClientData(train=train, val=val)], label_names=data.label_names,
                          unseen=data.unseen)

@@ -172,6 +172,26 @@ def load_shakespeare() -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text": texts, "role": roles})
 
 
+def load_shakespeare_raw() -> datasets.Dataset:
+    """Tiny Shakespeare as nanoGPT reads it: one example per block of the file, exactly as written (the speaker's
+    line, the speech and the blank line after it), so the examples in order concatenate to the file itself; a
+    block without a speaker's line continues the previous speaker's ``role``; ``position`` numbers the blocks
+    (pooled parties read in the file's order)."""
+    path = data_dir() / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        raise DataError(
+            f"Tiny Shakespeare not found at '{path}': set FFM_DATA_DIR to a folder holding tinyshakespeare/"
+        )
+    blocks = path.read_text(encoding="utf-8").split("\n\n")
+    texts, roles, role = [], [], ""
+    for i, block in enumerate(blocks):
+        head = block.strip().partition("\n")[0]
+        role = head[:-1].strip() if head.endswith(":") else role
+        texts.append(block + ("\n\n" if i < len(blocks) - 1 else ""))
+        roles.append(role)
+    return datasets.Dataset.from_dict({"text": texts, "role": roles, "position": list(range(len(texts)))})
+
+
 def load_source(cfg: DataConfig) -> datasets.Dataset:
     """The data set named by ``data.source``: ``text`` and a ClassLabel ``label``, or (tinyshakespeare) a ``role``."""
     return SOURCES[cfg.source].load(cfg)
@@ -180,6 +200,7 @@ def load_source(cfg: DataConfig) -> datasets.Dataset:
 SOURCES.register("bbc_news", SourceSpec(lambda cfg: load_text_folder(bbc_news_dir())))
 SOURCES.register("ag_news", SourceSpec(lambda cfg: _ag_news()))
 SOURCES.register("tinyshakespeare", SourceSpec(lambda cfg: load_shakespeare()))
+SOURCES.register("tinyshakespeare_raw", SourceSpec(lambda cfg: load_shakespeare_raw()))
 SOURCES.register("mnist", SourceSpec(lambda cfg: load_mnist_5k()))
 SOURCES.register("digits", SourceSpec(lambda cfg: load_digits_images()))
 SOURCES.register("folder", SourceSpec(lambda cfg: load_text_folder(cfg.path), reads_path=True))

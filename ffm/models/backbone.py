@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 from ffm.errors import ModelError
 from ffm.models.config import ModelConfig
 from ffm.models.gguf import GGUF_MODELS, converted_gguf_model
+from ffm.models.tokenizers import FIXED_TOKENIZERS
 
 __all__ = ["load_model", "load_pretrained", "load_tokenizer", "resolve_model_path"]
 
@@ -45,7 +46,9 @@ def _offline() -> bool:
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The tokenizer of ``model.name``, loaded offline when the model is local."""
+    """The fixed tokenizer ``model.tokenizer`` names, or ``model.name``'s own, loaded offline when it is local."""
+    if cfg.tokenizer:
+        return FIXED_TOKENIZERS[cfg.tokenizer]()
     path = resolve_model_path(cfg.name)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).exists())
@@ -81,6 +84,10 @@ def load_model(
         )
     except ValueError as exc:
         raise ModelError(f"model.architecture='{cfg.architecture}': {exc}".splitlines()[0]) from None
+    if cfg.dropout >= 0:  # every dropout of the architecture (gpt2: resid/embd/attn_pdrop; bert: *_dropout_prob)
+        for name, value in list(vars(config).items()):
+            if isinstance(value, float) and ("dropout" in name or name.endswith("pdrop")):
+                setattr(config, name, cfg.dropout)
     torch.manual_seed(seed)
     model = auto_class.from_config(config)
     model.eval()

@@ -24,9 +24,16 @@ class ModelConfig:
     layers: int = option(2, "from_scratch: transformer layers")
     hidden_size: int = option(64, "from_scratch: width (the feed-forward layer is 4x)")
     heads: int = option(2, "from_scratch: attention heads (must divide hidden_size)")
+    tokenizer: str = option("", "from_scratch: a fixed tokenizer no party's data shapes (bytes: one token per UTF-8 "
+                            "byte); empty = model.name's own", choices=("", "bytes"))
+    dropout: float = option(-1.0, "from_scratch: the probability of every dropout layer (-1 = the architecture's "
+                            "default; nanoGPT's small models: 0)")
 
     def __post_init__(self) -> None:
         require(self.max_length >= 8, "model.max_length must be at least 8")
         require(self.layers >= 1 and self.heads >= 1, "model.layers and model.heads must be at least 1")
         require(self.hidden_size % self.heads == 0,
                 f"model.hidden_size={self.hidden_size} must be a multiple of model.heads={self.heads}")
+        require(not self.tokenizer or self.from_scratch, f"model.tokenizer={self.tokenizer} builds a new vocabulary: "
+                "it needs model.from_scratch=true (a pretrained model keeps its own tokenizer)")
+        require(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0, "model.dropout must be -1 (default) or in [0, 1)")

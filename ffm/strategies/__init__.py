@@ -15,6 +15,7 @@ from ffm.strategies.flower import FLOWER_STRATEGIES
 from ffm.strategies.guard import RoundLog, UpdateGuard
 from ffm.strategies.local_only import LocalOnly
 from ffm.strategies.offset import RoundOffset
+from ffm.strategies.outer import DILOCO, FEDAVGM, OuterSGD
 from ffm.strategies.scaffold import SCAFFOLD
 from ffm.strategies.spec import STRATEGIES, ClientRule, FlowerSpec, StrategyConfig, StrategySpec
 from ffm.strategies.state import load_strategy_state, strategy_state
@@ -25,6 +26,7 @@ __all__ = [
     "ClientRule",
     "FlowerSpec",
     "LocalOnly",
+    "OuterSGD",
     "RoundLog",
     "RoundOffset",
     "StrategyConfig",
@@ -41,6 +43,8 @@ for _name, _spec in FLOWER_STRATEGIES.items():
 STRATEGIES.register("fedprox", FEDPROX)
 STRATEGIES.register("scaffold", SCAFFOLD)
 STRATEGIES.register("fednova", FEDNOVA)
+STRATEGIES.register("fedavgm", FEDAVGM)
+STRATEGIES.register("diloco", DILOCO)
 
 
 def strategy_spec(job: Job) -> StrategySpec:

@@ -14,7 +14,6 @@ from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
     FedAvg,
-    FedAvgM,
     FedMedian,
     FedTrimmedAvg,
     FedYogi,
@@ -33,15 +32,6 @@ class FedAvgConfig(StrategyConfig):
     """FedAvg has no keys of its own: the federation section samples clients."""
 
     name: str = "fedavg"
-
-
-@dataclass
-class FedAvgMConfig(StrategyConfig):
-    """FedAvgM's server step and momentum."""
-
-    name: str = "fedavgm"
-    server_learning_rate: float = option(1.0, "server step size on the averaged update")
-    server_momentum: float = option(0.9, "server momentum (0 = FedAvg when server_learning_rate is 1)")
 
 
 @dataclass
@@ -116,7 +106,6 @@ class BulyanConfig(KrumConfig):
 
 FLOWER_STRATEGIES = {
     "fedavg": FlowerSpec(FedAvg, FedAvgConfig, plain_mean=True),
-    "fedavgm": FlowerSpec(FedAvgM, FedAvgMConfig, mean_based=True, model_shaped_state=True),
     "fedadam": FlowerSpec(FedAdam, FedAdamConfig, mean_based=True, model_shaped_state=True),
     "fedyogi": FlowerSpec(FedYogi, FedYogiConfig, mean_based=True, model_shaped_state=True),
     "fedadagrad": FlowerSpec(FedAdagrad, FedAdagradConfig, mean_based=True, model_shaped_state=True),

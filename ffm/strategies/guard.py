@@ -52,8 +52,10 @@ class UpdateGuard(StrategyWrapper):
     """Drop invalid train replies; count payload bytes each way; keep a RoundLog per round."""
 
     def __init__(self, inner: Strategy, *, min_updates: int = 1, max_failed_rounds: int = 1,
-                 decoder: Callable[[dict, ArrayRecord], ArrayRecord] | None = None, streaming: bool = False) -> None:
+                 decoder: Callable[[dict, ArrayRecord], ArrayRecord] | None = None, streaming: bool = False,
+                 evaluates: Callable[[int], bool] | None = None) -> None:
         super().__init__(inner)
+        self.evaluates = evaluates  # which rounds the clients evaluate on their validation splits (None: all)
         self.streaming = streaming  # fold replies into a running mean as they arrive (ffm.strategies.streaming)
         self.decoder = decoder  # compressed updates: (state sent, encoded reply) -> the trained state
         self._sent: dict = {}
@@ -162,10 +164,14 @@ class UpdateGuard(StrategyWrapper):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.evaluates is not None and not self.evaluates(server_round):
+            return []  # federation.evaluate_every: no validation this round
         return self._count_down(server_round, self.inner.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        if not replies and self.evaluates is not None and not self.evaluates(server_round):
+            return None
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self._log(server_round).evaluate = dict(metrics)

@@ -99,17 +99,20 @@ class FlowerSpec(StrategySpec):
 
     def build(self, cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
         own = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "name"}
-        return self.strategy(
-            fraction_train=fed.fraction_train,
-            fraction_evaluate=fed.fraction_evaluate,
+        return self.strategy(**self.sampling(fed), **own, **self.fixed)
+
+    @staticmethod
+    def sampling(fed: FederationConfig) -> dict[str, Any]:
+        """Flower's sampling keywords from the federation section."""
+        return {
+            "fraction_train": fed.fraction_train,
+            "fraction_evaluate": fed.fraction_evaluate,
             # ffm runs federations of any size (>= 1 node); Flower's defaults wait for 2. Usable updates
             # below federation.min_train_clients fail the round in ffm's guard (it also sees rejections).
-            min_train_nodes=1,
-            min_evaluate_nodes=int(fed.fraction_evaluate > 0),
-            min_available_nodes=1,
-            **own,
-            **self.fixed,
-        )
+            "min_train_nodes": 1,
+            "min_evaluate_nodes": int(fed.fraction_evaluate > 0),
+            "min_available_nodes": 1,
+        }
 
 
 STRATEGIES: Registry[StrategySpec] = Registry("strategy.name")

@@ -68,6 +68,11 @@ class Task:
         """A split's raw examples as the tensors the model takes (encoded once per party, then reused)."""
         raise NotImplementedError
 
+    def encode_train(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        """A party's training split as tensors: :meth:`encode` unless the task trains on other views of the text
+        (a language model's overlapping windows)."""
+        return self.encode(ds, tokenizer, max_length)
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of a batch (what local training minimizes)."""
         return model(**batch).loss

@@ -29,10 +29,18 @@ class CausalLMConfig(TaskConfig):
     name: str = "causal_lm"
     eval_tokens: int = option(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
     prompt: str = option("ROMEO:", "the fixed prompt of the sample written to samples.jsonl every round")
-    sample_tokens: int = option(24, "tokens generated for the sample (greedy)")
+    sample_tokens: int = option(24, "tokens generated for the sample")
+    sample_temperature: float = option(0.0, "0 = greedy; > 0: sampled at this temperature from the 200 likeliest "
+                                       "tokens with a fixed seed (nanoGPT's sample.py: 0.8)")
+    separator: bool = option(True, "an end-of-text token between examples (false: the texts are one raw stream "
+                             "that carries its own breaks, as nanoGPT's character-level Shakespeare)")
+    train_stride: int = option(0, "training blocks start every this many tokens and overlap (0 = one after another); "
+                               "nanoGPT samples windows at every offset")
 
     def __post_init__(self) -> None:
-        require(self.eval_tokens >= 0 and self.sample_tokens >= 0, "task.eval_tokens/sample_tokens must be >= 0")
+        require(self.eval_tokens >= 0 and self.sample_tokens >= 0 and self.sample_temperature >= 0
+                and self.train_stride >= 0,
+                "task.eval_tokens, sample_tokens, sample_temperature and train_stride must be >= 0")
 
 
 class CausalLM(Task):
@@ -51,7 +59,12 @@ class CausalLM(Task):
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
         ensure_pad_token(tokenizer)
-        return pack_blocks(list(ds["text"]), tokenizer, max_length)
+        return pack_blocks(list(ds["text"]), tokenizer, max_length, separator=self.cfg.separator)
+
+    def encode_train(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
+        ensure_pad_token(tokenizer)
+        return pack_blocks(list(ds["text"]), tokenizer, max_length, separator=self.cfg.separator,
+                           stride=self.cfg.train_stride)
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
@@ -71,15 +84,27 @@ class CausalLM(Task):
 
     @torch.inference_mode()
     def sample(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str | None:
+        """The model's continuation of ``task.prompt``: greedy, or sampled with a fixed seed; a sample longer than
+        the model's context keeps only its last context of tokens as it goes (nanoGPT's sample.py does too)."""
         if not self.cfg.sample_tokens:
             return None
         model.eval()
-        prompt = tokenizer(self.cfg.prompt, add_special_tokens=False, return_tensors="pt")
-        out = model.generate(
-            input_ids=prompt["input_ids"],
-            attention_mask=prompt["attention_mask"],
-            max_new_tokens=self.cfg.sample_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return tokenizer.decode(out[0], skip_special_tokens=True)
+        ids = tokenizer(self.cfg.prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, T)
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 0
+        if self.cfg.sample_temperature == 0 and (not context or ids.shape[1] + self.cfg.sample_tokens <= context):
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=self.cfg.sample_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            return tokenizer.decode(out[0], skip_special_tokens=True)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(self.cfg.sample_tokens):
+            window = ids[:, -context:] if context else ids
+            logits = model(input_ids=window).logits[:, -1]  # (1, V)
+            if self.cfg.sample_temperature == 0:
+                token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                top = torch.topk(logits / self.cfg.sample_temperature, min(200, logits.shape[-1]))
+                choice = torch.multinomial(torch.softmax(top.values, dim=-1), 1, generator=generator)
+                token = top.indices.gather(-1, choice)
+            ids = torch.cat([ids, token], dim=1)
+        return tokenizer.decode(ids[0], skip_special_tokens=True)

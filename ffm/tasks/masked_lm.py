@@ -35,6 +35,7 @@ class MaskedLMConfig(TaskConfig):
     name: str = "masked_lm"
     mlm_probability: float = option(0.15, "share of tokens masked")
     eval_tokens: int = option(20000, "evaluate on at most this many held-out tokens per split (0 = all)")
+    separator: bool = option(True, "an end-of-text token between examples (false: a raw text stream)")
 
     def __post_init__(self) -> None:
         require(0.0 < self.mlm_probability < 1.0, "task.mlm_probability must be in (0, 1)")
@@ -69,7 +70,7 @@ class MaskedLM(Task):
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
         self.collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.cfg.mlm_probability)
-        return pack_blocks(list(ds["text"]), tokenizer, max_length, wrap=True)
+        return pack_blocks(list(ds["text"]), tokenizer, max_length, wrap=True, separator=self.cfg.separator)
 
     def _masked(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.collator is None:

@@ -16,18 +16,23 @@ __all__ = ["first_tokens", "pack_blocks"]
 
 
 def pack_blocks(
-    texts: list[str], tokenizer: PreTrainedTokenizerBase, block: int, *, wrap: bool = False
+    texts: list[str], tokenizer: PreTrainedTokenizerBase, block: int, *, wrap: bool = False, separator: bool = True,
+    stride: int = 0,
 ) -> Examples:
     """(N, block) ``input_ids`` / ``attention_mask`` and ``labels`` (pad -> -100); the last block may be short.
 
-    ``wrap`` puts the tokenizer's [CLS] ... [SEP] around every block (BERT-style masked LM).
+    ``wrap`` puts the tokenizer's [CLS] ... [SEP] around every block (BERT-style masked LM); ``separator`` puts
+    its end-of-text token between texts (off for texts that carry their own breaks, such as a raw text stream);
+    ``stride`` below the block's width starts a block every ``stride`` tokens, so blocks overlap (training on
+    windows at many offsets, as nanoGPT's random windows do; 0 = one block after another).
     """
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     stream: list[int] = []
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        stream += [*ids, sep]
+        stream += [*ids, sep] if separator else ids
     width = block - 2 if wrap else block
-    chunks = [stream[i : i + width] for i in range(0, len(stream), width)]
+    step = stride if 0 < stride < width else width
+    chunks = [stream[i : i + width] for i in range(0, len(stream), step) if step == width or i + width <= len(stream)]
     chunks = [c for c in chunks if len(c) >= 2]
     if not chunks:
         raise DataError(f"{len(texts)} texts hold too few tokens for one block of {block}; add data")

@@ -1,0 +1,193 @@
+"""Benchmark, run by hand (not a test): federated training at convergence, held to public anchors.
+
+Parts (``--part``, repeatable; each rewrites its own section of ``bench/results/convergence.md`` and keeps the
+others):
+
+- ``anchor``: nanoGPT's character-level Shakespeare (configs/shakespeare_char.yaml). Centralized with nanoGPT's
+  budget (2,000 steps of 12 x 64 characters) against its README's validation loss 1.88; federated over 8 parties
+  (speaking roles grouped whole) with DiLoCo and with plain FedAvg, H = 8, 32 and 128 local steps between
+  exchanges, at equal *total* tokens (2,000 steps across all parties) and at equal *per-party* steps (2,000 each);
+  each party alone (mode=local, 2,000 steps each) as the local baseline.
+- ``mlm``: MiniLM continued as a masked LM on BBC News, one newsroom per party (configs/minilm_mlm.yaml):
+  centralized, FedAvg, and DiLoCo with a persistent inner optimizer, on the same tokens.
+
+Every run is a child ``ffm run`` cached in ``runs/bench-convergence/<name>`` (a rerun only does what is new; an
+interrupted run resumes). Runs go one after another: two at once would make their times incomparable.
+
+Launch:  .venv/bin/python bench/convergence.py --part anchor [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from runs import REPO, run_cached
+
+RESULTS = REPO / "bench" / "results"
+ANCHOR = REPO / "configs" / "shakespeare_char.yaml"
+MLM = REPO / "configs" / "minilm_mlm.yaml"
+NANOGPT_LOSS, NANOGPT_STEPS, PARTIES = 1.88, 2000, 8
+
+
+def _section(path: Path, part: str, text: str) -> None:
+    """Replace this part's section of the results file (or add it), keeping the others."""
+    start, end = f"<!-- part:{part} -->", f"<!-- /part:{part} -->"
+    old = path.read_text() if path.is_file() else "# Federated training at convergence\n\n"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in old:
+        new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def _loss(result: dict) -> float | None:
+    return None if "error" in result else result["summary"]["final_test_loss"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# nanoGPT's character-level Shakespeare
+
+
+def anchor_runs() -> dict[str, tuple[list[str], int]]:
+    """name -> (overrides of configs/shakespeare_char.yaml, torch threads of the child)."""
+    runs: dict[str, tuple[list[str], int]] = {
+        "central": (["mode=centralized", "train.local_steps=25", "federation.rounds=10",
+                     "federation.evaluate_every=1"], 2),
+        "local": (["mode=local", "train.local_steps=200", "federation.rounds=10", "federation.evaluate_every=5",
+                   "federation.workers=2", "federation.worker_threads=1"], 2),
+    }
+    for budget, per_party in (("tokens", NANOGPT_STEPS // PARTIES), ("perparty", NANOGPT_STEPS)):
+        for h in (8, 32, 128):
+            rounds = max(1, round(per_party / h))
+            for strategy in ("diloco", "fedavg"):
+                runs[f"{strategy}-h{h}-{budget}"] = ([
+                    f"strategy.name={strategy}", f"train.local_steps={h}", f"federation.rounds={rounds}",
+                    f"federation.evaluate_every={max(1, rounds // 10)}", "federation.workers=2",
+                    "federation.worker_threads=1"], 2)
+    return runs
+
+
+def _sample(work: Path, name: str) -> str:
+    path = work / name / "samples.jsonl"
+    if not path.is_file():
+        return ""
+    return json.loads(path.read_text().splitlines()[-1])["text"]
+
+
+def anchor_report(results: dict[str, dict], work: Path) -> str:
+    central = _loss(results["central"])
+    lines = [
+        "## nanoGPT's character-level Shakespeare (pre-training from scratch)",
+        "",
+        "nanoGPT's README (CPU, `train_shakespeare_char` at 4 layers, 4 heads, width 128, context 64, batch 12, "
+        "dropout 0, 2,000 iterations, lr 1e-3 to 1e-4): validation loss **1.88** on the last 10% of the text. "
+        "Here the same model shape, optimizer (AdamW, beta2 0.99, weight decay 0.1 on matrices, clip 1.0), "
+        "schedule (100 warmup steps, cosine to 1e-4 over 2,000) and split; tokens are bytes (262 ids: a fixed "
+        "tokenizer; for this ASCII text a byte is a character). The 283 speaking roles of the first 90% are "
+        "grouped whole into 8 parties. Loss: mean next-character cross-entropy (nats) on the whole held-out "
+        "tenth. `configs/shakespeare_char.yaml`; `bench/convergence.py --part anchor`.",
+        "",
+        "| run | H (local steps / exchange) | exchanges | steps per party | tokens (all parties) | test loss | vs "
+        "centralized | MB up | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, result in results.items():
+        if "error" in result:
+            lines.append(f"| {name} | | | | | {result['error'][:60]} | | | |")
+            continue
+        s = result["summary"]
+        rounds = s["rounds"]
+        parties = 1 if name == "central" else PARTIES
+        steps = s["local_steps"] // parties
+        h = "-" if name in ("central", "local") else steps // max(1, rounds)
+        delta = f"{100 * (s['final_test_loss'] / central - 1):+.1f}%" if central else ""
+        lines.append(f"| {name} | {h} | {rounds} | {steps:,} | {s['tokens']:,} | {s['final_test_loss']:.4f} | "
+                     f"{delta} | {s['bytes_up'] / 1e6:,.1f} | {s['wall_time_s']:.0f} |")
+    lines += ["", *anchor_goals(results), "", "Samples (300 characters from the prompt `ROMEO:`, temperature 0.8, "
+              "the 200 likeliest, seed 0):", ""]
+    for name in ("central", "diloco-h32-perparty"):
+        if name in results and "error" not in results[name]:
+            lines += [f"**{name}** (test loss {_loss(results[name]):.4f}):", "", "```",
+                      _sample(work, name).strip(), "```", ""]
+    lines += ["![test loss against exchanges and tokens](convergence-anchor.png)", ""]
+    return "\n".join(lines)
+
+
+def anchor_goals(results: dict[str, dict]) -> list[str]:
+    central = _loss(results.get("central", {"error": ""}))
+    out = ["Goals:"]
+    if central is not None:
+        met = abs(central - NANOGPT_LOSS) <= 0.05
+        out.append(f"- centralized within 1.88 +- 0.05: **{'met' if met else 'not met'}** ({central:.4f}, "
+                   f"{central - NANOGPT_LOSS:+.4f}).")
+        for h in (32, 128):
+            for strategy in ("diloco", "fedavg"):
+                loss = _loss(results.get(f"{strategy}-h{h}-perparty", {"error": ""}))
+                if loss is None:
+                    continue
+                gap = 100 * (loss / central - 1)
+                out.append(f"- {strategy}, H = {h}, equal per-party steps, within 2% of centralized: "
+                           f"**{'met' if gap <= 2 else 'not met'}** ({loss:.4f}, {gap:+.1f}%).")
+    return out
+
+
+def anchor_plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_round, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, result in results.items():
+        if "error" in result:
+            continue
+        points = [(line["round"], line.get("test_loss"), line) for line in result["lines"] if "test_loss" in line]
+        tokens, total = [], 0
+        for line in result["lines"]:
+            total += sum(c.get("tokens_seen", 0) for c in line.get("clients", []))
+            if "test_loss" in line:
+                tokens.append(total)
+        style = "-" if "perparty" in name or name in ("central", "local") else ":"
+        by_round.plot([r for r, _, _ in points], [v for _, v, _ in points], style, marker=".", label=name)
+        by_tokens.plot(tokens, [v for _, v, _ in points], style, marker=".", label=name)
+    for ax, label in ((by_round, "exchanges (rounds)"), (by_tokens, "tokens trained on (all parties)")):
+        ax.axhline(NANOGPT_LOSS, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log" if ax is by_round else "linear")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test loss (nats / character)")
+        ax.set_ylim(1.4, 3.0)
+    by_round.legend(fontsize=6, ncol=2)
+    by_round.set_title("against exchanges (dashed line: nanoGPT's 1.88)")
+    by_tokens.set_title("against tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def part_anchor(work: Path, report_only: bool) -> None:
+    results = {}
+    for name, (overrides, threads) in anchor_runs().items():
+        results[name] = run_cached(work, name, ANCHOR, [*overrides, "progress=false"], report_only=report_only,
+                                   threads=threads)
+    anchor_plot(results, RESULTS / "convergence-anchor.png")
+    _section(RESULTS / "convergence.md", "anchor", anchor_report(results, work))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", action="append", choices=["anchor"], required=True)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-convergence")
+    parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for part in args.part:
+        {"anchor": part_anchor}[part](args.work, args.report_only)
+    print(f"written to {RESULTS / 'convergence.md'}")
+
+
+if __name__ == "__main__":
+    main()
