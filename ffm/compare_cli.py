@@ -33,6 +33,9 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                          help=f"comma-separated, default {','.join(Mode.training())}")
     compare.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                          help="tuned per mode on validation data, e.g. train.lr=1e-4,5e-4,1e-3 (repeatable)")
+    compare.add_argument("--tune-seeds", type=int, default=0, metavar="K",
+                         help="run the grid on the first K seeds only, then the other seeds at each mode's chosen "
+                         "point (0 = the grid on every seed)")
     compare.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                          help="conditions reported apart, e.g. data.alpha=0.5,0.1 (repeatable)")
     compare.add_argument("--study-dir", help="default runs/study-<config name>")
@@ -79,26 +82,38 @@ def compare_main(args: argparse.Namespace) -> int:
 
     plan = StudyPlan(modes=[m.strip() for m in args.modes.split(",") if m.strip()],
                      seeds=list(range(args.seeds)), grid=parse_axis(args.grid, "--grid"),
-                     vary=parse_axis(args.vary, "--vary"))
+                     vary=parse_axis(args.vary, "--vary"), tune_seeds=args.tune_seeds)
     study_dir = Path(args.study_dir or Path("runs") / f"study-{Path(args.config).stem}")
     for run in plan.runs():  # every run's config must be valid before the first one starts
         load_job(args.config, [*args.overrides, *run.overrides])
     _check_each_condition(plan, args)
     recorded = {"config": str(args.config), "overrides": list(args.overrides), "modes": plan.modes,
-                "seeds": plan.seeds, "grid": plan.grid, "vary": plan.vary}
+                "seeds": plan.seeds, "grid": plan.grid, "vary": plan.vary, "tune_seeds": plan.tune_seeds}
     _check_same_study(study_dir, recorded)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.json").write_text(json.dumps(recorded, indent=2))
     runs = plan.runs()
     print(f"ffm compare: {len(runs)} runs ({len(plan.modes)} modes x {len(plan.seeds)} seeds x "
-          f"{len(plan.grid_points())} grid points x {len(plan.conditions())} conditions) -> {study_dir}")
-    if args.report_only:
-        records = {r.name: json.loads(p.read_text()) if (p := study_dir / "runs" / r.name / "study_run.json").is_file()
-                   else {"exit": None, "not_run": True} for r in runs}
-    else:
-        records = run_study(plan, str(args.config), list(args.overrides), study_dir, workers=args.workers,
-                            audit=(args.audit_examples, args.audit_shadows))
-    rows = [row_of(run, records[run.name], study_dir / "runs" / run.name) for run in runs]
+          f"{len(plan.grid_points())} grid points x {len(plan.conditions())} conditions"
+          f"{f'; the grid on {plan.tune_seeds} seed(s), the rest at the chosen points' if plan.tune_seeds else ''})"
+          f" -> {study_dir}")
+
+    def stage(planned: list) -> tuple[dict, list]:
+        if args.report_only:
+            found = {r.name: json.loads(p.read_text()) if (p := study_dir / "runs" / r.name / "study_run.json")
+                     .is_file() else {"exit": None, "not_run": True} for r in planned}
+        else:
+            found = run_study(plan, str(args.config), list(args.overrides), study_dir, workers=args.workers,
+                              audit=(args.audit_examples, args.audit_shadows), runs=planned)
+        return found, [row_of(run, found[run.name], study_dir / "runs" / run.name) for run in planned]
+
+    records, rows = stage(runs)
+    if plan.tune_seeds:  # the other seeds at each mode's chosen point
+        from ffm.study.results import choose
+
+        rest = [r for r in plan.runs(choose(rows)) if r.name not in records]
+        more, rows_more = stage(rest)
+        records, rows, runs = {**records, **more}, rows + rows_more, runs + rest
     save_results(rows, study_dir / "results.csv")
     plan_text = (f"Plan: modes {', '.join(plan.modes)}; seeds {plan.seeds}; grid "
                  f"{plan.grid or 'none'}; conditions {plan.vary or 'none'}; {len(runs)} runs.")

@@ -120,6 +120,33 @@ def test_plan_names_runs_by_condition_mode_seed_and_grid_point() -> None:
         StudyPlan(modes=["federal"], seeds=[0])
 
 
+def test_tuning_on_fewer_seeds_runs_the_grid_once_then_the_other_seeds_at_the_chosen_point() -> None:
+    plan = StudyPlan(modes=["federated", "centralized"], seeds=[0, 1, 2], grid={"train.lr": ["1e-3", "5e-3"]},
+                     tune_seeds=1)
+
+    first = plan.runs()
+    chosen = {("", "federated"): "train.lr=5e-3", ("", "centralized"): "train.lr=1e-3"}
+    second = [r for r in plan.runs(chosen) if r not in first]
+
+    assert sorted(r.name for r in first) == ["centralized-seed0-lr1e-3", "centralized-seed0-lr5e-3",
+                                             "federated-seed0-lr1e-3", "federated-seed0-lr5e-3"]
+    assert sorted(r.name for r in second) == ["centralized-seed1-lr1e-3", "centralized-seed2-lr1e-3",
+                                              "federated-seed1-lr5e-3", "federated-seed2-lr5e-3"]
+    with pytest.raises(ConfigError, match="--tune-seeds"):
+        StudyPlan(modes=["federated"], seeds=[0], tune_seeds=2)
+
+
+def test_the_choice_compares_grid_points_on_the_seeds_they_all_ran() -> None:
+    def row(grid: str, seed: int, val: float) -> dict:
+        return {"condition": "", "mode": "federated", "grid": grid, "seed": seed, "status": "done", "val": val,
+                "higher_is_better": 1}
+
+    # lr=1 won on seed 0; its later seeds score lower, but the point lr=2 never ran them: seed 0 decides
+    rows = [row("lr=1", 0, 0.9), row("lr=2", 0, 0.8), row("lr=1", 1, 0.5), row("lr=1", 2, 0.5)]
+
+    assert choose(rows) == {("", "federated"): "lr=1"}
+
+
 def test_paired_difference_has_a_t_interval_over_seeds() -> None:
     mean, _, hi, n = paired_difference({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.8, 1: 0.75, 2: 0.8})
     assert n == 3 and mean == pytest.approx(1 / 15)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ffm.errors import ConfigError
 from ffm.modes import Mode
 
-__all__ = ["StudyPlan", "StudyRun", "parse_axis"]
+__all__ = ["StudyPlan", "StudyRun", "pairs_text", "parse_axis"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class StudyPlan:
     seeds: list[int]
     grid: dict[str, list[str]] = field(default_factory=dict)
     vary: dict[str, list[str]] = field(default_factory=dict)
+    tune_seeds: int = 0  # > 0: the grid runs on the first this many seeds; the other seeds at the chosen point
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.modes if m not in Mode.training()]
@@ -68,6 +69,8 @@ class StudyPlan:
         shared = set(self.grid) & set(self.vary)
         if shared:
             raise ConfigError(f"{sorted(shared)} is both a --grid and a --vary key; choose one")
+        if not 0 <= self.tune_seeds <= len(self.seeds):
+            raise ConfigError(f"--tune-seeds must be in 0..--seeds ({len(self.seeds)}), got {self.tune_seeds}")
 
     def conditions(self) -> list[tuple[tuple[str, str], ...]]:
         """Every combination of the ``--vary`` values (one empty condition without any)."""
@@ -79,13 +82,24 @@ class StudyPlan:
         keys = list(self.grid)
         return [tuple(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
 
-    def runs(self) -> list[StudyRun]:
-        """Every run, named uniquely, in a stable order."""
+    def runs(self, chosen: dict[tuple[str, str], str] | None = None) -> list[StudyRun]:
+        """Every run, named uniquely, in a stable order. With ``tune_seeds``: the grid on the tuning seeds, and,
+        once ``chosen`` ((condition, mode) -> the chosen grid point, as results rows write it) is known, the other
+        seeds at each chosen point."""
+        tuning = self.seeds[: self.tune_seeds] if self.tune_seeds else self.seeds
         out = []
         for condition in self.conditions():
             for mode in self.modes:
                 for seed in self.seeds:
                     for point in self.grid_points():
+                        if seed not in tuning and (chosen is None or chosen.get((pairs_text(condition), mode))
+                                                   != pairs_text(point)):
+                            continue
                         name = "-".join(p for p in (_label(condition), mode, f"seed{seed}", _label(point)) if p)
                         out.append(StudyRun(name, mode, seed, point, condition))
         return out
+
+
+def pairs_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    """(key, value) pairs as a results row writes them: ``k=v;k2=v2``."""
+    return ";".join(f"{k}={v}" for k, v in pairs)

@@ -9,9 +9,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ffm.budget import time_to_target
 from ffm.study.results import choose, chosen_rows, paired_difference
 
-__all__ = ["headline", "write_report"]
+__all__ = ["headline", "to_target", "write_report"]
 
 PACKAGES = ("torch", "transformers", "peft", "flwr", "flwr-datasets", "datasets", "opacus")
 MEASURES = [  # (column, header); every measure is of the mode's chosen grid point, over seeds
@@ -113,6 +114,39 @@ def _summary_text(rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(lines)
 
 
+def _best_val(lines: list[dict[str, Any]], metric: str, higher: bool) -> float | None:
+    values = [line["val"][f"val_{metric}"] for line in lines if f"val_{metric}" in line.get("val", {})]
+    return (max(values) if higher else min(values)) if values else None
+
+
+def to_target(rows: list[dict[str, Any]], fractions: tuple[float, ...] = (0.95, 0.99)) -> str:
+    """What each mode took to reach fractions of the centralized run's best validation metric (same seed):
+    rounds, MB (up + down) and seconds, mean over the seeds that reached it."""
+    out = []
+    for condition, group in _by_condition(chosen_rows(rows)).items():
+        metric, higher = group[0]["metric"], bool(group[0]["higher_is_better"])
+        targets = {r["seed"]: _best_val(_curves(r), metric, higher) for r in group if r["mode"] == "centralized"}
+        if not any(v is not None for v in targets.values()):
+            continue
+        out += [f"### {condition.replace(';', ', ') or 'the job as configured'}", "",
+                f"Target: the centralized run's best validation {metric} of the same seed "
+                f"({', '.join(f'{v:.4f}' for v in targets.values() if v is not None)}).", "",
+                "| mode | fraction of the target | seeds that reached it | rounds | MB up + down | seconds |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for mode in dict.fromkeys(r["mode"] for r in group):
+            runs = [r for r in group if r["mode"] == mode and targets.get(r["seed"]) is not None]
+            for fraction in fractions:
+                costs = [time_to_target(_curves(r), metric, higher, targets[r["seed"]], [fraction])[f"{fraction:g}"]
+                         for r in runs]
+                got = [c for c in costs if c is not None]
+                mean = (lambda k, got=got: statistics.fmean(c[k] for c in got) if got else None)  # noqa: E731
+                cells = ["-" if mean(k) is None else f"{mean(k) / scale:,.{d}f}"
+                         for k, scale, d in (("round", 1, 1), ("bytes", 1e6, 1), ("seconds", 1, 0))]
+                out.append(f"| {mode} | {fraction:g} | {len(got)}/{len(runs)} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) or "No run measured a validation metric per round (federation.fraction_evaluate=0)."
+
+
 def _curves(row: dict[str, Any]) -> list[dict[str, Any]]:
     path = Path(row["run_dir"]) / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
@@ -168,6 +202,22 @@ def plot(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
         fig.savefig(study_dir / file, dpi=110)
         plt.close(fig)
         names.append(file)
+    for file, cost, xlabel in (("metric_vs_bytes.png", "bytes", "MB sent (up + down), cumulative"),
+                               ("metric_vs_time.png", "seconds", "wall seconds, cumulative")):
+        fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+        for ax, (condition, group) in zip(axes[0], groups.items(), strict=True):
+            for mode in dict.fromkeys(r["mode"] for r in group):
+                xs, ys = _cost_curve([r for r in group if r["mode"] == mode], f"test_{metric}", cost)
+                ax.plot(xs, ys, "-o", ms=3, label=mode)
+            ax.set_title(condition.replace(";", ", ") or "as configured")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"test {metric} (mean over seeds)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(study_dir / file, dpi=110)
+        plt.close(fig)
+        names.append(file)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, (condition, group) in zip(axes[0], groups.items(), strict=True):
         modes = list(dict.fromkeys(r["mode"] for r in group))
@@ -199,6 +249,39 @@ def plot(rows: list[dict[str, Any]], study_dir: Path) -> list[str]:
     plt.close(fig)
     names.append("accuracy_vs_bytes.png")
     return names
+
+
+def _cost_curve(runs: list[dict[str, Any]], key: str, cost: str) -> tuple[list[float], list[float]]:
+    """Mean over ``runs`` (seeds) of the cumulative cost (MB or seconds) and of ``key`` at each round they have."""
+    at: dict[int, tuple[list[float], list[float]]] = {}
+    for row in runs:
+        spent = 0.0
+        for line in _curves(row):
+            spent += ((line.get("bytes_up", 0) + line.get("bytes_down", 0)) / 1e6 if cost == "bytes"
+                      else line.get("wall_time_s", 0.0))
+            if key in line:
+                xs, ys = at.setdefault(line["round"], ([], []))
+                xs.append(spent)
+                ys.append(line[key])
+    rounds = sorted(at)
+    return [statistics.fmean(at[r][0]) for r in rounds], [statistics.fmean(at[r][1]) for r in rounds]
+
+
+def _budget_text(config: str) -> str:
+    """How long the study's runs trained: every mode under the same maximum, stopped the same way."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(config)
+    except yaml.YAMLError:
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+    rounds = (raw.get("federation") or {}).get("rounds")
+    patience = (raw.get("budget") or {}).get("patience", 0)
+    if not patience:
+        return f"Every run trains its {rounds} rounds."
+    return (f"Every run trains at most {rounds} rounds and stops once its validation metric has not improved for "
+            f"{patience} rounds (budget.patience): each mode ends at its own plateau under the same maximum.")
 
 
 def _versions() -> str:
@@ -237,10 +320,11 @@ def write_report(rows: list[dict[str, Any]], study_dir: Path, command: str, plan
 
 Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}; {_versions()}.
 
-**Fairness.** Every mode gets the same budget of local steps (centralized takes a round's federation steps in
-one trajectory). Each mode's grid point is chosen by its mean *validation* {rows[0]['metric'] if rows else ''}
-over seeds, measured the same way in every mode: each party's own validation split (for local-only, each
-party's own model), never the test set. Seeds vary the split, the partition and the initialization.
+**Fairness.** Every mode gets the same budget of local steps per round (centralized takes a round's federation
+steps in one trajectory). {_budget_text(config)}
+Each mode's grid point is chosen by its mean *validation* {rows[0]['metric'] if rows else ''} over seeds, measured
+the same way in every mode: each party's own validation split (for local-only, each party's own model), never
+the test set. Seeds vary the split, the partition and the initialization.
 {f"**Failed runs** (left out of the tables): {', '.join(failed)}." if failed else ""}
 
 ## Headline (each mode at its chosen grid point; mean ± std over seeds)
@@ -250,6 +334,10 @@ party's own model), never the test set. Seeds vary the split, the partition and 
 ## What the numbers show
 
 {_summary_text(rows)}
+
+## What reaching the centralized level took
+
+{to_target(rows)}
 
 ## Plots
 

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ffm.study.plan import StudyRun
+from ffm.study.plan import StudyRun, pairs_text
 
 __all__ = ["COLUMNS", "choose", "chosen_rows", "load_results", "paired_difference", "row_of", "save_results"]
 
@@ -23,10 +23,6 @@ COLUMNS = [
 ]
 _TEXT = {"name", "condition", "mode", "grid", "status", "metric", "run_dir"}
 _INT = {"seed", "rounds", "higher_is_better"}
-
-
-def _pairs(pairs: tuple[tuple[str, str], ...]) -> str:
-    return ";".join(f"{k}={v}" for k, v in pairs)
 
 
 def _worst_share(values: list[float], higher_is_better: bool, share: float = 0.1) -> float:
@@ -41,7 +37,8 @@ def row_of(run: StudyRun, record: dict, run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     status = ("done" if record.get("exit") == 0 else "not run" if record.get("not_run")
               else f"failed (exit {record.get('exit')})")
-    row.update(name=run.name, condition=_pairs(run.condition), mode=run.mode, seed=run.seed, grid=_pairs(run.grid),
+    row.update(name=run.name, condition=pairs_text(run.condition), mode=run.mode, seed=run.seed,
+               grid=pairs_text(run.grid),
                run_dir=str(run_dir), status=status)
     if record.get("exit") != 0 or not (run_dir / "summary.json").is_file():
         return row
@@ -99,15 +96,18 @@ def _done(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def choose(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(condition, mode) -> the grid point with the best mean VALIDATION metric over seeds (the test set
-    chooses nothing). A grid point that failed for any seed is not chosen."""
+    chooses nothing). Points are compared on the seeds every point ran (with --tune-seeds, the tuning seeds; the
+    chosen point's later seeds do not move the choice). A grid point that failed for any seed is not chosen."""
     chosen: dict[tuple[str, str], str] = {}
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         groups.setdefault((row["condition"], row["mode"]), {}).setdefault(row["grid"], []).append(row)
     for key, points in groups.items():
+        common = set.intersection(*({r["seed"] for r in runs} for runs in points.values()))
         candidates = []
-        for grid, runs in points.items():
-            if all(r["status"] == "done" and r["val"] is not None for r in runs):
+        for grid, all_runs in points.items():
+            runs = [r for r in all_runs if r["seed"] in common]
+            if runs and all(r["status"] == "done" and r["val"] is not None for r in runs):
                 higher = bool(runs[0]["higher_is_better"])
                 score = statistics.fmean(r["val"] for r in runs)
                 candidates.append((score if higher else -score, grid))

@@ -72,12 +72,12 @@ def run_one(run: StudyRun, config: str, overrides: list[str], runs_dir: Path, th
 
 
 def run_study(plan: StudyPlan, config: str, overrides: list[str], study_dir: Path, *, workers: int = 1,
-              audit: tuple[int, int] = (0, 0), progress: bool = True) -> dict[str, dict]:
-    """Run every run of ``plan``, ``workers`` at a time; return each run's record by name (failed ones carry
-    their exit status)."""
+              audit: tuple[int, int] = (0, 0), progress: bool = True, runs: list | None = None) -> dict[str, dict]:
+    """Run every run of ``plan`` (or the given ``runs`` of it), ``workers`` at a time; return each run's record by
+    name (failed ones carry their exit status)."""
     runs_dir = study_dir / "runs"
     records: dict[str, dict] = {}
-    runs = plan.runs()
+    runs = plan.runs() if runs is None else runs
     with tqdm(total=len(runs), desc="study runs", unit="run", disable=not progress) as bar, \
             ThreadPoolExecutor(max(1, workers)) as pool:
         threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
