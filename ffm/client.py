@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -45,6 +46,7 @@ from ffm.local_training import (
 from ffm.methods import PartyAdjustment, build_method
 from ffm.models import split_personal, trainable_state
 from ffm.mods import FLIP_LABELS_KEY, build_mods
+from ffm.node_policy import POLICY_PATH, check_run
 from ffm.privacy import reply_metrics
 from ffm.privacy.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.prompt_search import CANDIDATES_KEY, scores_reply
@@ -60,11 +62,22 @@ DATA_PATH = "data-path"  # a SuperNode's node config: the folder of its own expo
 
 
 def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """The ClientApp's one mod: run the mods of the job in ``context.run_config`` around it (first = outermost)."""
+    """The ClientApp's one mod: the node owner's policy first (a run it refuses never reaches the data), then the
+    mods of the job in ``context.run_config`` around the ClientApp (first = outermost)."""
+    job = job_from_run_config(context.run_config)
+    policy = context.node_config.get(POLICY_PATH)
+    if policy:
+        check_run(Path(str(policy)), job, context.run_id, sample_rate=lambda: _sample_rate(job, context))
     chain = call_next
-    for mod in reversed(build_mods(job_from_run_config(context.run_config))):
+    for mod in reversed(build_mods(job)):
         chain = _bind(mod, chain)
     return chain(msg, context)
+
+
+def _sample_rate(job: Job, context: Context) -> float:
+    """DP-SGD's sampling rate on this node: its batch over its training examples."""
+    _, workspace, index, _ = _workspace(context)
+    return min(1.0, job.train.batch_size / len(workspace.examples("train", index)))
 
 
 def _bind(mod, inner: ClientAppCallable) -> ClientAppCallable:

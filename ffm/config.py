@@ -210,11 +210,15 @@ def _from_run_config(items: tuple[tuple[str, Any], ...]) -> Job:
     return job_from_dict(nest(dict(items)), lenient=True)
 
 
+RUNTIME_KEY_PREFIX = "ffm-"  # run-config keys of the runtime, not of the job (e.g. the operator's signature)
+
+
 def job_from_run_config(run_config: dict[str, Any]) -> Job:
     """The one map from Flower's ``run_config`` onto the dataclasses (used by ClientApp, mods and ServerApp).
 
     Every message carries the run config, so the built job is cached by its items: treat it as read-only."""
-    return _from_run_config(tuple(sorted(run_config.items())))
+    items = (item for item in run_config.items() if not item[0].startswith(RUNTIME_KEY_PREFIX))
+    return _from_run_config(tuple(sorted(items)))
 
 
 def load_job(path: str | Path | None, overrides: list[str] | None = None) -> Job:

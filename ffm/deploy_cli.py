@@ -42,14 +42,21 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("deploy", help="run a job on a Flower federation (SuperLink + SuperNodes)")
     actions = parser.add_subparsers(dest="action", required=True)
     link = actions.add_parser("superlink", help="start the SuperLink (the server side; runs the ServerApp)")
-    link.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    link.add_argument("--port", type=int, default=9091, help="the one port of the Fleet/Control/Runtime APIs")
+    link.add_argument("--host", default="127.0.0.1", help="the public address SuperNodes dial (0.0.0.0: every "
+                      "interface); only the Fleet API is served there")
+    link.add_argument("--port", type=int, default=9092, help="the public Fleet API port (SuperNodes' --superlink)")
+    link.add_argument("--control-port", type=int, default=9091, help="the SuperLink's own port on 127.0.0.1: the "
+                      "Control API for `ffm deploy run` and `register` (the operator's; reach it remotely through "
+                      "an SSH tunnel)")
+    link.add_argument("--expose-control", action="store_true", help="UNSAFE: serve every API, the Control API "
+                      "included, on --host:--port (flwr's own layout; any holder of ca.pem can then register "
+                      "nodes and submit runs)")
     link.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
     link.add_argument("--node-auth", action="store_true", help="admit only SuperNodes whose public key was "
                       "registered (`ffm deploy register`); needs --certs")
     _tls_args(link, server=True)
     node = actions.add_parser("supernode", help="start a SuperNode for one data owner (runs the ClientApp)")
-    node.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
+    node.add_argument("--superlink", default="127.0.0.1:9092", help="the SuperLink's public HOST:PORT (its --port)")
     node.add_argument("--partition-id", type=int, required=True, help="which partition of the data this node owns")
     node.add_argument("--num-partitions", type=int, required=True, help="federation.num_clients of the job")
     node.add_argument("--port", type=int, default=9094, help="this node's Runtime API port (distinct per node)")
@@ -58,11 +65,20 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
                       "worker (model and data stay loaded) instead of a fresh flwr-clientapp process per message")
     node.add_argument("--auth-key", metavar="FILE", help="this node's private key (from `ffm deploy node-keys`), "
                       "for a SuperLink started with --node-auth")
+    node.add_argument("--trusted-keys", metavar="FILE", help="with --warm: YAML of the operators whose signed runs "
+                      "this node runs (NAME: ssh-ed25519 ...); unsigned runs and any other signer are refused")
+    node.add_argument("--policy", metavar="FILE", help="this data owner's policy (YAML, see docs/deploy.md): every "
+                      "run is checked against it before it trains (default: DATA_PATH/policy.yaml if it exists)")
     _tls_args(node, server=False)
     run = actions.add_parser("run", help="submit a job (the same YAML as a simulation) and stream its logs")
     run.add_argument("config", help="YAML job file")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. federation.rounds=3")
-    run.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
+    run.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's Control API HOST:PORT (its "
+                     "--control-port, on the operator's machine)")
+    run.add_argument("--sign-key", metavar="FILE", help="sign the run with this key (from `ffm deploy "
+                     "signing-keys`): nodes with --trusted-keys run only signed runs")
+    run.add_argument("--signer", help="the signer's name the nodes' trusted keys know (default: the key file's "
+                     "stem)")
     _tls_args(run, server=False)
     split = actions.add_parser("split", help="write each data owner's partition (and the server's test set) to disk")
     split.add_argument("config", help="YAML job file")
@@ -71,12 +87,15 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     certs = actions.add_parser("certs", help="write a test CA and SuperLink certificate (for trying TLS)")
     certs.add_argument("directory", help="folder to write ca.pem, server.pem, server.key into")
     certs.add_argument("--host", action="append", help="IP or DNS name of the SuperLink (repeatable)")
+    signing = actions.add_parser("signing-keys", help="write an operator's Ed25519 key pair for signing runs")
+    signing.add_argument("directory", help="folder to write NAME.sign.key (private) and NAME.sign.pub into")
+    signing.add_argument("--name", default="operator", help="the signer's name (default: operator)")
     keys = actions.add_parser("node-keys", help="write a SuperNode's key pair (for node authentication)")
     keys.add_argument("directory", help="folder to write NAME.key (private) and NAME.pub into")
     keys.add_argument("--name", default="supernode", help="file name stem (default: supernode)")
     register = actions.add_parser("register", help="admit a SuperNode to a --node-auth SuperLink by its public key")
     register.add_argument("public_key", help="the node's NAME.pub (from `ffm deploy node-keys`)")
-    register.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's HOST:PORT")
+    register.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's Control API HOST:PORT")
     register.add_argument("--name", help="a name for the node, shown by `flwr supernode list`")
     _tls_args(register, server=False)
 
@@ -159,6 +178,31 @@ def _foreground_pair(cmds: list[list[str]], flwr_home: Path) -> int:
     return next(proc.returncode for proc in procs if proc.returncode is not None)
 
 
+def _supernode(args: argparse.Namespace, home: Path) -> int:
+    """A SuperNode (and, with --warm, its worker), with the owner's policy and trusted signers."""
+    from ffm.errors import FfmError
+    from ffm.runtime import deploy
+
+    if args.trusted_keys and not args.warm:
+        raise FfmError("--trusted-keys needs --warm: only ffm's warm worker runs ffm's installed ClientApp (a cold "
+                       "node runs the code of each run's app bundle, which flwr 1.42 verifies only for Flower Hub "
+                       "apps)")
+    data_path = Path(args.data_path) if args.data_path else None
+    policy = Path(args.policy) if args.policy else (data_path / "policy.yaml" if data_path else None)
+    if args.policy and not policy.is_file():
+        raise FfmError(f"--policy {args.policy}: no such file")
+    cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
+                                   num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args),
+                                   data_path=data_path, warm=args.warm,
+                                   auth_key=Path(args.auth_key) if args.auth_key else None,
+                                   policy=policy if policy is not None and policy.is_file() else None)
+    if not args.warm:
+        return _foreground(cmd, home)
+    worker = deploy.warm_worker_command(args.port, trusted_keys=Path(args.trusted_keys) if args.trusted_keys
+                                        else None)
+    return _foreground_pair([cmd, worker], home)
+
+
 def _submit(args: argparse.Namespace) -> int:
     from ffm.config import load_job  # every plug-in loads with it: only once it runs
     from ffm.runtime import deploy  # flwr and torch load only once an action runs
@@ -173,8 +217,14 @@ def _submit(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ffm-deploy-") as tmp:
         home = Path(tmp)  # the flwr CLI's own FLWR_HOME: the user's ~/.flwr/config.toml stays untouched
         (home / "config.toml").write_text(deploy.flower_config(args.superlink, tls=_tls(args)))
-        (home / "job.toml").write_text(deploy.job_toml(job))
         app = deploy.write_app(home / "app")
+        signature = None
+        if args.sign_key:  # the app bundle flwr builds from `app`, byte for byte, and the config nodes will see
+            from ffm.runtime.signing import sign_run
+
+            signer = args.signer or Path(args.sign_key).name.split(".")[0]
+            signature = sign_run(Path(args.sign_key), signer, deploy.fab_bytes(app), deploy.node_run_config(job))
+        (home / "job.toml").write_text(deploy.job_toml(job, signature))
         print(f"ffm: {job.federation.rounds} rounds on the federation at {args.superlink} -> {job.run_dir}")
         return _foreground(deploy.flwr_run_command(app, home / "job.toml"), home)
 
@@ -214,17 +264,16 @@ def deploy_main(args: argparse.Namespace) -> int:
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     if args.action == "superlink":
         db = Path(args.database) if args.database else None
-        return _foreground(deploy.superlink_command(host=args.host, port=args.port, database=db, tls=_tls(args),
-                                                    node_auth=args.node_auth), home)
+        if args.expose_control:
+            return _foreground(deploy.superlink_command(host=args.host, port=args.port, database=db,
+                                                        tls=_tls(args), node_auth=args.node_auth), home)
+        link = deploy.superlink_command(host="127.0.0.1", port=args.control_port, database=db, tls=_tls(args),
+                                        node_auth=args.node_auth)
+        gateway = deploy.gateway_command(listen=f"{args.host}:{args.port}", upstream=f"127.0.0.1:{args.control_port}",
+                                         tls=_tls(args))
+        return _foreground_pair([link, gateway], home)
     if args.action == "supernode":
-        data_path = Path(args.data_path) if args.data_path else None
-        cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
-                                       num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args),
-                                       data_path=data_path, warm=args.warm,
-                                       auth_key=Path(args.auth_key) if args.auth_key else None)
-        if args.warm:
-            return _foreground_pair([cmd, deploy.warm_worker_command(args.port)], home)
-        return _foreground(cmd, home)
+        return _supernode(args, home)
     if args.action == "run":
         return _submit(args)
     if args.action == "split":
@@ -233,6 +282,13 @@ def deploy_main(args: argparse.Namespace) -> int:
         return _register(args)
     from ffm.runtime.certs import make_node_keys, make_test_certificates
 
+    if args.action == "signing-keys":
+        from ffm.runtime.signing import make_signing_keys
+
+        signing = make_signing_keys(Path(args.directory), args.name)
+        print(f"ffm: wrote {signing.private_key} (keep it with the operator) and {signing.public_key} (for the "
+              "data owners' --trusted-keys)")
+        return 0
     if args.action == "node-keys":
         keys = make_node_keys(Path(args.directory), args.name)
         print(f"ffm: wrote {keys.private_key} (keep it on the node) and {keys.public_key} (for the SuperLink)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from flwr.app import Message
 from flwr.app.error import Error
+from flwr.cli.build import build_fab_from_disk
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
@@ -47,6 +48,7 @@ __all__ = [
     "SubStatus",
     "TaskIdentity",
     "TaskType",
+    "build_fab_from_disk",
     "combine_shares",
     "create_shares",
     "context_from_proto",

@@ -21,16 +21,20 @@ from ffm.runtime.certs import NodeKeys, make_node_keys
 from ffm.runtime.deploy import (
     TlsFiles,
     deploy_env,
+    fab_bytes,
     flower_config,
     flwr_run_command,
     free_ports,
+    gateway_command,
     job_toml,
+    node_run_config,
     start,
     stop,
     superlink_command,
     supernode_command,
     write_app,
 )
+from ffm.runtime.signing import sign_run
 
 
 def nothing_listens_on(port: int) -> bool:
@@ -78,11 +82,13 @@ class Federation:
     nodes: list[subprocess.Popen] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)  # every process started, the SuperLink first
     registered: list[int] = field(default_factory=list)  # node ids the SuperLink gave registered public keys
+    public_port: int = 0  # with a gateway: the Fleet-only address the nodes dial (else the SuperLink's own port)
 
-    def register(self, *keys: NodeKeys) -> list[int]:
-        """`ffm deploy register` of nodes' public keys (side by side); returns the node ids the SuperLink gave."""
+    def register(self, *keys: NodeKeys, port: int | None = None) -> list[int]:
+        """`ffm deploy register` of nodes' public keys (side by side) at ``port`` (default: the SuperLink's own,
+        the operator's); returns the node ids the SuperLink gave."""
         assert self.tls is not None, "node authentication needs TLS"
-        link, certs = f"127.0.0.1:{self.link_port}", str(self.tls.ca_cert.parent)
+        link, certs = f"127.0.0.1:{port or self.link_port}", str(self.tls.ca_cert.parent)
         procs = [subprocess.Popen([sys.executable, "-m", "ffm", "deploy", "register", str(key.public_key),
                                    "--superlink", link, "--certs", certs], env=self.env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for key in keys]
@@ -95,11 +101,14 @@ class Federation:
         self.registered += ids
         return ids
 
-    def submit(self, job: JobConfig) -> subprocess.Popen:
-        """``flwr run`` of ``job`` in the background; its output goes to logs/flwr-run.log."""
-        (self.root / "job.toml").write_text(job_toml(job))
+    def submit(self, job: JobConfig, *, sign: tuple[Path, str] | None = None, log: str = "flwr-run.log"
+               ) -> subprocess.Popen:
+        """``flwr run`` of ``job`` in the background (signed with ``sign`` = (key, signer) when given); its
+        output goes to logs/``log``."""
         app = write_app(self.root / "app")
-        proc = start(flwr_run_command(app, self.root / "job.toml"), self.env, self.logs / "flwr-run.log")
+        signature = sign_run(sign[0], sign[1], fab_bytes(app), node_run_config(job)) if sign else None
+        (self.root / "job.toml").write_text(job_toml(job, signature))
+        proc = start(flwr_run_command(app, self.root / "job.toml"), self.env, self.logs / log)
         self.procs.append(proc)
         return proc
 
@@ -116,7 +125,7 @@ class Federation:
 
 
 def _node_command(link: str, pid: int, num_nodes: int, port: int, tls: TlsFiles | None, data: Path | None,
-                  warm: bool, key: NodeKeys | None = None) -> list[str]:
+                  warm: bool, key: NodeKeys | None = None, trusted: Path | None = None) -> list[str]:
     if not warm:
         return supernode_command(superlink=link, partition_id=pid, num_partitions=num_nodes, runtime_port=port,
                                  tls=tls, data_path=data, auth_key=key.private_key if key else None)
@@ -127,6 +136,8 @@ def _node_command(link: str, pid: int, num_nodes: int, port: int, tls: TlsFiles 
         cmd += ["--certs", str(tls.ca_cert.parent)]
     if key is not None:
         cmd += ["--auth-key", str(key.private_key)]
+    if trusted is not None:
+        cmd += ["--trusted-keys", str(trusted)]
     return cmd + (["--data-path", str(data)] if data is not None else [])
 
 
@@ -139,21 +150,29 @@ def federation(
     data_paths: list[Path] | None = None,
     warm: bool = False,
     node_auth: bool = False,
+    gateway: bool = False,
+    trusted: Path | None = None,
 ) -> Iterator[Federation]:
     """Start a SuperLink and ``num_nodes`` SuperNodes (partition ids 0..N-1; node k reads ``data_paths[k]``
     when given; ``warm``: `ffm deploy supernode --warm`) and wait until every node has registered (and its
     warm worker serves); on exit end every process by its group and check none is left and the port is free.
     ``node_auth`` (needs ``tls``): the SuperLink admits only registered nodes; node k gets a key pair
-    (``root/keys/node-k.key``), its public key is registered with `ffm deploy register` before it starts."""
-    link_port, *node_ports = free_ports(1 + num_nodes)
+    (``root/keys/node-k.key``), its public key is registered with `ffm deploy register` before it starts.
+    ``gateway``: `ffm deploy superlink`'s layout, the SuperLink on its own (the operator's) port and ffm's
+    Fleet-only gateway on the public port the nodes dial. ``trusted`` (with ``warm``): the nodes' trusted keys."""
+    link_port, public_port, *node_ports = free_ports(2 + num_nodes)
     home = root / "flwr-home"
     home.mkdir(parents=True)
     (home / "config.toml").write_text(flower_config(f"127.0.0.1:{link_port}", tls=tls))
     fed = Federation(root, tls, link_port, deploy_env(home), root / "logs")
+    fed.public_port = public_port if gateway else link_port
     try:
         cmd = superlink_command(host="127.0.0.1", port=link_port, database=root / "link.db", tls=tls,
                                 node_auth=node_auth)
         fed.procs.append(start(cmd, fed.env, fed.logs / "superlink.log"))
+        if gateway:
+            gate = gateway_command(listen=f"127.0.0.1:{public_port}", upstream=f"127.0.0.1:{link_port}", tls=tls)
+            fed.procs.append(start(gate, fed.env, fed.logs / "gateway.log"))
         keys = [make_node_keys(root / "keys", f"node-{pid}") for pid in range(num_nodes)] if node_auth else []
         if keys:
             wait_for(lambda: not nothing_listens_on(link_port), "SuperLink listening", 60, fed.procs[0],
@@ -161,8 +180,8 @@ def federation(
             fed.register(*keys)
         for pid, port in enumerate(node_ports):
             data = data_paths[pid] if data_paths else None
-            cmd = _node_command(f"127.0.0.1:{link_port}", pid, num_nodes, port, tls, data, warm,
-                                keys[pid] if keys else None)
+            cmd = _node_command(f"127.0.0.1:{fed.public_port}", pid, num_nodes, port, tls, data, warm,
+                                keys[pid] if keys else None, trusted)
             fed.nodes.append(start(cmd, fed.env, fed.logs / f"supernode-{pid}.log"))
         fed.procs += fed.nodes
         for pid, node in enumerate(fed.nodes):

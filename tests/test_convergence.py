@@ -149,9 +149,9 @@ def test_evaluate_every_measures_every_kth_round_the_first_and_the_last(job_fact
 
 
 def test_patience_without_validation_is_a_config_error():
-    with pytest.raises(ConfigError, match="budget.patience reads the validation metric"):
+    with pytest.raises(ConfigError, match=r"budget\.patience reads the validation metric"):
         load_job(None, ["budget.patience=3", "federation.fraction_evaluate=0"])
-    with pytest.raises(ConfigError, match="data.val_fraction=0 leaves the parties no validation split"):
+    with pytest.raises(ConfigError, match=r"data\.val_fraction=0 leaves the parties no validation split"):
         load_job(None, ["data.val_fraction=0"])
 
 

@@ -35,8 +35,10 @@ from typing import Any
 
 import tomli_w
 
+from ffm import __version__
 from ffm.errors import FfmError
-from ffm.settings import Job, scalars, to_dict
+from ffm.runtime.signing import SIGNATURE_KEY, SIGNER_KEY
+from ffm.settings import Job, flatten, scalars, to_dict
 
 __all__ = [
     "TlsFiles",
@@ -128,6 +130,7 @@ def supernode_command(
     data_path: Path | None = None,
     warm: bool = False,
     auth_key: Path | None = None,
+    policy: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``).
 
@@ -136,13 +139,16 @@ def supernode_command(
     With ``warm`` the node runs with ``--isolation process``: it starts no ClientApp processes itself, and
     :func:`warm_worker_command` (one long-lived process) serves its Runtime API instead.
     With ``auth_key`` (the node's OpenSSH private key, whose public half the SuperLink's operator registered)
-    the node signs every request to a SuperLink that authenticates SuperNodes.
+    the node signs every request to a SuperLink that authenticates SuperNodes. With ``policy`` (the data owner's
+    YAML, :mod:`ffm.node_policy`) the node's ClientApp checks every run against it before it trains.
     """
     if not 0 <= partition_id < num_partitions:
         raise FfmError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if data_path is not None:
         node_config += f' data-path="{Path(data_path).resolve()}"'
+    if policy is not None:
+        node_config += f' policy-path="{Path(policy).resolve()}"'
     return [
         _bin("flower-supernode"),
         *_tls_flags(tls, server=False),
@@ -154,7 +160,15 @@ def supernode_command(
     ]
 
 
-def warm_worker_command(runtime_port: int, *, host: str = "127.0.0.1") -> list[str]:
+def gateway_command(*, listen: str, upstream: str, tls: TlsFiles | None) -> list[str]:
+    """ffm's Fleet-only gateway (:mod:`ffm.runtime.gateway`) on the public address ``listen``, in front of the
+    SuperLink on loopback ``upstream``: SuperNodes reach the Fleet API, nobody outside reaches the Control API."""
+    cmd = [sys.executable, "-m", "ffm.runtime.gateway", "--listen", listen, "--upstream", upstream]
+    return [*cmd, "--certs", str(tls.ca_cert.parent)] if tls is not None else cmd
+
+
+def warm_worker_command(runtime_port: int, *, host: str = "127.0.0.1", trusted_keys: Path | None = None
+                        ) -> list[str]:
     """ffm's warm ClientApp worker for the SuperNode whose Runtime API is at ``host:runtime_port``.
 
     The SuperNode serves its Runtime API without TLS on 127.0.0.1 (flwr's default ``--host``), the same as
@@ -162,8 +176,21 @@ def warm_worker_command(runtime_port: int, *, host: str = "127.0.0.1") -> list[s
     SuperLink is unaffected. (``python -m ffm.runtime.warm_worker --root-certificates`` talks TLS to a node
     that serves its Runtime API with ``--ssl-certfile``.)
     """
-    return [sys.executable, "-m", "ffm.runtime.warm_worker", "--runtime-api", f"{host}:{runtime_port}",
-            "--insecure"]
+    cmd = [sys.executable, "-m", "ffm.runtime.warm_worker", "--runtime-api", f"{host}:{runtime_port}", "--insecure"]
+    return [*cmd, "--trusted-keys", str(Path(trusted_keys).resolve())] if trusted_keys is not None else cmd
+
+
+def fab_bytes(app_dir: Path) -> bytes:
+    """The Flower App Bundle that ``flwr run`` builds from ``app_dir``: byte for byte (flwr builds it
+    deterministically), so its SHA-256 is the hash every node sees."""
+    from ffm.flwr_internals import build_fab_from_disk
+
+    return build_fab_from_disk(app_dir)
+
+
+def node_run_config(job: Job) -> dict[str, Any]:
+    """The run config every node sees for ``job``: the app's declared defaults, overridden by the job's keys."""
+    return {**flatten(_declared_keys()), **flatten(scalars(to_dict(job)))}
 
 
 def flwr_run_command(app_dir: Path, job_file: Path, *, stream: bool = True) -> list[str]:
@@ -198,16 +225,17 @@ def app_pyproject() -> dict[str, Any]:
                 "app": {
                     "publisher": "ffm",
                     "components": {"serverapp": "ffm.server:app", "clientapp": "ffm.client:app"},
-                    "config": _declared_keys(),
+                    "config": {**_declared_keys(), SIGNER_KEY: "", SIGNATURE_KEY: ""},
                 }
-            }
+            },
+            "ffm": {"version": __version__},  # a warm node runs only the ffm it serves
         },
     }
 
 
-def job_toml(job: Job) -> str:
-    """The job as a ``flwr run --run-config`` TOML file."""
-    return tomli_w.dumps(scalars(to_dict(job)))
+def job_toml(job: Job, signature: dict[str, str] | None = None) -> str:
+    """The job as a ``flwr run --run-config`` TOML file (with the operator's ``signature`` entries, if signed)."""
+    return tomli_w.dumps({**scalars(to_dict(job)), **(signature or {})})
 
 
 def write_app(directory: Path) -> Path:

@@ -53,6 +53,7 @@ class LocalGrid(Grid, Carrier):
         run_id: int = 1,
         workers: int = 1,
         threads: int = 0,
+        node_configs: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         set_task_identity(run_id)
         self.client_app = client_app
@@ -61,7 +62,7 @@ class LocalGrid(Grid, Carrier):
             pid + 1: Context(
                 run_id=run_id,
                 node_id=pid + 1,
-                node_config={PARTITION_ID: pid, "num-partitions": num_nodes},
+                node_config={PARTITION_ID: pid, "num-partitions": num_nodes, **(node_configs or {}).get(pid, {})},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )

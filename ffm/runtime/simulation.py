@@ -24,12 +24,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["run_local"]
 
 
-def run_local(job: Job, *, run_id: int = 1) -> tuple[dict[str, Any], LocalGrid]:
-    """Run ``job`` on the in-process LocalGrid; return its summary and the grid (for its byte counters)."""
+def run_local(job: Job, *, run_id: int = 1, node_configs: dict[int, dict[str, Any]] | None = None
+              ) -> tuple[dict[str, Any], LocalGrid]:
+    """Run ``job`` on the in-process LocalGrid; return its summary and the grid (for its byte counters).
+
+    ``node_configs``: extra node-config entries by partition id, as a SuperNode's ``--node-config`` gives them
+    (e.g. a data owner's ``policy-path``)."""
     run_config = job_to_run_config(job)
     num_nodes = job.mode.nodes(job.federation.num_clients)
     grid = LocalGrid(client_app, num_nodes=num_nodes, run_config=run_config, run_id=run_id,
-                     workers=_workers(job), threads=job.federation.worker_threads)
+                     workers=_workers(job), threads=job.federation.worker_threads, node_configs=node_configs)
     context = Context(run_id=run_id, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
     server_app(grid, context)
     with open(f"{job.run_dir}/summary.json") as handle:

@@ -42,7 +42,9 @@ from typing import Any
 import httpx
 from flwr.app import Context, Message
 
+from ffm import __version__
 from ffm import flwr_internals as fi
+from ffm.runtime.signing import load_trusted, verify_run
 
 __all__ = ["TaskResult", "WarmWorker", "main"]
 
@@ -58,6 +60,31 @@ class WorkerStopped(BaseException):
 
 class TaskCancelled(BaseException):
     """The SuperNode refused the task's heartbeat: the task is no longer this worker's."""
+
+
+class RunRefused(RuntimeError):
+    """The run is not one this node runs (another app, another ffm version, or not signed by a trusted key)."""
+
+
+def app_mismatch(fab: bytes) -> str | None:
+    """Why a FAB is not an app of the ffm this worker serves (its components, its ffm version), or None."""
+    import io
+    import tomllib
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+            project = tomllib.loads(archive.read("pyproject.toml").decode())
+    except (KeyError, zipfile.BadZipFile, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return "the run's app bundle has no readable pyproject.toml"
+    tool = project.get("tool", {})
+    components = tool.get("flwr", {}).get("app", {}).get("components", {})
+    if components.get("clientapp") != "ffm.client:app":
+        return f"the run's app names the ClientApp {components.get('clientapp')!r}; this node runs ffm.client:app only"
+    version = tool.get("ffm", {}).get("version")
+    if version != __version__:
+        return f"the run's app is for ffm {version}; this node serves ffm {__version__}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -89,6 +116,7 @@ class WarmWorker:
         app: Callable[..., Message] | None = None,
         poll_interval: float = POLL_INTERVAL_S,
         unreachable_s: float = UNREACHABLE_S,
+        trusted: dict[str, Any] | None = None,
     ) -> None:
         if insecure and root_certificates is not None:
             raise ValueError("root certificates given for an insecure connection")
@@ -103,6 +131,7 @@ class WarmWorker:
         self.poll_interval = poll_interval
         self.unreachable_s = unreachable_s
         self.served = 0
+        self.trusted = trusted  # signers whose runs this node runs (None: any run of ffm's own app)
         self._in_task = False
         self._stopping = False
         self._cancelled = threading.Event()
@@ -156,8 +185,12 @@ class WarmWorker:
         try:
             heartbeat.start()
             try:
-                message, context, _run, _fab = fi.pull_task_input(client)
+                message, context, run, fab = fi.pull_task_input(client)
                 pulled = time.monotonic()
+                refused = self.refusal(fab.content, context.run_config)
+                if refused:
+                    LOG.error("ffm warm worker: refused run %d (task %d): %s", run.run_id, task_id, refused)
+                    raise RunRefused(f"ffm node: run refused: {refused}")
                 reply = self.app(message=message, context=context)
                 ran = time.monotonic()
                 status, details = fi.SubStatus.COMPLETED, ""
@@ -193,6 +226,14 @@ class WarmWorker:
                  "tasks served by this process: %d", os.getpid(), task_id, kind or "?", status, result.seconds,
                  pulled - started, ran - pulled, self.served)
         return result
+
+    def refusal(self, fab: bytes, run_config: dict[str, Any]) -> str | None:
+        """Why a run must not run here: its app is not the ffm this worker serves, or (with trusted keys) it is
+        not signed by a trusted operator as it is; None when it may run."""
+        problem = app_mismatch(fab)
+        if problem is None and self.trusted is not None:
+            problem = verify_run(fab, run_config, self.trusted)
+        return problem
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -243,6 +284,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                      "without --ssl-certfile)")
     tls.add_argument("--root-certificates", metavar="FILE", help="PEM CA that signed the Runtime API's certificate")
     parser.add_argument("--poll-interval", type=float, default=POLL_INTERVAL_S, help="seconds between polls")
+    parser.add_argument("--trusted-keys", metavar="FILE", help="YAML of the signers whose runs this node runs "
+                        "(NAME: ssh-ed25519 ...); every other run is refused")
     return parser.parse_args(argv)
 
 
@@ -258,8 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
     certificates = Path(args.root_certificates).read_bytes() if args.root_certificates else None
+    trusted = load_trusted(Path(args.trusted_keys)) if args.trusted_keys else None
     worker = WarmWorker(args.runtime_api, root_certificates=certificates, insecure=args.insecure,
-                        poll_interval=args.poll_interval)
+                        poll_interval=args.poll_interval, trusted=trusted)
     return worker.serve()
 
 
