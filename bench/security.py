@@ -71,22 +71,25 @@ def run_layout(layout: str, root: Path) -> dict[str, str]:
                                f"127.0.0.1:{port}", "--certs", str(certs.ca_cert.parent)], env=env, text=True,
                               capture_output=True, timeout=120)
 
-    def submit(job, name: str, signed: bool) -> tuple[int, str]:
+    def trained(job) -> int:
+        metrics = Path(job.run_dir) / "metrics.jsonl"
+        lines = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+        return sum(1 for line in lines if line["round"] > 0 and not line.get("failed"))
+
+    def submit(job, name: str, signed: bool, enough: int = 2) -> tuple[int, str]:
+        """Submit and wait for the end, or until ``enough`` rounds trained (the run is then stopped: it ran)."""
         app = deploy.write_app(root / f"app-{name}")
         signature = (sign_run(operator.private_key, "operator", deploy.fab_bytes(app), deploy.node_run_config(job))
                      if signed else None)
         (root / f"{name}.toml").write_text(deploy.job_toml(job, signature))
         log = logs / f"{name}.log"
         proc = deploy.start(deploy.flwr_run_command(app, root / f"{name}.toml"), env, log)
-        try:
-            code = proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
+        _wait(lambda: proc.poll() is not None or trained(job) >= enough, 600)
+        code = proc.poll()
+        if code is None:  # still training: what the attack wanted happened
             deploy.stop(proc)
-            code = -1
-        summary = Path(job.run_dir) / "summary.json"
-        trained = json.loads(summary.read_text())["rounds"] - len(json.loads(summary.read_text())["failed_rounds"]) \
-            if summary.is_file() else 0
-        return code, f"exit {code}, {trained} round(s) trained"
+            return -1, f"still running after {trained(job)} round(s) trained: stopped"
+        return code, f"exit {code}, {trained(job)} round(s) trained"
 
     try:
         public = public_port if new else link_port

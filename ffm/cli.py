@@ -100,13 +100,10 @@ def _split_positionals(args: argparse.Namespace) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> Job:
-    from ffm.config import apply_overrides, job_from_dict, load_job  # torch and every plug-in: once it runs
-    from ffm.run_dir import RunDirectory
+    from ffm.config import job_to_resume, load_job  # torch and every plug-in: once it runs
 
     if args.resume:
-        raw = apply_overrides(RunDirectory.read_config(args.resume), args.overrides)
-        raw.update(run_dir=str(args.resume), resume=True)
-        return job_from_dict(raw)
+        return job_to_resume(args.resume, args.overrides)
     if args.config is None:
         raise FfmError("ffm run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     job = load_job(args.config, args.overrides)

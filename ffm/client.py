@@ -9,10 +9,11 @@ It never learns which Grid carried it.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ffm.keys import (
     ARRAYS_KEY,
     CLIENT_KEY,
     CONFIG_KEY,
+    DP_SGD_KEY,
     METRICS_KEY,
     OPTIMIZER_KEY,
     PARTITION_ID,
@@ -47,6 +49,7 @@ from ffm.methods import PartyAdjustment, build_method
 from ffm.models import split_personal, trainable_state
 from ffm.mods import FLIP_LABELS_KEY, build_mods
 from ffm.node_policy import POLICY_PATH, check_run
+from ffm.node_state import NodeStateError, keep_node_state, state_was_lost
 from ffm.privacy import reply_metrics
 from ffm.privacy.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.prompt_search import CANDIDATES_KEY, scores_reply
@@ -55,19 +58,26 @@ from ffm.strategies import strategy_spec
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
 
-__all__ = ["DP_SGD_KEY", "app", "job_mods"]
+__all__ = ["DP_SGD_KEY", "app", "job_mods", "owner_policy"]
 
-DP_SGD_KEY = "dp-sgd"  # the node state's count of its DP-SGD steps (its own privacy accounting)
+logger = logging.getLogger("ffm")
+
 DATA_PATH = "data-path"  # a SuperNode's node config: the folder of its own exported data
 
 
-def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """The ClientApp's one mod: the node owner's policy first (a run it refuses never reaches the data), then the
-    mods of the job in ``context.run_config`` around the ClientApp (first = outermost)."""
-    job = job_from_run_config(context.run_config)
+def owner_policy(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The node owner's policy (``policy-path`` in the node config), checked first: a run it refuses never
+    reaches the data, the node's state or the job's mods."""
     policy = context.node_config.get(POLICY_PATH)
     if policy:
+        job = job_from_run_config(context.run_config)
         check_run(Path(str(policy)), job, context.run_id, sample_rate=lambda: _sample_rate(job, context))
+    return call_next(msg, context)
+
+
+def job_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The mods of the job in ``context.run_config`` around the ClientApp (first = outermost)."""
+    job = job_from_run_config(context.run_config)
     chain = call_next
     for mod in reversed(build_mods(job)):
         chain = _bind(mod, chain)
@@ -84,7 +94,8 @@ def _bind(mod, inner: ClientAppCallable) -> ClientAppCallable:
     return lambda msg, context: mod(msg, context, inner)
 
 
-app = ClientApp(mods=[job_mods])
+# the owner's policy, then the node's own state restored from its disk (and saved after training), then the job's
+app = ClientApp(mods=[owner_policy, keep_node_state, job_mods])
 
 
 def _workspace(context: Context) -> tuple[Job, Workspace, int, int]:
@@ -178,7 +189,8 @@ def train(msg: Message, context: Context) -> Message:
     seconds = time.perf_counter() - started
     if train.persistent_optimizer:  # the node's own: never sent
         context.state[OPTIMIZER_KEY] = ArrayRecord(optimizer_state(optimizer))
-    private_metrics = _dp_sgd_account(job, context, steps, sample_rate) if private else {}
+    private_metrics = _dp_sgd_account(job, context, steps, sample_rate,
+                                       lambda: _steps_before(workspace, index, server_round)) if private else {}
     # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.
     lr_sum = round_lr_sum(train.lr, **schedule) / (1.0 - train.momentum if train.optimizer == "sgd" else 1.0)
     shared, personal = split_personal(trainable_state(model), job.method.personal)
@@ -199,12 +211,34 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def _dp_sgd_account(job: Job, context: Context, steps: int, sample_rate: float) -> dict[str, float]:
-    """Add this round's DP-SGD steps to the node's count; this client's epsilon so far."""
-    done = int(context.state[DP_SGD_KEY]["steps"]) if DP_SGD_KEY in context.state.metric_records else 0
+def _dp_sgd_account(job: Job, context: Context, steps: int, sample_rate: float,
+                    steps_before: Callable[[], int]) -> dict[str, float]:
+    """Add this round's DP-SGD steps to the node's count; this client's epsilon so far.
+
+    A node whose saved count is lost (it restarted without its state file) never counts from zero: it assumes it
+    trained every earlier round at its full steps (``privacy.sgd_lost_count=assume``, reported as
+    ``dp-sgd-assumed-steps``) or refuses to train (``refuse``)."""
+    assumed: dict[str, float] = {}
+    if DP_SGD_KEY in context.state.metric_records:
+        done = int(context.state[DP_SGD_KEY]["steps"])
+    elif lost := state_was_lost(context):
+        if job.privacy.sgd_lost_count == "refuse":
+            raise NodeStateError(f"privacy.dp_sgd: this node's count of its DP-SGD steps is lost ({lost}); it "
+                                 "refuses to train (privacy.sgd_lost_count=refuse). Restore the file, or run with "
+                                 "privacy.sgd_lost_count=assume")
+        done = steps_before()
+        assumed = {"dp-sgd-assumed-steps": done}
+        logger.warning("ffm node: %s: DP-SGD count assumed %d steps (every earlier round)", lost, done)
+    else:
+        done = 0
     context.state[DP_SGD_KEY] = MetricRecord({"steps": done + steps, "sample-rate": sample_rate})
     return {"dp-sgd-epsilon": dp_sgd_epsilon(done + steps, sample_rate, job.privacy.sgd_noise_multiplier,
-                                             job.privacy.delta)}
+                                             job.privacy.delta), "dp-sgd-steps": done + steps, **assumed}
+
+
+def _steps_before(workspace: Workspace, index: int, server_round: int) -> int:
+    """The most local steps this node can have taken before ``server_round``: its full steps in every round."""
+    return sum(workspace.local_steps(index, workspace.stream.stage_of(r)) for r in range(1, server_round))
 
 
 def straggler_steps(steps: int, spread: float, seed: int) -> int:

@@ -28,7 +28,7 @@ from ffm.local_training import TrainConfig
 from ffm.methods import METHODS, MethodConfig, build_method
 from ffm.models.config import ModelConfig
 from ffm.modes import Mode, Runtime
-from ffm.run_dir import CheckpointConfig
+from ffm.run_dir import CheckpointConfig, RunDirectory
 from ffm.settings import (
     CHECKS,
     MOVED,
@@ -58,6 +58,7 @@ __all__ = [  # noqa: F822 - JobConfig is built on first use (module __getattr__)
     "job_class",
     "job_from_dict",
     "job_from_run_config",
+    "job_to_resume",
     "job_to_dict",
     "job_to_run_config",
     "job_to_run_config_tree",
@@ -242,3 +243,11 @@ def describe_keys() -> list[tuple[str, str, str, str]]:
     own keys name their variants."""
     cls = job_class()
     return describe(cls, "", cls.sections)
+
+
+def job_to_resume(run_dir: str | Path, overrides: list[str]) -> Job:
+    """The job of an earlier run, from its own config.yaml, to continue after its last complete round (only
+    what :data:`ffm.run_dir.RESUMABLE_CHANGES` names may be overridden)."""
+    raw = apply_overrides(RunDirectory.read_config(run_dir), overrides)
+    raw.update(run_dir=str(run_dir), resume=True)
+    return job_from_dict(raw)

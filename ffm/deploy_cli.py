@@ -67,12 +67,19 @@ def add_deploy_parser(sub: argparse._SubParsersAction) -> None:
                       "for a SuperLink started with --node-auth")
     node.add_argument("--trusted-keys", metavar="FILE", help="with --warm: YAML of the operators whose signed runs "
                       "this node runs (NAME: ssh-ed25519 ...); unsigned runs and any other signer are refused")
+    node.add_argument("--state-dir", metavar="DIR", help="where this node keeps what it carries between rounds "
+                      "(personal parts, control variates, DP-SGD's count), so that it survives a restart; never "
+                      "sent (default: DATA_PATH-state beside the data folder, else FLWR_HOME/ffm-node-state/"
+                      "partition-K)")
     node.add_argument("--policy", metavar="FILE", help="this data owner's policy (YAML, see docs/deploy.md): every "
                       "run is checked against it before it trains (default: DATA_PATH/policy.yaml if it exists)")
     _tls_args(node, server=False)
     run = actions.add_parser("run", help="submit a job (the same YAML as a simulation) and stream its logs")
-    run.add_argument("config", help="YAML job file")
+    run.add_argument("config", nargs="?", help="YAML job file (none with --resume)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. federation.rounds=3")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run whose ServerApp ended early from its last "
+                     "complete round (run where RUN_DIR is: the SuperLink's machine); the nodes that are up continue "
+                     "from the state they keep on their own disk")
     run.add_argument("--superlink", default="127.0.0.1:9091", help="the SuperLink's Control API HOST:PORT (its "
                      "--control-port, on the operator's machine)")
     run.add_argument("--sign-key", metavar="FILE", help="sign the run with this key (from `ffm deploy "
@@ -191,11 +198,15 @@ def _supernode(args: argparse.Namespace, home: Path) -> int:
     policy = Path(args.policy) if args.policy else (data_path / "policy.yaml" if data_path else None)
     if args.policy and not policy.is_file():
         raise FfmError(f"--policy {args.policy}: no such file")
+    state_dir = Path(args.state_dir) if args.state_dir else (
+        data_path.parent / f"{data_path.name}-state" if data_path else home / "ffm-node-state" /
+        f"partition-{args.partition_id}")
     cmd = deploy.supernode_command(superlink=args.superlink, partition_id=args.partition_id,
                                    num_partitions=args.num_partitions, runtime_port=args.port, tls=_tls(args),
                                    data_path=data_path, warm=args.warm,
                                    auth_key=Path(args.auth_key) if args.auth_key else None,
-                                   policy=policy if policy is not None and policy.is_file() else None)
+                                   policy=policy if policy is not None and policy.is_file() else None,
+                                   state_dir=state_dir)
     if not args.warm:
         return _foreground(cmd, home)
     worker = deploy.warm_worker_command(args.port, trusted_keys=Path(args.trusted_keys) if args.trusted_keys
@@ -205,9 +216,20 @@ def _supernode(args: argparse.Namespace, home: Path) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     from ffm.config import load_job  # every plug-in loads with it: only once it runs
+    from ffm.errors import FfmError
     from ffm.runtime import deploy  # flwr and torch load only once an action runs
 
-    job = load_job(args.config, args.overrides)
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)  # `--resume RUN_DIR key=value`: no file, only overrides
+        args.config = None
+    if args.resume:
+        from ffm.config import job_to_resume
+
+        job = job_to_resume(Path(args.resume).resolve(), args.overrides)
+    elif args.config:
+        job = load_job(args.config, args.overrides)
+    else:
+        raise FfmError("ffm deploy run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     job.runtime = Runtime.FLOWER
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # The ServerApp writes the run directory on the SuperLink's machine: make the path absolute.

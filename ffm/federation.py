@@ -29,6 +29,9 @@ class FederationConfig:
     worker_threads: int = option(0, "torch threads per worker process (0 = the machine's cores / workers)")
     evaluate_every: int = option(1, "evaluate the global model (test set, and the clients' validation splits) every "
                                  "this many rounds; the initial model and the last round always")
+    round_timeout: float = option(3600.0, "seconds a round waits for its replies (train, then evaluate): a node "
+                                  "that has not answered by then counts as a failed reply of that round, and is not "
+                                  "asked to evaluate it (on a Flower federation; the LocalGrid's nodes always answer)")
     streaming: bool = option(True, "aggregate from a running sum as replies arrive, for rules whose aggregate "
                              "depends on the replies only through their weighted mean (FedAvg, FedProx, FedOpt, "
                              "FedAvgM): memory does not grow with the clients per round")
@@ -41,6 +44,7 @@ class FederationConfig:
         require(0.0 <= self.fraction_evaluate <= 1.0, "federation.fraction_evaluate must be in [0, 1]")
         require(self.min_train_clients >= 1, "federation.min_train_clients must be at least 1")
         require(self.max_failed_rounds >= 1, "federation.max_failed_rounds must be at least 1")
+        require(self.round_timeout > 0, "federation.round_timeout must be > 0 seconds")
         require(self.evaluate_every >= 1, "federation.evaluate_every must be at least 1")
         require(self.workers >= 0 and self.worker_threads >= 0, "federation.workers must be >= 0 (0 = as many as "
                 "pay off) and federation.worker_threads >= 0 (0 = cores / workers)")

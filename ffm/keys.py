@@ -17,10 +17,13 @@ __all__ = [
     "BASE_DELTA_PREFIX",
     "CLIENT_KEY",
     "CONFIG_KEY",
+    "DP_SGD_KEY",
+    "EPHEMERAL_PREFIX",
     "METRICS_KEY",
     "OPTIMIZER_KEY",
     "PARTITION_ID",
     "PERSONAL_KEY",
+    "RUN_ID_KEY",
     "SERVER_ROUND",
     "Salt",
     "derive_seed",
@@ -33,6 +36,9 @@ CONFIG_KEY = "config"  # a message's ConfigRecord (server-round, a strategy's ke
 CLIENT_KEY = "client"  # a reply's ConfigRecord that says which data owner answered (partition-id)
 PERSONAL_KEY = "personal"  # node state: the parameters that never leave their client (method.personal)
 OPTIMIZER_KEY = "optimizer"  # node state: the local optimizer's state (train.persistent_optimizer)
+DP_SGD_KEY = "dp-sgd"  # node state: the node's count of its DP-SGD steps (its own privacy accounting)
+EPHEMERAL_PREFIX = "round-"  # node-state records that live for one round (secure aggregation's secrets): kept off disk
+RUN_ID_KEY = "ffm-run"  # in CONFIG_KEY: which ffm run a message belongs to (the same after a resume)
 SERVER_ROUND = "server-round"  # in CONFIG_KEY: the true round number (after a resume too)
 PARTITION_ID = "partition-id"  # in a node's config and in CLIENT_KEY: which data owner it is
 BASE_DELTA_PREFIX = "base-delta:"  # state entries added to a frozen base weight (exact LoRA aggregation)

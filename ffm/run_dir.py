@@ -1,6 +1,7 @@
 """The run directory: everything a run leaves behind, written so that an interruption loses nothing.
 
     config.yaml          the resolved job config
+    run-id               the run's id (nodes key the state they keep on their own disk by it; kept on resume)
     metrics.jsonl        one JSON line per round (round 0 = the initial model)
     checkpoints/         round-NNNNNN.pt after every round (written atomically; names sort up to round 999,999)
     samples.jsonl        generative tasks: what the global model wrote from the fixed prompt, per round
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,8 @@ class RunDirectory:
         if job.resume and (self.path / "config.yaml").is_file():
             self._check_same_job(job)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "run-id").is_file():
+            _atomic_write(self.path / "run-id", lambda p: p.write_text(uuid.uuid4().hex[:16]))
         text = yaml.safe_dump(to_dict(job) | {"resume": False}, sort_keys=False)
         _atomic_write(self.path / "config.yaml", lambda p: p.write_text(text))
 
@@ -80,6 +84,11 @@ class RunDirectory:
                 f"cannot resume '{self.path}' under another config ({shown}); resume with the run's own config "
                 "(ffm run --resume RUN_DIR) or start a new run_dir"
             )
+
+    @property
+    def run_id(self) -> str:
+        """The run's id, written when it started: the same after every resume, new for every new run."""
+        return (self.path / "run-id").read_text().strip()
 
     def append_metrics(self, line: dict[str, Any]) -> None:
         """Append one round's line to metrics.jsonl, on disk before it returns (fsync)."""

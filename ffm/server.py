@@ -27,7 +27,7 @@ from ffm.checkpointer import Checkpointer
 from ffm.compression import decode_reply
 from ffm.config import job_from_run_config
 from ffm.evaluation import Evaluator
-from ffm.keys import BASE_DELTA_PREFIX, is_base_delta
+from ffm.keys import BASE_DELTA_PREFIX, RUN_ID_KEY, is_base_delta
 from ffm.methods import build_method
 from ffm.observers import Reporters
 from ffm.partition_report import report_partition
@@ -201,7 +201,10 @@ def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, A
                 stages.grid(grid, stage, carrier) if stages and stage is not None else grid,
                 ArrayRecord(final_state),
                 num_rounds=last - first + 1,
-                train_config=ConfigRecord({}),
+                timeout=job.federation.round_timeout,
+                # the ffm run's id: nodes key the state they keep on their own disk by it (ffm.node_state)
+                train_config=ConfigRecord({RUN_ID_KEY: run.run_id}),
+                evaluate_config=ConfigRecord({RUN_ID_KEY: run.run_id}),
                 evaluate_fn=round_end,
             )
         except StopTraining as stop:  # the budget ended the run after a complete, checkpointed round
@@ -238,6 +241,20 @@ def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Pa
             "of base_deltas.pt (keyed by the PEFT model's parameter name) to that base weight.\n")
     if workspace.tokenizer is not None:
         workspace.tokenizer.save_pretrained(target)
+
+
+def _dp_sgd_summary(job: Job, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each party's epsilon is the largest it reported (its count never goes back, restarts included); the run's
+    is the largest over the parties. Counts a node had to assume after losing its state are listed."""
+    parties: dict[str, float] = {}
+    for client in (c for m in metrics for c in m["clients"]):
+        party = str(client.get("partition_id", client.get("node")))
+        parties[party] = max(parties.get(party, 0.0), client.get("dp_sgd_epsilon", 0.0))
+    assumed = [{"round": m["round"], "partition_id": c.get("partition_id"), "steps": c["dp_sgd_assumed_steps"]}
+               for m in metrics for c in m["clients"] if "dp_sgd_assumed_steps" in c]
+    return {"epsilon_max": max(parties.values(), default=0.0), "epsilon_per_party": parties,
+            "assumed_counts": assumed, "delta": job.privacy.delta, "noise_multiplier": job.privacy.sgd_noise_multiplier,
+            "clip": job.privacy.sgd_clip, "accountant": "opacus RDP, per client"}
 
 
 def _finish(
@@ -288,10 +305,7 @@ def _finish(
             "epsilon": last.get("epsilon"), "delta": job.privacy.delta,
             "noise_multiplier": privacy.noise_multiplier(job),
             "clipping": job.privacy.clipping, "side": job.privacy.side, "accountant": "opacus RDP"},
-        "dp_sgd": None if not job.privacy.dp_sgd else {
-            "epsilon_max": max((c.get("dp_sgd_epsilon", 0.0) for m in metrics for c in m["clients"]), default=0.0),
-            "delta": job.privacy.delta, "noise_multiplier": job.privacy.sgd_noise_multiplier,
-            "clip": job.privacy.sgd_clip, "accountant": "opacus RDP, per client"},
+        "dp_sgd": None if not job.privacy.dp_sgd else _dp_sgd_summary(job, metrics),
         "secure_aggregation": None if not job.privacy.secure_aggregation else {
             "rounds": {str(k): v for k, v in getattr(guard, "costs", {}).items()},
             "bits": job.privacy.secagg_bits, "bound": job.privacy.secagg_bound,

@@ -82,6 +82,35 @@ def test_supernode_command_names_its_partition_and_its_own_runtime_port(tmp_path
         supernode_command(superlink="x:1", partition_id=3, num_partitions=3, runtime_port=1, tls=None)
 
 
+def test_supernode_command_gives_the_node_its_own_state_dir(tmp_path):
+    cmd = supernode_command(superlink="x:1", partition_id=0, num_partitions=2, runtime_port=1, tls=None,
+                            data_path=tmp_path / "partition-0", state_dir=tmp_path / "partition-0-state")
+
+    assert f'state-dir="{tmp_path / "partition-0-state"}"' in cmd[cmd.index("--node-config") + 1]
+
+
+def test_deploy_run_resume_submits_the_runs_own_config_marked_resume(job_factory, tmp_path, monkeypatch):
+    import ffm.deploy_cli as deploy_cli
+    from ffm.run_dir import RunDirectory
+
+    job = job_factory("interrupted", runtime="flower", federation__rounds=4)
+    RunDirectory(job.run_dir).start(job)
+    submitted = {}
+    monkeypatch.setattr(deploy_cli, "_foreground", lambda cmd, home: submitted.update(
+        toml=tomli.loads((Path(home) / "job.toml").read_text())) or 0)
+
+    code = ffm_main(["deploy", "run", "--resume", job.run_dir, "federation.rounds=6", "--superlink", "127.0.0.1:1"])
+
+    config = submitted["toml"]
+    assert code == 0 and config["resume"] is True and config["run_dir"] == str(Path(job.run_dir).resolve())
+    assert config["federation"]["rounds"] == 6 and config["model"]["name"] == job.model.name
+
+
+def test_deploy_run_without_a_config_or_resume_is_a_one_line_error(capsys):
+    assert ffm_main(["deploy", "run", "--superlink", "127.0.0.1:1"]) == 2
+    assert "a config file" in capsys.readouterr().err
+
+
 def test_flower_config_has_one_default_connection(tmp_path):
     insecure = tomli.loads(flower_config("127.0.0.1:9091", tls=None))
     secure = tomli.loads(flower_config("link:9091", tls=TlsFiles(tmp_path / "ca.pem", Path("a"), Path("b"))))

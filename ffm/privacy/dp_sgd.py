@@ -45,6 +45,10 @@ class DPSGDConfig:
     sgd_noise_multiplier: float = option(1.0, "dp_sgd: noise std on each step's summed gradient, in units of "
                                          "sgd_clip")
     sgd_clip: float = option(1.0, "dp_sgd: L2 bound on each example's gradient")
+    sgd_lost_count: str = option("assume", "dp_sgd on a node whose saved state for the run is missing or "
+                                 "unreadable past round 1 (it restarted without it): 'assume' it trained every "
+                                 "earlier round at its full steps (a count that can only over-state what it spent, "
+                                 "reported in the summary), or 'refuse' to train", choices=("assume", "refuse"))
 
     def __post_init__(self) -> None:
         require(not self.dp_sgd or (self.sgd_noise_multiplier > 0 and self.sgd_clip > 0),

@@ -131,6 +131,7 @@ def supernode_command(
     warm: bool = False,
     auth_key: Path | None = None,
     policy: Path | None = None,
+    state_dir: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` for the data owner of partition ``partition_id`` (of ``num_partitions``).
 
@@ -140,7 +141,9 @@ def supernode_command(
     :func:`warm_worker_command` (one long-lived process) serves its Runtime API instead.
     With ``auth_key`` (the node's OpenSSH private key, whose public half the SuperLink's operator registered)
     the node signs every request to a SuperLink that authenticates SuperNodes. With ``policy`` (the data owner's
-    YAML, :mod:`ffm.node_policy`) the node's ClientApp checks every run against it before it trains.
+    YAML, :mod:`ffm.node_policy`) the node's ClientApp checks every run against it before it trains. With
+    ``state_dir`` the node keeps its state between rounds on its own disk there (:mod:`ffm.node_state`), so it
+    survives a restart of the node and a resume of the run.
     """
     if not 0 <= partition_id < num_partitions:
         raise FfmError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
@@ -149,6 +152,8 @@ def supernode_command(
         node_config += f' data-path="{Path(data_path).resolve()}"'
     if policy is not None:
         node_config += f' policy-path="{Path(policy).resolve()}"'
+    if state_dir is not None:
+        node_config += f' state-dir="{Path(state_dir).resolve()}"'
     return [
         _bin("flower-supernode"),
         *_tls_flags(tls, server=False),
@@ -268,8 +273,39 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc; empty where there is none): flwr's SuperExec starts each
+    ServerApp in a session of its own, which the SuperLink's process group does not reach."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """End a process started by :func:`start` and its process group: SIGTERM, then SIGKILL after ``timeout``."""
+    """End a process started by :func:`start`, its process group and every process below it (a ServerApp in its
+    own session): SIGTERM, then SIGKILL after ``timeout``."""
+    below = descendants(proc.pid)
+    try:
+        _stop_group(proc, timeout)
+    finally:
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)  # the group's id is the leader's pid (start_new_session)

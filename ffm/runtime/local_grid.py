@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -26,6 +26,7 @@ from ffm.carrier import Carrier
 from ffm.flwr_internals import Run, set_message_id, set_task_identity
 from ffm.keys import PARTITION_ID, PERSONAL_KEY
 from ffm.models.state import state_nbytes
+from ffm.node_state import pack, unpack
 from ffm.runtime.pool import deliver_in_parallel, error_reply
 
 __all__ = ["LocalGrid"]
@@ -81,12 +82,12 @@ class LocalGrid(Grid, Carrier):
 
         Only an in-process Grid can offer this: on a Flower federation each SuperNode keeps its own state.
         """
-        return {node: _pack(ctx.state) for node, ctx in self.contexts.items() if len(ctx.state)}
+        return {node: pack(ctx.state) for node, ctx in self.contexts.items() if len(ctx.state)}
 
     def load_node_states(self, states: dict[int, dict[str, Any]]) -> None:
         """Restore what :meth:`node_states` saved (a resumed simulation continues with the nodes' own state)."""
         for node, packed in states.items():
-            self.contexts[int(node)].state = _unpack(packed)
+            self.contexts[int(node)].state = unpack(packed)
 
     def personal_states(self) -> dict[int, dict[str, torch.Tensor]]:
         """Each virtual node's kept part (``method.personal``) by partition id, for the final evaluation."""
@@ -194,19 +195,3 @@ def _node_copy(msg: Message) -> Message:
     copied = copy.copy(msg)
     copied.content = RecordDict(records)
     return copied
-
-
-def _pack(records: RecordDict) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, record in records.items():
-        if isinstance(record, ArrayRecord):
-            out[key] = {"kind": "arrays", "items": record.to_torch_state_dict()}
-        else:
-            out[key] = {"kind": type(record).__name__, "items": dict(record)}
-    return out
-
-
-def _unpack(packed: dict[str, Any]) -> RecordDict:
-    kinds = {"ConfigRecord": ConfigRecord, "MetricRecord": MetricRecord}
-    return RecordDict({key: ArrayRecord(value["items"]) if value["kind"] == "arrays"
-                       else kinds[value["kind"]](value["items"]) for key, value in packed.items()})

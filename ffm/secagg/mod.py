@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from ffm.flwr_internals import create_shares
-from ffm.keys import ARRAYS_KEY, METRICS_KEY
+from ffm.keys import ARRAYS_KEY, EPHEMERAL_PREFIX, METRICS_KEY
 from ffm.privacy import noise_multiplier
 from ffm.secagg.protocol import agree, decrypt, encrypt, keypair, neighbours, prg, quantize
 from ffm.settings import Job
@@ -30,7 +30,7 @@ __all__ = ["MASKED_KEY", "SECAGG_KEY", "secagg_mod", "update_vector"]
 
 SECAGG_KEY = "secagg"  # the stage's ConfigRecord, both ways
 MASKED_KEY = "secagg-masked"  # the reply's ArrayRecord: one int64 vector, the masked update
-STATE_KEY = "secagg-state"  # this node's secrets of the round, in its Context.state
+STATE_KEY = EPHEMERAL_PREFIX + "secagg"  # this node's secrets of the round, in its Context.state (never on disk)
 
 
 def update_vector(trained: ArrayRecord, received: ArrayRecord) -> np.ndarray:

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from ffm.errors import AggregationFailed, RoundFailedError
-from ffm.keys import ARRAYS_KEY, CLIENT_KEY, METRICS_KEY, is_base_delta
+from ffm.keys import ARRAYS_KEY, CLIENT_KEY, METRICS_KEY, PARTITION_ID, is_base_delta
 from ffm.models.state import check_update, state_nbytes
 from ffm.strategies.streaming import RunningMean
 from ffm.strategies.wrapper import StrategyWrapper
@@ -48,6 +48,12 @@ def _reply_info(msg: Message) -> dict:
     return info
 
 
+def _party_order(msg: Message) -> tuple[int, int]:
+    client = msg.content.config_records.get(CLIENT_KEY) if not msg.has_error() else None
+    party = int(client.get(PARTITION_ID, -1)) if client is not None else -1
+    return party, msg.metadata.src_node_id
+
+
 class UpdateGuard(StrategyWrapper):
     """Drop invalid train replies; count payload bytes each way; keep a RoundLog per round."""
 
@@ -62,6 +68,8 @@ class UpdateGuard(StrategyWrapper):
         self.min_updates, self.max_failed_rounds = min_updates, max_failed_rounds
         self.failed_in_a_row = 0
         self.rounds: dict[int, RoundLog] = {}
+        self._asked: set[int] = set()  # nodes sent a train message this round
+        self.silent: set[int] = set()  # nodes that did not answer this round's training (not asked to evaluate)
         self._expected: dict = {}
         self._dtypes: dict = {}
 
@@ -82,7 +90,9 @@ class UpdateGuard(StrategyWrapper):
         self._dtypes = {name: array.dtype for name, array in arrays.items()}
         if self.decoder is not None:
             self._sent = {k: v for k, v in arrays.to_torch_state_dict().items() if not is_base_delta(k)}
-        return self._count_down(server_round, self.inner.configure_train(server_round, arrays, config, grid))
+        messages = self._count_down(server_round, self.inner.configure_train(server_round, arrays, config, grid))
+        self._asked = {msg.metadata.dst_node_id for msg in messages}
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -90,7 +100,11 @@ class UpdateGuard(StrategyWrapper):
         log = self._log(server_round)
         kept: list[Message] = []
         running = RunningMean(ARRAYS_KEY, METRICS_KEY) if self.streaming else None
+        if isinstance(replies, list | tuple):  # a Flower Grid's replies come in arrival order: aggregate them in
+            replies = sorted(replies, key=_party_order)  # party order, so that a float sum is reproducible
+        answered: set[int] = set()
         for msg in replies:
+            answered.add(msg.metadata.src_node_id)
             info = _reply_info(msg)
             if msg.has_error():
                 log.rejected.append({**info, "reason": f"client error: {msg.error.reason}"})
@@ -107,6 +121,10 @@ class UpdateGuard(StrategyWrapper):
                 running.add(msg)  # and the reply is let go: memory does not grow with the clients
             else:
                 kept.append(msg)
+        self.silent = self._asked - answered
+        for node in sorted(self.silent):  # a node paused or gone: its reply is a failure of this round
+            logger.warning("round %d: node %s did not answer within federation.round_timeout", server_round, node)
+            log.rejected.append({"node": node, "reason": "no reply within federation.round_timeout"})
         usable = running.count if running is not None else len(kept)
         if running is not None and running.count:
             kept = [running.reply()]
@@ -166,7 +184,9 @@ class UpdateGuard(StrategyWrapper):
     ) -> Iterable[Message]:
         if self.evaluates is not None and not self.evaluates(server_round):
             return []  # federation.evaluate_every: no validation this round
-        return self._count_down(server_round, self.inner.configure_evaluate(server_round, arrays, config, grid))
+        messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
+        # a node that missed this round's training would cost the round a second timeout
+        return self._count_down(server_round, [m for m in messages if m.metadata.dst_node_id not in self.silent])
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
