@@ -24,6 +24,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from runs import REPO, run_cached
 
 RESULTS = REPO / "bench" / "results"
@@ -168,11 +170,25 @@ def anchor_plot(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def part_anchor(work: Path, report_only: bool) -> None:
+def _plain_fedavg(work: Path) -> Path:
+    """configs/shakespeare_char.yaml with Flower's FedAvg in place of DiLoCo (its outer keys removed: an override
+    cannot remove a key); the inner AdamW keeps its moments between rounds as under DiLoCo."""
+    config = yaml.safe_load(ANCHOR.read_text())
+    config["strategy"] = {"name": "fedavg"}
+    path = work / "shakespeare_char_fedavg.yaml"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def part_anchor(work: Path, report_only: bool, only: set[str] | None = None) -> None:
     results = {}
+    fedavg = _plain_fedavg(work)
     for name, (overrides, threads) in anchor_runs().items():
-        results[name] = run_cached(work, name, ANCHOR, [*overrides, "progress=false"], report_only=report_only,
-                                   threads=threads)
+        config = fedavg if name.startswith("fedavg") else ANCHOR
+        overrides = [o for o in overrides if o != "strategy.name=fedavg"]
+        results[name] = run_cached(work, name, config, [*overrides, "progress=false"], threads=threads,
+                                   report_only=report_only or (only is not None and name not in only))
     anchor_plot(results, RESULTS / "convergence-anchor.png")
     _section(RESULTS / "convergence.md", "anchor", anchor_report(results, work))
 
@@ -264,23 +280,105 @@ def curve_plot(results: dict[str, dict], key: str, ylabel: str, path: Path, log:
     plt.close(fig)
 
 
-def part_mlm(work: Path, report_only: bool) -> None:
-    results = {name: run_cached(work, name, MLM, [*MLM_COMMON, *overrides, "progress=false"],
-                                report_only=report_only, threads=2)
+def part_mlm(work: Path, report_only: bool, only: set[str] | None = None) -> None:
+    results = {name: run_cached(work, name, MLM, [*MLM_COMMON, *overrides, "progress=false"], threads=2,
+                                report_only=report_only or (only is not None and name not in only))
                for name, overrides in MLM_RUNS.items()}
     curve_plot(results, "test_perplexity", "masked-LM test perplexity", RESULTS / "convergence-mlm.png")
     _section(RESULTS / "convergence.md", "mlm", mlm_report(results))
 
 
+# --------------------------------------------------------------------------------------------------------
+# Aggregation rules at convergence (AG News, Dirichlet 0.1): server learning rates chosen on validation
+
+STUDY = REPO / "configs" / "study_agnews.yaml"
+SGD = ["train.optimizer=sgd", "train.lr=0.3"]
+STRAGGLERS = "train.steps_spread=0.75"
+# rule -> {grid point -> overrides}; the point each rule reports is the one with the best validation accuracy
+SERVER_GRIDS: dict[str, dict[str, list[str]]] = {
+    "fedavg": {"-": ["strategy.name=fedavg"]},
+    "fedavgm": {f"lr{lr}": ["strategy.name=fedavgm", f"strategy.server_learning_rate={lr}",
+                            "strategy.server_momentum=0.9"] for lr in (0.3, 1.0)},
+    **{rule: {f"eta{eta:g}": [f"strategy.name={rule}", f"strategy.eta={eta}"] for eta in (3e-4, 1e-3, 3e-3)}
+       for rule in ("fedadam", "fedyogi", "fedadagrad")},
+    "diloco": {f"lr{lr}": ["strategy.name=diloco", f"strategy.outer_lr={lr}"] for lr in (0.4, 0.7, 1.0)},
+    "fedavg-sgd": {"-": ["strategy.name=fedavg", *SGD]},
+    "scaffold-sgd": {"-": ["strategy.name=scaffold", *SGD]},
+    "fedavg-sgd-stragglers": {"-": ["strategy.name=fedavg", *SGD, STRAGGLERS]},
+    "fednova-sgd-stragglers": {"-": ["strategy.name=fednova", *SGD, STRAGGLERS]},
+}
+
+
+def _best_val(result: dict) -> float | None:
+    if "error" in result:
+        return None
+    values = [line["val"].get("val_accuracy") for line in result["lines"] if line.get("val")]
+    return max((v for v in values if v is not None), default=None)
+
+
+def part_strategies(work: Path, report_only: bool, only: set[str] | None = None, alpha: float = 0.1) -> None:
+    results: dict[str, dict[str, dict]] = {}
+    for rule, grid in SERVER_GRIDS.items():
+        results[rule] = {}
+        for point, overrides in grid.items():
+            name = f"strat-a{alpha}-{rule}" + ("" if point == "-" else f"-{point}")
+            results[rule][point] = run_cached(work, name, STUDY, [
+                f"data.alpha={alpha}", "train.eval_parties=false", *overrides, "progress=false"], threads=2,
+                report_only=report_only or (only is not None and name not in only))
+    chosen = {rule: max(grid, key=lambda p, grid=grid: _best_val(grid[p]) or -1.0) for rule, grid in results.items()}
+    best = {rule: results[rule][point] for rule, point in chosen.items()}
+    curve_plot(best, "test_accuracy", f"test accuracy (alpha {alpha}, each rule at its chosen point)",
+               RESULTS / "convergence-strategies.png", log=False)
+    _section(RESULTS / "convergence.md", "strategies", strategies_report(results, chosen, alpha))
+
+
+def strategies_report(results: dict[str, dict[str, dict]], chosen: dict[str, str], alpha: float) -> str:
+    lines = [f"## Aggregation rules at convergence (AG News, Dirichlet {alpha})", "",
+             "`configs/study_agnews.yaml` (MiniLM + LoRA r=8, 1,200 articles, 10 clients, 5 local steps of batch 16, "
+             "AdamW lr 2e-3) with its budget: at most 40 rounds, stopped after 4 rounds without a better "
+             "validation accuracy (the clients' own validation splits). Each server optimizer's learning rate is "
+             "chosen on that validation accuracy (best round) from its grid; SCAFFOLD and FedNova read updates as "
+             "SGD steps, so they run with SGD (lr 0.3) beside FedAvg with the same SGD, and FedNova with "
+             "stragglers (each client 2-5 of its 5 steps) beside FedAvg with the same stragglers. "
+             "`bench/convergence.py --part strategies`.", "",
+             "| rule | grid (best validation accuracy) | chosen | rounds | test accuracy | vs FedAvg |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    base = results["fedavg"]["-"]
+    base_acc = None if "error" in base else base["summary"]["final_test_accuracy"]
+    for rule, grid in results.items():
+        cells = ", ".join(f"{p}: {_best_val(r):.3f}" if _best_val(r) is not None else f"{p}: {r.get('error', '')[:20]}"
+                          for p, r in grid.items())
+        result = grid[chosen[rule]]
+        if "error" in result:
+            lines.append(f"| {rule} | {cells} | {chosen[rule]} | | not run | |")
+            continue
+        accuracy = result["summary"]["final_test_accuracy"]
+        delta = f"{100 * (accuracy - base_acc):+.1f}" if base_acc is not None else ""
+        lines.append(f"| {rule} | {cells} | {chosen[rule]} | {result['summary']['rounds']} | {accuracy:.4f} | "
+                     f"{delta} |")
+    server = [r for r in ("fedavgm", "fedadam", "fedyogi", "fedadagrad", "diloco") if "error" not in
+              results[r][chosen[r]]]
+    if base_acc is not None and server:
+        top = max(server, key=lambda r: results[r][chosen[r]]["summary"]["final_test_accuracy"])
+        gap = 100 * (results[top][chosen[top]]["summary"]["final_test_accuracy"] - base_acc)
+        lines += ["", f"Goal (the best server optimizer beats FedAvg by at least 2 points at alpha {alpha}): "
+                  f"**{'met' if gap >= 2 else 'not met'}** (best: {top}, {gap:+.1f} points; one seed)."]
+    lines += ["", "![each rule at its chosen point](convergence-strategies.png)", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", action="append", choices=["anchor", "mlm"], required=True)
+    parser.add_argument("--part", action="append", choices=["anchor", "mlm", "strategies"], required=True)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-convergence")
     parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
+    parser.add_argument("--only", help="comma-separated run names to run now (the others: reported if done)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
     for part in args.part:
-        {"anchor": part_anchor, "mlm": part_mlm}[part](args.work, args.report_only)
+        {"anchor": part_anchor, "mlm": part_mlm, "strategies": part_strategies}[part](args.work, args.report_only,
+                                                                                     only)
     print(f"written to {RESULTS / 'convergence.md'}")
 
 

@@ -67,6 +67,7 @@ __all__ = [  # noqa: F822 - JobConfig is built on first use (module __getattr__)
 
 MOVED["runtime=local"] = "runtime=simulation"  # `local` is a mode; the in-process Grid is the simulation runtime
 MOVED["federation.strategy"] = "strategy.name"
+MOVED["search.init_from"] = "model.init_from"  # every mode starts from another run's state, not only a search
 
 
 @dataclass

@@ -58,8 +58,6 @@ class SearchConfig:
                                     "(or an edit drops the first line)", ("Classify the news article by topic.",))
     edits: int = option(4, "mode=prompt_search: new candidates made from the best so far in every round after the "
                         "first")
-    init_from: str = option("", "mode=prompt_search: a run directory whose last checkpoint the frozen model starts "
-                            "from (e.g. a federated CLIP run; every node must be able to read it)")
     score: str = option("accuracy", "mode=prompt_search: what clients score a candidate by",
                         choices=("accuracy", "loss"))
     noise_multiplier: float = option(

@@ -147,8 +147,9 @@ def build_workspace(job: Job, data_path: str | None = None) -> Workspace:
     for name, param in model.named_parameters():
         if any(prefix in name for prefix in task.frozen_prefixes):
             param.requires_grad_(False)  # e.g. a LiT text tower: it neither trains nor travels
-    if not job.mode.trains and job.search.init_from:
-        _load_run_state(model, job.search.init_from)
+    if job.model.init_from:
+        _load_run_state(model, job.model.init_from)
+    task.prepare(model)  # e.g. DPO keeps the initial model as its reference
     # The model is shared and mutated by training, so keep a pristine copy of the round-0 state.
     state = stream.prepare(model, trainable_state(model))  # e.g. a growing head starts small
     shared, personal = split_personal(state, job.method.personal)
@@ -156,16 +157,16 @@ def build_workspace(job: Job, data_path: str | None = None) -> Workspace:
 
 
 def _load_run_state(model: nn.Module, run_dir: str) -> None:
-    """The trainable state of another run's last checkpoint, into ``model`` (the search scores that model)."""
+    """The trainable state of another run's last checkpoint, into ``model`` (the run starts from it)."""
     from ffm.run_dir import RunDirectory
 
     checkpoint = RunDirectory(run_dir).latest_checkpoint()
     if checkpoint is None:
-        raise DataError(f"search.init_from='{run_dir}' holds no checkpoint; pass a finished run's directory")
+        raise DataError(f"model.init_from='{run_dir}' holds no checkpoint; pass a finished run's directory")
     try:
         load_trainable_state(model, checkpoint["state"])
     except ValueError as exc:
-        raise DataError(f"search.init_from='{run_dir}' is a run of another model or method ({exc}); pass a run "
+        raise DataError(f"model.init_from='{run_dir}' is a run of another model or method ({exc}); pass a run "
                         "of the same model, task and method") from None
 
 

@@ -155,7 +155,7 @@ def test_caption_search_scores_a_trained_clip_models_zero_shot_prompts(job_facto
     trained = _clip_job(job_factory, "clip", task__freeze_text=True, task__caption="{}", federation__rounds=1)
     run_local(trained)
     search = _clip_job(job_factory, "captions", task__freeze_text=True, task__caption="{}", mode="prompt_search",
-                       federation__rounds=2, search__init_from=trained.run_dir,
+                       federation__rounds=2, model__init_from=trained.run_dir,
                        search__templates=["{}", "digit {}"], search__edits=2)
     summary, grid = run_local(search)
 
@@ -172,4 +172,4 @@ def test_search_from_a_run_of_another_model_is_a_clear_error(job_factory, tiny_l
     other = job_factory("other", federation__rounds=1)
     run_local(other)
     with pytest.raises(DataError, match="another model or method"):
-        run_local(_search_job(job_factory, tiny_llama_dir, search__init_from=other.run_dir))
+        run_local(_search_job(job_factory, tiny_llama_dir, model__init_from=other.run_dir))

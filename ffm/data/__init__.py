@@ -13,6 +13,8 @@ from ffm.data.partition import (
 from ffm.data.sources import bbc_news_dir, data_dir, load_shakespeare, load_source, load_table, load_text_folder
 from ffm.data.stream import STREAMS, Stream, open_stream
 
+from ffm.data import chat  # noqa: E402, F401 - registers the chat sources (instructions, preferences, derived)
+
 __all__ = [
     "PARTITIONERS",
     "SOURCES",

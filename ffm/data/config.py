@@ -50,12 +50,17 @@ class DataConfig:
         "bbc_news",
         "data set: bundled text (bbc_news, ag_news; tinyshakespeare: speeches by role; tinyshakespeare_raw: the "
         "file's blocks as written, nanoGPT's text), images (mnist, digits), "
-        "or your own files (folder, image_folder, csv, jsonl, parquet read data.path)",
+        "or your own files (folder, image_folder, csv, jsonl, parquet read data.path); chat data: instructions "
+        "(Alpaca, messages or ShareGPT rows) and preferences (prompt/chosen/rejected) read data.path; derived "
+        "from the news corpora: ag_news_headlines, ag_news_sections, bbc_headlines, ag_news_headline_pairs",
         choices=lambda: SOURCES.names(),
     )
     path: str = option("", "file or folder for source folder/csv/jsonl/parquet")
     text_column: str = option("text", "column that holds the text (csv/jsonl/parquet)")
-    label_column: str = option("label", "column that holds the label (csv/jsonl/parquet)")
+    label_column: str = option("label", "column that holds the label (csv/jsonl/parquet; instructions and "
+                               "preferences: optional, a column to split parties by, e.g. a topic or a user)")
+    rejected_model: str = option("", "ag_news_headline_pairs: the model whose own greedy headline is each pair's "
+                                 "rejected reply (generated once, cached); empty = another story's headline")
     max_examples: int = option(0, "use a stratified subset of this many examples (0 = all)")
     test_fraction: float = option(0.2, "share of examples held out as the global test set (stratified)")
     val_fraction: float = option(0.1, "share of each client's examples held out as its local validation split (0 = "

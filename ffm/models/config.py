@@ -17,6 +17,9 @@ class ModelConfig:
         "minilm", "backbone: 'minilm' (the bundled pretrained MiniLM encoder), 'smollm2' (SmolLM2-135M-Instruct, "
         "a decoder), a local directory, or a Hub id; with from_scratch, where the tokenizer comes from"
     )
+    init_from: str = option("", "a run directory whose last checkpoint's trainable state the model starts from: "
+                            "an SFT run's adapter for DPO, a federated CLIP run for a prompt search (every node must "
+                            "be able to read it)")
     max_length: int = option(64, "tokens per example (longer texts are truncated; language models: the context)")
     from_scratch: bool = option(False, "build a randomly initialized model of `architecture` instead of loading "
                                 "weights")

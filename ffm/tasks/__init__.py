@@ -6,7 +6,9 @@ from ffm.tasks.classification import TextClassification
 from ffm.tasks.contrastive import ImageTextContrastive
 from ffm.tasks.examples import Examples, batches, step_batches, steps_per_epoch
 from ffm.tasks.image_classification import ImageClassification
+from ffm.tasks.instruction import Instruction
 from ffm.tasks.masked_lm import MaskedLM
+from ffm.tasks.preference import Preference
 from ffm.tasks.verbalizer import VerbalizerClassification
 
 __all__ = ["TASKS", "Examples", "Task", "TaskConfig", "batches", "build_task", "ensure_pad_token", "step_batches",
@@ -18,6 +20,8 @@ TASKS.register("masked_lm", MaskedLM)
 TASKS.register("image_classification", ImageClassification)
 TASKS.register("image_text_contrastive", ImageTextContrastive)
 TASKS.register("verbalizer_classification", VerbalizerClassification)
+TASKS.register("instruction", Instruction)
+TASKS.register("preference", Preference)
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -60,6 +60,10 @@ class Task:
         so every process builds bit-identical weights."""
         raise NotImplementedError
 
+    def prepare(self, model: nn.Module) -> None:
+        """Called once the model is built, its method applied and ``model.init_from`` loaded: what the task keeps of
+        the initial model (DPO's reference). Nothing by default."""
+
     def sample(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str | None:
         """A text the model produces, written into the run directory each round (generative tasks), or None."""
         return None
