@@ -111,7 +111,7 @@ def test_a_tokenizer_without_a_chat_template_needs_task_template_and_then_render
     tokenizer = _tokenizer(template=None)
     messages = [{"role": "user", "content": "name a colour"}, {"role": "assistant", "content": "red"}]
 
-    with pytest.raises(DataError, match="set task.template"):
+    with pytest.raises(DataError, match=r"set task\.template"):
         render(tokenizer, messages)
     rendered = render(tokenizer, messages, "### instruction: {prompt} ### response:")
 
@@ -152,9 +152,10 @@ def test_the_dpo_loss_equals_trls_on_the_same_batch_to_1e_5(chat_llama, tmp_path
                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
                                         initializer_range=0.5, pad_token_id=tokenizer.pad_token_id))
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    pairs = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"favourite colour {i}?"}] for i in range(4)],
-                               "chosen": [[{"role": "assistant", "content": c}] for c in COLOURS[:4]],
-                               "rejected": [[{"role": "assistant", "content": f"not {c} at all"}] for c in COLOURS[4:]]})
+    pairs = Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": f"favourite colour {i}?"}] for i in range(4)],
+        "chosen": [[{"role": "assistant", "content": c}] for c in COLOURS[:4]],
+        "rejected": [[{"role": "assistant", "content": f"not {c} at all"}] for c in COLOURS[4:]]})
     trainer = DPOTrainer(model=model, processing_class=tokenizer, train_dataset=pairs, args=DPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], beta=0.3, use_cpu=True))
     task = Preference(PreferenceConfig(beta=0.3))
@@ -194,7 +195,8 @@ def _sft_job(job_factory, chat_llama, data: Path, name: str = "sft", **overrides
     settings = {"task__name": "instruction", "model__name": str(chat_llama), "model__max_length": 48,
                 "data__source": "instructions", "data__path": str(data), "data__label_column": "topic",
                 "data__max_examples": 0, "data__partitioner": "dirichlet", "data__alpha": 1.0,
-                **({} if "method__name" in overrides else {"method__targets": ["q_proj", "v_proj"]}), "train__lr": 0.02, "train__local_steps": 4,
+                **({} if "method__name" in overrides else {"method__targets": ["q_proj", "v_proj"]}),
+                "train__lr": 0.02, "train__local_steps": 4,
                 "task__max_new_tokens": 4, "task__eval_generate": 16, **overrides}
     return job_factory(name, **settings)
 

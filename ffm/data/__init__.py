@@ -1,5 +1,6 @@
 """Offline data sources, their split across clients, and the stream of stages a run consumes."""
 
+from ffm.data import chat  # noqa: F401 - registers the chat sources (instructions, preferences, derived)
 from ffm.data.config import PARTITIONERS, SOURCES, DataConfig, PartitionerSpec, SourceSpec
 from ffm.data.exported import export_split, load_party, load_server_test, party_dir
 from ffm.data.partition import (
@@ -12,8 +13,6 @@ from ffm.data.partition import (
 )
 from ffm.data.sources import bbc_news_dir, data_dir, load_shakespeare, load_source, load_table, load_text_folder
 from ffm.data.stream import STREAMS, Stream, open_stream
-
-from ffm.data import chat  # noqa: E402, F401 - registers the chat sources (instructions, preferences, derived)
 
 __all__ = [
     "PARTITIONERS",

@@ -49,7 +49,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 _SCORER: list = []
 
 
-def _scorer():  # noqa: ANN202 - rouge_score has no types
+def _scorer():
     if not _SCORER:
         from rouge_score import rouge_scorer
 

@@ -115,8 +115,8 @@ class Instruction(Task):
             logp += float(summed.sum())
             tokens += int(counted.sum())
         loss = -logp / max(tokens, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), **self.generation_scores(model, data, batch_size),
-                "num-examples": len(data)}
+        scores = self.generation_scores(model, data, batch_size)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), **scores, "num-examples": len(data)}
 
     def generation_scores(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
         """ROUGE-L and exact match of greedy replies to the first ``task.eval_generate`` prompts."""
