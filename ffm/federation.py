@@ -17,6 +17,10 @@ class FederationConfig:
     num_clients: int = option(10, "number of clients (data owners)")
     rounds: int = option(5, "federated rounds")
     fraction_train: float = option(1.0, "share of clients sampled to train each round, in (0, 1]")
+    sampling: str = option("fixed", "how a round's training clients are drawn: fixed (Flower's: int(fraction_train "
+                           "x clients) of them, without replacement) or poisson (each client independently with "
+                           "probability fraction_train, as the Poisson privacy analysis assumes)",
+                           choices=("fixed", "poisson"))
     fraction_evaluate: float = option(1.0, "share of clients that evaluate on their validation split, in [0, 1]")
     min_train_clients: int = option(
         1, "fewest usable updates a round needs; with fewer it fails: logged, global state unchanged"

@@ -56,6 +56,7 @@ class Salt(IntEnum):
     EVALUATE_SAMPLING = 2  # which clients a round evaluates
     AGGREGATION_NOISE = 3  # Flower's DP wrappers draw their noise from the global numpy generator
     CONTINUAL_STAGE = 7  # replay mixing and EWC's Fisher samples (seeded from a client's round seed)
+    POISSON_SAMPLING = 8  # which clients a round trains under federation.sampling=poisson
     LOCAL_TRAINING = 1_000  # + party: a client's shuffling, dropout layers, masks and DP-SGD noise
     REPLAY_BUFFER = 5_000  # + party: which past examples a client keeps
     DROPOUT = 7_000  # + party: whether a client drops out of a round (mod 'dropout')

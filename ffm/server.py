@@ -36,6 +36,7 @@ from ffm.prompt_search import run_prompt_search
 from ffm.run_dir import RunDirectory
 from ffm.settings import Job
 from ffm.strategies import LocalOnly, RoundLog, RoundOffset, UpdateGuard, strategy_spec
+from ffm.strategies.poisson import PoissonSampling
 from ffm.workspace import Workspace, workspace_for
 
 __all__ = ["app", "build_strategy", "run_job", "streams"]
@@ -53,15 +54,23 @@ def main(grid: Grid, context: Context) -> None:
 
 def build_strategy(job: Job) -> Strategy:
     """The aggregation rule the job names (or the local-only baseline), inside the method's server half and
-    every active privacy mechanism's."""
+    every active privacy mechanism's; a server optimizer (FedAvgM, DiLoCo) outside them, so that it steps on
+    the mean they release; Poisson sampling outermost."""
     if job.mode.keeps_party_models:
         return LocalOnly()
     spec = strategy_spec(job)
     if spec.assumes_sgd and job.train.optimizer != "sgd":
         logger.warning("strategy.name=%s reads client updates as plain SGD steps; with train.optimizer=%s its "
                        "correction is approximate (set train.optimizer=sgd)", job.strategy.name, job.train.optimizer)
-    strategy = build_method(job.method).wrap_strategy(spec.build(job.strategy, job.federation))
-    return privacy.wrap_strategy(strategy, job)
+    method = build_method(job.method)
+    if spec.outer_on_mean and privacy.wraps_mean(job):  # the server optimizer steps on the released (noised) mean
+        strategy = spec.outer(job.strategy, job.federation)
+        strategy.inner = privacy.wrap_strategy(method.wrap_strategy(strategy.inner), job)
+    else:
+        strategy = privacy.wrap_strategy(method.wrap_strategy(spec.build(job.strategy, job.federation)), job)
+    if job.federation.sampling == "poisson":
+        strategy = PoissonSampling(strategy, rate=job.federation.fraction_train, seed=job.seed)
+    return strategy
 
 
 def streams(job: Job) -> bool:
@@ -118,9 +127,12 @@ class RoundEnd:
         if log is not None:
             now = time.perf_counter()
             line.update(_round_record(log, now - self._tick))
-            if self.job.privacy.clipping != "none":  # a failed round released nothing, so it spends nothing
-                released = sum(1 for m in self.run.read_metrics() if m["round"] > 0 and not m.get("failed"))
-                line["epsilon"] = privacy.epsilon(self.job, released + (not line.get("failed")))
+            if self.job.privacy.clipping != "none":  # a failed round released nothing, so it spends nothing;
+                # under Poisson sampling every round counts (whether a round drew anyone is itself an outcome)
+                poisson = self.job.federation.sampling == "poisson"
+                released = sum(1 for m in self.run.read_metrics()
+                               if m["round"] > 0 and (poisson or not m.get("failed")))
+                line["epsilon"] = privacy.epsilon(self.job, released + (poisson or not line.get("failed")))
             self._tick = now
         self.run.append_metrics(line)
         evaluated = time.perf_counter()

@@ -154,3 +154,17 @@ def test_the_gateway_forwards_the_fleet_api_and_refuses_the_control_api():
     assert fleet.status_code == 200 and fleet.text == "ok 7 body"
     assert control.status_code == runtime.status_code == 403 and "Control API" in control.text
     assert seen == ["/v1/fleet/pull-messages"]
+
+
+def test_while_the_superlink_is_down_the_gateway_answers_502_which_supernodes_retry():
+    from flwr.supercore.retry.http_retry import _RETRYABLE_STATUS_CODES
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    app = gateway_app("superlink.local:9091", transport=httpx.MockTransport(unreachable))
+
+    with TestClient(app) as client:
+        reply = client.post("/v1/fleet/pull-messages", content=b"body")
+
+    assert reply.status_code == 502 and reply.status_code in _RETRYABLE_STATUS_CODES

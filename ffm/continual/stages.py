@@ -9,17 +9,17 @@ receives the current global state). After a stage the model is evaluated on ever
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from ffm.carrier import Carrier
 from ffm.continual.head import grow_head
 from ffm.continual.matrix import plot_matrix, transfer
 from ffm.continual.stream import active_parties, stage_classes, stage_index, stage_rounds
+from ffm.grid_view import NodeSubset
 from ffm.run_dir import RunDirectory
 from ffm.settings import Job
 from ffm.tasks import Examples
@@ -27,39 +27,9 @@ from ffm.tasks import Examples
 if TYPE_CHECKING:
     from ffm.workspace import Workspace
 
-__all__ = ["StageGrid", "StageLoop"]
+__all__ = ["StageLoop"]
 
 Models = dict[int | None, dict[str, torch.Tensor]]  # the global state (key None) or each party's own
-
-
-class StageGrid(Grid):
-    """The Grid as one stage sees it: only the nodes of the stage's parties (the rest have left or not joined)."""
-
-    def __init__(self, grid: Grid, nodes: set[int]) -> None:
-        self.grid, self.nodes = grid, nodes
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [node for node in self.grid.get_node_ids() if node in self.nodes]
-
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 class StageLoop:
@@ -89,7 +59,7 @@ class StageLoop:
         if not self.c.parties or self.job.mode.pools_data:
             return grid
         active = set(active_parties(self.job, stage))
-        return StageGrid(grid, {node for node, pid in carrier.partition_ids(grid).items() if pid in active})
+        return NodeSubset(grid, {node for node, pid in carrier.partition_ids(grid).items() if pid in active})
 
     def begin(self, stage: int, state: dict[str, torch.Tensor], party_states: dict | None) -> dict[str, torch.Tensor]:
         """The global state a stage starts from (new head rows; a fresh adapter); party states likewise."""

@@ -23,6 +23,7 @@ from ffm.privacy.mechanism import (
     needs_each_update,
     reply_metrics,
     wrap_strategy,
+    wraps_mean,
 )
 from ffm.settings import SECTIONS, Composite, SectionSpec
 
@@ -37,6 +38,7 @@ __all__ = [
     "noise_multiplier",
     "reply_metrics",
     "wrap_strategy",
+    "wraps_mean",
 ]
 
 

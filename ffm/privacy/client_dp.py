@@ -6,21 +6,28 @@ mods by the job), and add Gaussian noise of std ``z * C / n`` to the mean of the
 adaptive clipping Flower splits z between the update and the clipped-count query (Andrew et al., Thm. 1), so
 z stays the effective noise multiplier of the whole round.
 
-What ffm adds: the accounting and the weights. Opacus's RDP accountant composes one sampled Gaussian
-mechanism per round (noise multiplier z, sampling rate q = sampled clients / clients); epsilon at
-``privacy.delta`` is logged after every round and in the summary, and ``privacy.target_epsilon`` picks z
-before the run. Caveats, stated rather than hidden: (1) RDP amplification by sampling assumes Poisson
-sampling, while Flower samples a fixed-size subset (exact when every client takes part, q = 1);
-(2) the analysis needs equal weights, so a DP run averages updates uniformly ("dp-weight", not the example
-count); (3) the noise comes from NumPy's generator, seeded per round so that a resume is bit-identical, which
+What ffm adds: the accounting, the sampling it assumes, and the weights. Flower's RDP accountant composes one
+sampled Gaussian release per round under the model that matches ``federation.sampling``
+(:mod:`ffm.privacy.accounting`: Flower's fixed-size sampling is accounted as sampling without replacement,
+replace-one; ``poisson`` samples each client independently, as the Poisson analysis assumes); epsilon at
+``privacy.delta`` is logged after every round and in the summary, and ``privacy.target_epsilon`` picks z before
+the run. With Poisson sampling the number of clients varies, so the noisy sum is divided by the *expected*
+number (McMahan et al.'s fixed-denominator estimator, :class:`FixedDenominator`), which keeps the sensitivity
+C / (qN) the noise is calibrated to. Server optimizers (FedAvgM, DiLoCo) step on the noised mean: the privacy
+wrapper sits inside them, so their momentum never sees an un-noised update. Caveats, stated rather than hidden:
+(1) the analysis needs equal weights, so a DP run averages updates uniformly ("dp-weight", not the example
+count); (2) the noise comes from NumPy's generator, seeded per round so that a resume is bit-identical, which
 makes it reproducible but not cryptographically secure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -28,13 +35,13 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from ffm.federation import clients_per_round
+from ffm.privacy.accounting import client_epsilon, noise_for_epsilon
 from ffm.privacy.mechanism import Mechanism, masks_updates
 from ffm.settings import CHECKS, Job, option, require
 from ffm.strategies import STRATEGIES, strategy_spec
+from ffm.strategies.wrapper import StrategyWrapper
 
 __all__ = ["CLIENT_DP", "DP_WEIGHT_KEY", "ClientDPConfig", "dp_strategy", "epsilon", "noise_multiplier",
            "sampled_clients"]
@@ -69,12 +76,12 @@ class ClientDPConfig:
 
 
 def sampled_clients(job: Job) -> int:
-    """Clients whose updates each round's noise is spread over."""
-    return clients_per_round(job.federation)
-
-
-def _sample_rate(job: Job) -> float:
-    return sampled_clients(job) / job.federation.num_clients
+    """Clients whose updates each round's noise is spread over: the sample size, or with Poisson sampling the
+    expected one (the fixed denominator)."""
+    fed = job.federation
+    if fed.sampling == "poisson":
+        return max(1, round(fed.fraction_train * fed.num_clients))
+    return clients_per_round(fed)
 
 
 def noise_multiplier(job: Job) -> float:
@@ -82,21 +89,12 @@ def noise_multiplier(job: Job) -> float:
     dp = job.privacy
     if dp.target_epsilon <= 0.0:
         return dp.noise_multiplier
-    return float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=dp.delta,
-                                      sample_rate=_sample_rate(job), steps=job.federation.rounds,
-                                      accountant="rdp", epsilon_tolerance=0.001))
+    return noise_for_epsilon(job, dp.target_epsilon, job.federation.rounds)
 
 
 def epsilon(job: Job, rounds: int) -> float:
     """Epsilon at privacy.delta after ``rounds`` rounds (inf without noise)."""
-    z = noise_multiplier(job)
-    if z <= 0.0:
-        return float("inf")
-    if rounds <= 0:
-        return 0.0
-    accountant = RDPAccountant()
-    accountant.history = [(z, _sample_rate(job), rounds)]
-    return float(accountant.get_epsilon(job.privacy.delta))
+    return client_epsilon(job, rounds, noise_multiplier(job))
 
 
 def dp_strategy(strategy: Strategy, job: Job) -> Strategy:
@@ -104,6 +102,8 @@ def dp_strategy(strategy: Strategy, job: Job) -> Strategy:
     dp = job.privacy
     strategy.weighted_by_key = DP_WEIGHT_KEY
     z, n = noise_multiplier(job), sampled_clients(job)
+    if job.federation.sampling == "poisson":  # the noise and the sum share the expected count as denominator
+        strategy = FixedDenominator(strategy, expected=n)
     if dp.clipping == "fixed":
         wrapper = (DifferentialPrivacyServerSideFixedClipping if dp.side == "server"
                    else DifferentialPrivacyClientSideFixedClipping)
@@ -113,6 +113,35 @@ def dp_strategy(strategy: Strategy, job: Job) -> Strategy:
     return wrapper(strategy, noise_multiplier=z, num_sampled_clients=n, initial_clipping_norm=dp.clipping_norm,
                    target_clipped_quantile=dp.target_quantile, clip_norm_lr=dp.clip_norm_lr,
                    clipped_count_stddev=dp.clipped_count_stddev or None)
+
+
+class FixedDenominator(StrategyWrapper):
+    """The mean of n received updates rescaled to their sum over the expected count: start + sum / (qN).
+
+    With Poisson sampling n varies; dividing by the expected count instead keeps each client's influence, and
+    so the sensitivity the noise (z C / (qN), added by Flower's DP wrapper around this) is calibrated to, fixed.
+    """
+
+    def __init__(self, inner: Strategy, *, expected: int) -> None:
+        super().__init__(inner)
+        self.expected = expected
+        self._start: dict = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        self._start = {k: a.numpy() for k, a in arrays.items()}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        received = sum(1 for r in replies if not r.has_error())
+        if arrays is None or not received:
+            return arrays, metrics
+        scale = received / self.expected
+        return ArrayRecord({k: Array((self._start[k] + (a.numpy() - self._start[k]) * scale).astype(a.numpy().dtype))
+                            for k, a in arrays.items()}), metrics
 
 
 class ClientDP(Mechanism):
@@ -137,12 +166,14 @@ CLIENT_DP = ClientDP()
 
 
 def _plain_mean_rules() -> str:
-    return " or ".join(name for name, spec in STRATEGIES.items() if spec.plain_mean)
+    return " or ".join(name for name, spec in STRATEGIES.items() if spec.plain_mean or spec.outer_on_mean)
 
 
 def check_mean_for_noise(job: Job) -> None:
-    """DP-FedAvg's noise is calibrated to a mean of clipped updates: the rule must be that mean."""
-    require(job.privacy.clipping == "none" or strategy_spec(job).plain_mean,
+    """DP-FedAvg's noise is calibrated to a mean of clipped updates: the rule must be that mean, or a server
+    optimizer stepping on it."""
+    spec = strategy_spec(job)
+    require(job.privacy.clipping == "none" or spec.plain_mean or spec.outer_on_mean,
             f"privacy.clipping (DP-FedAvg) needs a mean of the updates: use strategy.name={_plain_mean_rules()}, "
             f"not '{job.strategy.name}'")
 

@@ -9,7 +9,8 @@ from flwr.serverapp.strategy import Strategy
 from ffm.registry import Registry
 from ffm.settings import Job
 
-__all__ = ["PRIVACY", "Mechanism", "masks_updates", "needs_each_update", "reply_metrics", "wrap_strategy"]
+__all__ = ["PRIVACY", "Mechanism", "masks_updates", "needs_each_update", "reply_metrics", "wrap_strategy",
+           "wraps_mean"]
 
 
 class Mechanism:
@@ -43,6 +44,15 @@ def wrap_strategy(strategy: Strategy, job: Job) -> Strategy:
     for _, mechanism in PRIVACY.items():
         strategy = mechanism.wrap(strategy, job)
     return strategy
+
+
+def wraps_mean(job: Job) -> bool:
+    """Whether an active mechanism's server half wraps the aggregate (noise, masks): a server optimizer must then
+    step on what it releases, not wrap it."""
+    from flwr.serverapp.strategy import FedAvg
+
+    probe = FedAvg()
+    return any(m.wrap(probe, job) is not probe for _, m in PRIVACY.items())
 
 
 def masks_updates(job: Job) -> str | None:

@@ -59,8 +59,13 @@ def gateway_app(upstream: str, ca: Path | None = None, transport: httpx.AsyncBas
             return PlainTextResponse(f"ffm gateway: {path} is not served on this address (the Fleet API alone "
                                      "is; the Control API is the operator's)\n", status_code=403)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        reply = await client.request(request.method, path, params=request.query_params, headers=headers,
-                                     content=await request.body())
+        try:
+            reply = await client.request(request.method, path, params=request.query_params, headers=headers,
+                                         content=await request.body())
+        except httpx.TransportError as exc:  # the SuperLink is down or restarting: a gateway's 502, which
+            # SuperNodes retry with backoff (a 500 would make them give the request up)
+            LOG.warning("ffm gateway: the SuperLink at %s is unreachable (%s): 502", upstream, type(exc).__name__)
+            return PlainTextResponse("ffm gateway: the SuperLink is unreachable; retry\n", status_code=502)
         out = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS | {"content-encoding"}}
         return Response(reply.content, status_code=reply.status_code, headers=out)
 

@@ -24,12 +24,14 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedAvgM
+from flwr.serverapp.strategy import FedAvg, FedAvgM, Strategy
 
 from ffm.federation import FederationConfig
 from ffm.local_training import SCHEDULES, lr_factor
 from ffm.settings import option, require
 from ffm.strategies.spec import FlowerSpec, StrategyConfig
+from ffm.strategies.state import load_strategy_state, strategy_state
+from ffm.strategies.wrapper import StrategyWrapper
 
 __all__ = ["DILOCO", "FEDAVGM", "DiLoCoConfig", "FedAvgMConfig", "OuterSGD", "outer_step"]
 
@@ -51,12 +53,14 @@ def outer_step(start: dict[str, torch.Tensor], mean: dict[str, torch.Tensor], bu
     return new_state, new_buffer
 
 
-class OuterSGD(FedAvg):
-    """Flower's FedAvg (sampling, weighting, metrics) followed by one outer SGD step on the pseudo-gradient."""
+class OuterSGD(StrategyWrapper):
+    """An inner strategy's aggregate (Flower's FedAvg: sampling, weighting, metrics) followed by one outer SGD step
+    on the pseudo-gradient. The inner strategy may itself be wrapped, e.g. in a DP wrapper: the step then acts on
+    the noised mean, and the momentum never holds an un-noised update."""
 
-    def __init__(self, *, outer_lr: float, outer_momentum: float, nesterov: bool, schedule: str = "constant",
-                 warmup_rounds: int = 0, rounds: int = 1, **fedavg: Any) -> None:
-        super().__init__(**fedavg)
+    def __init__(self, inner: Strategy, *, outer_lr: float, outer_momentum: float, nesterov: bool,
+                 schedule: str = "constant", warmup_rounds: int = 0, rounds: int = 1) -> None:
+        super().__init__(inner)
         self.outer_lr, self.momentum, self.nesterov = outer_lr, outer_momentum, nesterov
         self.schedule, self.warmup_rounds, self.rounds = schedule, warmup_rounds, rounds
         self.buffer: dict[str, torch.Tensor] | None = None
@@ -69,11 +73,11 @@ class OuterSGD(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
         self._start = arrays.to_torch_state_dict()
-        return super().configure_train(server_round, arrays, config, grid)
+        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is None:
             return None, metrics
         # The buffer sees no schedule: only the step's size follows it (torch's SGD under an LR scheduler).
@@ -84,12 +88,15 @@ class OuterSGD(FedAvg):
         return ArrayRecord(state), metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """The momentum buffer, for the checkpoint."""
-        return {"buffer": None if self.buffer is None else {k: v.clone() for k, v in self.buffer.items()}}
+        """The momentum buffer (and the inner strategy's state), for the checkpoint."""
+        return {"buffer": None if self.buffer is None else {k: v.clone() for k, v in self.buffer.items()},
+                "inner": strategy_state(self.inner)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.buffer = state.get("buffer")
+        if "inner" in state:
+            load_strategy_state(self.inner, state["inner"])
 
 
 @dataclass
@@ -125,22 +132,35 @@ class FedAvgMConfig(StrategyConfig):
 class DiLoCoSpec(FlowerSpec):
     """DiLoCo: FedAvg plus the outer optimizer; its schedule spans ``federation.rounds``."""
 
+    outer_on_mean = True
+
     def build(self, cfg: DiLoCoConfig, fed: FederationConfig) -> OuterSGD:
-        return OuterSGD(outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum, nesterov=cfg.nesterov,
-                        schedule=cfg.outer_schedule, warmup_rounds=cfg.outer_warmup, rounds=fed.rounds,
-                        **self.sampling(fed))
+        return self.outer(cfg, fed)
+
+    def outer(self, cfg: DiLoCoConfig, fed: FederationConfig) -> OuterSGD:
+        """The outer step around a plain FedAvg (which a privacy mechanism may wrap first)."""
+        return OuterSGD(FedAvg(**self.sampling(fed)), outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
+                        nesterov=cfg.nesterov, schedule=cfg.outer_schedule, warmup_rounds=cfg.outer_warmup,
+                        rounds=fed.rounds)
 
 
 class FedAvgMSpec(FlowerSpec):
-    """Flower's FedAvgM as it is, or (``nesterov=true``) the same step with Nesterov momentum."""
+    """Flower's FedAvgM as it is, or (``nesterov=true``, or under client-level DP) the same step written as ffm's
+    outer SGD around FedAvg."""
 
-    def build(self, cfg: FedAvgMConfig, fed: FederationConfig) -> FedAvg:
+    outer_on_mean = True
+
+    def build(self, cfg: FedAvgMConfig, fed: FederationConfig) -> Strategy:
         if not cfg.nesterov:
             return FedAvgM(server_learning_rate=cfg.server_learning_rate, server_momentum=cfg.server_momentum,
                            **self.sampling(fed))
-        return OuterSGD(outer_lr=cfg.server_learning_rate, outer_momentum=cfg.server_momentum, nesterov=True,
-                        **self.sampling(fed))
+        return self.outer(cfg, fed)
+
+    def outer(self, cfg: FedAvgMConfig, fed: FederationConfig) -> OuterSGD:
+        """The outer step around a plain FedAvg (heavy ball as Flower's FedAvgM, or Nesterov)."""
+        return OuterSGD(FedAvg(**self.sampling(fed)), outer_lr=cfg.server_learning_rate,
+                        outer_momentum=cfg.server_momentum, nesterov=cfg.nesterov)
 
 
-DILOCO = DiLoCoSpec(OuterSGD, DiLoCoConfig, mean_based=True, model_shaped_state=True)
+DILOCO = DiLoCoSpec(FedAvg, DiLoCoConfig, mean_based=True, model_shaped_state=True)
 FEDAVGM = FedAvgMSpec(FedAvgM, FedAvgMConfig, mean_based=True, model_shaped_state=True)

@@ -65,6 +65,8 @@ class StrategySpec:
     model_shaped_state: ClassVar[bool] = False
     client_correction: ClassVar[bool] = False
     assumes_sgd: ClassVar[bool] = False
+    outer_on_mean: ClassVar[bool] = False  # an outer step on a plain mean (``outer(cfg, fed)`` builds it with the
+    # mean inside, so that a privacy mechanism can wrap the mean and the step acts on the noised one)
 
     def build(self, cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
         """The server's Flower Strategy for this config and federation."""
@@ -105,7 +107,8 @@ class FlowerSpec(StrategySpec):
     def sampling(fed: FederationConfig) -> dict[str, Any]:
         """Flower's sampling keywords from the federation section."""
         return {
-            "fraction_train": fed.fraction_train,
+            # Poisson sampling draws the round's nodes itself (ffm.strategies.poisson): the rule takes them all
+            "fraction_train": 1.0 if fed.sampling == "poisson" else fed.fraction_train,
             "fraction_evaluate": fed.fraction_evaluate,
             # ffm runs federations of any size (>= 1 node); Flower's defaults wait for 2. Usable updates
             # below federation.min_train_clients fail the round in ffm's guard (it also sees rejections).

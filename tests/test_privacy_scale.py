@@ -1,0 +1,95 @@
+"""Client-level DP as deployed at scale: Poisson client sampling that matches the accountant, the fixed
+denominator it needs, and server optimizers that step on the noised mean."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+
+from ffm.config import load_job
+from ffm.privacy.client_dp import FixedDenominator
+from ffm.runtime import run_local
+from ffm.server import build_strategy
+from ffm.strategies.outer import OuterSGD
+from ffm.strategies.poisson import PoissonSampling, poisson_draw
+
+
+def test_the_poisson_sampler_draws_each_client_independently_with_probability_q():
+    nodes, q, rounds = list(range(1, 51)), 0.2, 3000
+    draws = [poisson_draw(nodes, q, seed=7, server_round=r) for r in range(1, rounds + 1)]
+    counts = [len(d) for d in draws]
+    inclusion = {n: sum(n in d for d in draws) / rounds for n in nodes}
+
+    assert statistics.mean(counts) == pytest.approx(50 * q, rel=0.03)
+    assert statistics.pvariance(counts) == pytest.approx(50 * q * (1 - q), rel=0.15)  # Binomial(N, q): it varies
+    assert max(abs(f - q) for f in inclusion.values()) < 0.03
+    assert poisson_draw(nodes, q, seed=7, server_round=5) == draws[4]  # a round's draw depends on it alone
+
+
+def test_a_poisson_sampled_run_trains_exactly_the_drawn_clients_each_round(job_factory):
+    job = job_factory(federation__num_clients=6, federation__rounds=4, federation__sampling="poisson",
+                      federation__fraction_train=0.5)
+
+    run_local(job)
+
+    lines = [json.loads(x) for x in Path(job.run_dir, "metrics.jsonl").read_text().splitlines()][1:]
+    for line in lines:
+        drawn = poisson_draw(range(1, 7), 0.5, seed=job.seed, server_round=line["round"])
+        assert sorted(c["node"] for c in line.get("clients", [])) == drawn
+    assert len({len(line.get("clients", [])) for line in lines}) > 1  # a variable number per round
+
+
+def _reply(node: int, value: float) -> Message:
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))}),
+                          "metrics": MetricRecord({"num-examples": 1})})
+    msg = Message(content, dst_node_id=node, message_type="train")
+    return Message(content, reply_to=msg)
+
+
+def test_the_fixed_denominator_divides_the_sum_of_updates_by_the_expected_count():
+    inner = FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
+    strategy = FixedDenominator(inner, expected=4)
+    start = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+
+    class _Grid:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    list(strategy.configure_train(1, start, ConfigRecord({}), _Grid()))
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, 1.0), _reply(2, 2.0), _reply(3, 3.0)])
+
+    assert np.allclose(arrays["w"].numpy(), (1.0 + 2.0 + 3.0) / 4)  # sum / (q N), not the mean of the three
+
+
+@pytest.mark.parametrize("rule", ["diloco", "fedavgm"])
+def test_a_server_optimizer_under_dp_steps_on_the_noised_mean(rule):
+    job = load_job(None, ["privacy.clipping=fixed", f"strategy.name={rule}", "federation.sampling=poisson",
+                          "federation.fraction_train=0.5"])
+
+    strategy = build_strategy(job)
+
+    assert isinstance(strategy, PoissonSampling) and isinstance(strategy.inner, OuterSGD)
+    noised = strategy.inner.inner
+    assert isinstance(noised, DifferentialPrivacyServerSideFixedClipping)  # the momentum sees only its output
+    assert isinstance(noised.strategy, FixedDenominator) and noised.num_sampled_clients == 5
+
+
+def test_a_dp_run_with_diloco_and_poisson_sampling_logs_the_poisson_epsilon(job_factory):
+    from ffm.privacy import epsilon
+
+    job = job_factory(federation__num_clients=6, federation__rounds=3, federation__sampling="poisson",
+                      federation__fraction_train=0.5, privacy__clipping="fixed", privacy__noise_multiplier=1.0,
+                      strategy__name="diloco")
+
+    summary, _ = run_local(job)
+
+    assert summary["privacy"]["epsilon"] == pytest.approx(epsilon(job, 3))
