@@ -31,7 +31,7 @@ from ffm.run_dir import RunDirectory
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
 
-__all__ = ["attack_metrics", "audit_run"]
+__all__ = ["attack_metrics", "audit_run", "canary_audit_run"]
 
 
 def attack_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
@@ -154,10 +154,27 @@ def _target_steps(ws: Workspace) -> int:
     return max(1, job.federation.rounds * per_client * sampled)
 
 
-def _write(run: RunDirectory, result: dict[str, Any]) -> None:
-    (run.path / "audit.json").write_text(json.dumps(result, indent=2))
+def canary_audit_run(run_dir: str | Path) -> dict[str, Any]:
+    """The one-run canary audit (:mod:`ffm.privacy.canaries`) of a finished run with ``privacy.canaries``."""
+    from ffm.privacy.canaries import audit
+
+    run = RunDirectory(run_dir)
+    raw = RunDirectory.read_config(run_dir)
+    raw.update(run_dir=str(run_dir), resume=True, progress=False)
+    job = job_from_dict(raw)
+    if not job.privacy.canaries:
+        raise CheckpointError(f"'{run_dir}' ran without canaries: rerun it with privacy.canaries=M (e.g. 200)")
+    result = audit(job, run_dir)
+    _write(run, result, key="canary_audit")
+    return result
+
+
+def _write(run: RunDirectory, result: dict[str, Any], key: str = "audit") -> None:
+    path = run.path / "audit.json"
+    existing = json.loads(path.read_text()) if path.is_file() and key != "audit" else {}
+    path.write_text(json.dumps({**existing, key: result} if key != "audit" else result, indent=2))
     summary_path = run.path / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        summary["audit"] = result
+        summary[key] = result
         run.write_summary(summary)

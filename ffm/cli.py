@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--shadows", type=int, default=0, help="shadow models for LiRA (0 = loss attack only)")
     audit.add_argument("--shadow-steps", type=int, default=0, help="steps per shadow (0 = the run's budget)")
     audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--canaries", action="store_true", help="instead: the one-run audit of a run with "
+                       "privacy.canaries (an epsilon lower bound beside the accountant's upper bound)")
     config = sub.add_parser("config", help="list every config key, or print a resolved job")
     config.add_argument("config", nargs="?", help="YAML job file to resolve and print")
     config.add_argument("overrides", nargs="*", help="dotted overrides")
@@ -190,6 +192,16 @@ def _audit(args: argparse.Namespace) -> int:
     _at_least(args.shadows, 0, "--shadows", "0 (the loss attack only) or a number of shadow models")
     _at_least(args.shadow_steps, 0, "--shadow-steps", "0 (the run's budget) or a number of steps")
     _quiet_libraries(False)
+    if args.canaries:
+        from ffm.audit import canary_audit_run
+
+        found = canary_audit_run(args.run_dir)
+        print(f"one-run audit of {args.run_dir}: {found['correct']} of {found['guesses']} guesses right about "
+              f"{found['canaries']} canaries ({found['present']} present)")
+        print(f"  epsilon >= {found['epsilon_lower_bound']:.3f} at 95% confidence (delta {found['delta']:g}); "
+              f"the accountant's epsilon: {found['epsilon_accountant']}")
+        print(f"  written to {args.run_dir}/audit.json and summary.json (canary_audit)")
+        return 0
     from ffm.audit import audit_run
 
     result = audit_run(args.run_dir, examples=args.examples, shadows=args.shadows, shadow_steps=args.shadow_steps,

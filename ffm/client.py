@@ -51,6 +51,7 @@ from ffm.mods import FLIP_LABELS_KEY, build_mods
 from ffm.node_policy import POLICY_PATH, check_run
 from ffm.node_state import NodeStateError, keep_node_state, state_was_lost
 from ffm.privacy import reply_metrics
+from ffm.privacy.canaries import canary_mod
 from ffm.privacy.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.prompt_search import CANDIDATES_KEY, scores_reply
 from ffm.settings import Job
@@ -94,8 +95,9 @@ def _bind(mod, inner: ClientAppCallable) -> ClientAppCallable:
     return lambda msg, context: mod(msg, context, inner)
 
 
-# the owner's policy, then the node's own state restored from its disk (and saved after training), then the job's
-app = ClientApp(mods=[owner_policy, keep_node_state, job_mods])
+# a canary (an audit's data-less client) answers by itself; then the owner's policy, the node's own state restored
+# from its disk (and saved after training), and the job's mods
+app = ClientApp(mods=[canary_mod, owner_policy, keep_node_state, job_mods])
 
 
 def _workspace(context: Context) -> tuple[Job, Workspace, int, int]:

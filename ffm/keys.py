@@ -62,6 +62,7 @@ class Salt(IntEnum):
     DROPOUT = 7_000  # + party: whether a client drops out of a round (mod 'dropout')
     ATTACK = 9_000  # + party: an attacker's noise (mod 'attack')
     COMPRESSION = 11_000  # + party: stochastic rounding of a compressed update
+    CANARY = 13_000  # + canary: whether an audit's canary client is present, and its direction
 
 
 def derive_seed(seed: int, server_round: int, salt: Salt, party: int = 0) -> int:

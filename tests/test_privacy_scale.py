@@ -93,3 +93,47 @@ def test_a_dp_run_with_diloco_and_poisson_sampling_logs_the_poisson_epsilon(job_
     summary, _ = run_local(job)
 
     assert summary["privacy"]["epsilon"] == pytest.approx(epsilon(job, 3))
+
+
+# --- the one-run audit with canaries -------------------------------------------------------------------------
+
+
+def test_the_audit_bound_is_zero_for_chance_guesses_and_grows_with_correct_ones():
+    from ffm.privacy.canaries import audit_epsilon
+
+    chance = audit_epsilon(1000, 500, 250, 1e-5)
+    good = audit_epsilon(1000, 500, 450, 1e-5)
+    perfect = audit_epsilon(1000, 500, 500, 1e-5)
+
+    assert chance == 0.0 and 1.5 < good < perfect
+
+
+def _canary_job(job_factory, name: str, **overrides):
+    return job_factory(name, federation__num_clients=6, federation__rounds=3, privacy__canaries=64,
+                       privacy__clipping="fixed", privacy__clipping_norm=1.0, federation__fraction_evaluate=0.0,
+                       **overrides)
+
+
+def test_without_noise_the_canary_audit_finds_a_clearly_positive_lower_bound(job_factory):
+    from ffm.audit import canary_audit_run
+
+    job = _canary_job(job_factory, "open", privacy__noise_multiplier=0.0)
+    run_local(job)
+
+    found = canary_audit_run(job.run_dir)
+
+    assert found["correct"] == found["guesses"] == 32 and found["epsilon_lower_bound"] > 1.0
+    assert found["score_present_mean"] > 10 * abs(found["score_absent_mean"])
+
+
+def test_with_noise_the_canary_audit_stays_below_the_accountants_epsilon(job_factory):
+    from ffm.audit import canary_audit_run
+
+    job = _canary_job(job_factory, "noised", privacy__noise_multiplier=1.0)
+    run_local(job)
+
+    found = canary_audit_run(job.run_dir)
+
+    assert found["epsilon_lower_bound"] <= found["epsilon_accountant"]
+    summary = json.loads(Path(job.run_dir, "summary.json").read_text())
+    assert summary["canary_audit"]["canaries"] == 64

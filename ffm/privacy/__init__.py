@@ -4,6 +4,7 @@ Registered in :data:`PRIVACY` (in order; the first wraps the strategy innermost)
 
 - ``client_dp``: client-level DP, DP-FedAvg with fixed or adaptive clipping (Flower's DP wrappers and mods);
 - ``dp_sgd``: sample-level DP-SGD in each client's local training (Opacus);
+- ``canaries``: canary clients for a one-run audit of client-level DP (no server half);
 - ``secure_aggregation``: SecAgg+ (``ffm.secagg`` registers it), so the server learns only a sum.
 
 The ServerApp asks the registry, never a mechanism by name: :func:`wrap_strategy` puts every active mechanism's
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ffm.privacy.canaries import CANARIES
 from ffm.privacy.client_dp import CLIENT_DP, DP_WEIGHT_KEY, epsilon, noise_multiplier
 from ffm.privacy.dp_sgd import DP_SGD
 from ffm.privacy.mechanism import (
@@ -49,4 +51,5 @@ class PrivacyConfig:
 
 PRIVACY.register("client_dp", CLIENT_DP)
 PRIVACY.register("dp_sgd", DP_SGD)
+PRIVACY.register("canaries", CANARIES)
 SECTIONS.register("privacy", SectionSpec(Composite(PrivacyConfig, PRIVACY), position=20))

@@ -13,6 +13,7 @@ from flwr.app import Context, RecordDict
 from ffm.client import app as client_app
 from ffm.config import job_to_run_config
 from ffm.flwr_internals import SERVER_NODE_ID
+from ffm.privacy.canaries import CANARY, present_canaries
 from ffm.runtime.auto_workers import auto_workers, available_memory, resident_memory
 from ffm.runtime.local_grid import LocalGrid
 from ffm.server import app as server_app
@@ -32,6 +33,9 @@ def run_local(job: Job, *, run_id: int = 1, node_configs: dict[int, dict[str, An
     (e.g. a data owner's ``policy-path``)."""
     run_config = job_to_run_config(job)
     num_nodes = job.mode.nodes(job.federation.num_clients)
+    present = present_canaries(job)  # an audit's canary clients join after the data owners
+    node_configs = {**(node_configs or {}), **{num_nodes + j: {CANARY: i} for j, i in enumerate(present)}}
+    num_nodes += len(present)
     grid = LocalGrid(client_app, num_nodes=num_nodes, run_config=run_config, run_id=run_id,
                      workers=_workers(job), threads=job.federation.worker_threads, node_configs=node_configs)
     context = Context(run_id=run_id, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)

@@ -48,6 +48,16 @@ def _reply_info(msg: Message) -> dict:
     return info
 
 
+def _common_metrics(replies: list[Message]) -> None:
+    """Keep only the metric keys every reply has: Flower's aggregation refuses replies whose MetricRecords differ
+    (a data-less canary client reports fewer; each client's full metrics are already in the round's log)."""
+    keys = [set(msg.content[METRICS_KEY].keys()) for msg in replies]
+    common = set.intersection(*keys) if keys else set()
+    if any(k != common for k in keys):
+        for msg in replies:
+            msg.content[METRICS_KEY] = MetricRecord({k: v for k, v in msg.content[METRICS_KEY].items() if k in common})
+
+
 def _party_order(msg: Message) -> tuple[int, int]:
     client = msg.content.config_records.get(CLIENT_KEY) if not msg.has_error() else None
     party = int(client.get(PARTITION_ID, -1)) if client is not None else -1
@@ -133,6 +143,7 @@ class UpdateGuard(StrategyWrapper):
             what = "no client returned a usable update" if not usable else (
                 f"{usable} usable update(s), fewer than federation.min_train_clients={self.min_updates}")
             return self._fail(server_round, log, f"{what} ({reasons})")
+        _common_metrics(kept)
         try:
             arrays, metrics = self.inner.aggregate_train(server_round, kept)
         except AggregationFailed as exc:
