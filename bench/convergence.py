@@ -20,7 +20,6 @@ Launch:  .venv/bin/python bench/convergence.py --part anchor [--report-only]
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
@@ -74,10 +73,19 @@ def anchor_runs() -> dict[str, tuple[list[str], int]]:
 
 
 def _sample(work: Path, name: str) -> str:
-    path = work / name / "samples.jsonl"
-    if not path.is_file():
+    """The final model's sample from the run's prompt, drawn again with today's sampler (runs cached before the
+    sampler's window was fixed wrote noise past the context to samples.jsonl)."""
+    final = work / name / "final"
+    if not (final / "model.safetensors").is_file():
         return ""
-    return json.loads(path.read_text().splitlines()[-1])["text"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ffm.tasks.causal_lm import CausalLM, CausalLMConfig
+
+    task = yaml.safe_load((work / name / "config.yaml").read_text())["task"]
+    cfg = CausalLMConfig(prompt=task["prompt"], sample_tokens=task["sample_tokens"],
+                         sample_temperature=task["sample_temperature"])
+    return CausalLM(cfg).sample(AutoModelForCausalLM.from_pretrained(final), AutoTokenizer.from_pretrained(final))
 
 
 def anchor_report(results: dict[str, dict], work: Path) -> str:

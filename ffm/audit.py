@@ -164,7 +164,13 @@ def canary_audit_run(run_dir: str | Path) -> dict[str, Any]:
     job = job_from_dict(raw)
     if not job.privacy.canaries:
         raise CheckpointError(f"'{run_dir}' ran without canaries: rerun it with privacy.canaries=M (e.g. 200)")
-    result = audit(job, run_dir)
+    files = sorted(run.checkpoints.glob("round-*.pt"))
+    saved = [torch.load(f, weights_only=True) for f in files]
+    rounds = [int(c["round"]) for c in saved]
+    if not saved or rounds != list(range(1, len(rounds) + 1)):
+        raise CheckpointError(f"the canary audit reads every round's checkpoint; {run.checkpoints} holds rounds "
+                              f"{rounds}: rerun with checkpoint.keep_last=0")
+    result = audit(job, [workspace_for(job).initial_state, *(c["state"] for c in saved)])
     _write(run, result, key="canary_audit")
     return result
 

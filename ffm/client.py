@@ -51,7 +51,7 @@ from ffm.mods import FLIP_LABELS_KEY, build_mods
 from ffm.node_policy import POLICY_PATH, check_run
 from ffm.node_state import NodeStateError, keep_node_state, state_was_lost
 from ffm.privacy import reply_metrics
-from ffm.privacy.canaries import canary_mod
+from ffm.privacy.canaries import CANARY, canary_reply
 from ffm.privacy.dp_sgd import dp_sgd_epsilon, dp_sgd_session, poisson_batches
 from ffm.prompt_search import CANDIDATES_KEY, scores_reply
 from ffm.settings import Job
@@ -59,11 +59,20 @@ from ffm.strategies import strategy_spec
 from ffm.tasks import step_batches
 from ffm.workspace import Workspace, workspace_for
 
-__all__ = ["DP_SGD_KEY", "app", "job_mods", "owner_policy"]
+__all__ = ["DP_SGD_KEY", "app", "canary_mod", "job_mods", "owner_policy"]
 
 logger = logging.getLogger("ffm")
 
 DATA_PATH = "data-path"  # a SuperNode's node config: the folder of its own exported data
+
+
+def canary_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: a canary node (``privacy.canaries``, simulation only) answers with its canary's update and
+    never reaches the ClientApp; every other node passes through."""
+    if CANARY not in context.node_config:
+        return call_next(msg, context)
+    party = int(context.node_config.get(PARTITION_ID, -1))
+    return canary_reply(msg, job_from_run_config(context.run_config), int(context.node_config[CANARY]), party)
 
 
 def owner_policy(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -60,6 +60,26 @@ def test_a_causal_lm_writes_a_sample_from_the_fixed_prompt_every_round(job_facto
     assert all(s["text"].startswith("romeo :") and len(s["text"]) > len("romeo :") for s in samples)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_sample_longer_than_the_context_never_reads_the_untrained_last_position(temperature):
+    # a block of `context` tokens trains predictions from positions 0..context-2 only: the sliding window must
+    # stay one token short of the context, or the sample turns to noise once it slides (nanoGPT crops likewise)
+    from ffm.models.tokenizers import byte_tokenizer
+    from ffm.tasks.causal_lm import CausalLM, CausalLMConfig
+
+    tokenizer = byte_tokenizer()
+    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=len(tokenizer), n_positions=8, n_embd=16,
+                                                        n_layer=1, n_head=2))
+    widths: list[int] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    task = CausalLM(CausalLMConfig(prompt="ROMEO:", sample_tokens=12, sample_temperature=temperature))
+
+    text = task.sample(model, tokenizer)
+
+    assert text.startswith("ROMEO:") and len(widths) == 12  # one forward per new token
+    assert max(widths) == 7  # the context (8) less the position no block trains
+
+
 def test_the_natural_partition_gives_each_role_to_exactly_one_party():
     cfg = DataConfig(source="tinyshakespeare", partitioner="natural", partition_column="role")
 

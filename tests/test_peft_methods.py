@@ -78,7 +78,7 @@ def test_each_peft_method_federates_a_causal_lm(job_factory, method):
 
 
 def test_prompt_learning_on_a_task_peft_does_not_support_is_a_one_line_error_before_anything_loads(job_factory):
-    supported = "causal_lm or text_classification or verbalizer_classification"
+    supported = "causal_lm or instruction or preference or text_classification or verbalizer_classification"
     with pytest.raises(ConfigError, match=rf"supports task\.name={supported}, not 'masked_lm'"):
         _lm_job(job_factory, "mlm-prompt", "masked_lm", "bert", method__name="prompt_tuning")
 

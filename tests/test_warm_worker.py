@@ -4,6 +4,7 @@ three ``ffm deploy supernode --warm`` nodes that ends where the in-process Local
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import os
 import re
@@ -12,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tomli_w
 import torch
 from federation import federation, tail, wait_for
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -25,6 +28,7 @@ from ffm.data import export_split, party_dir
 from ffm.run_dir import RunDirectory
 from ffm.runtime import run_local, set_task_identity
 from ffm.runtime.deploy import (
+    app_pyproject,
     deploy_env,
     free_ports,
     start,
@@ -92,8 +96,12 @@ class _FakeRuntime:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         client = SimpleNamespace(SendTaskHeartbeat=lambda _req: SimpleNamespace(success=True), close=lambda: None)
         monkeypatch.setattr(WarmWorker, "_client", lambda self, interceptors, invoker: client)
+        buffer = io.BytesIO()  # the run's app bundle: ffm's own, so the worker's app check lets it run
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("pyproject.toml", tomli_w.dumps(app_pyproject()))
+        fab = SimpleNamespace(content=buffer.getvalue())
         monkeypatch.setattr(fi, "pull_task_input", lambda _client: (self.message, Context(
-            run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={}), None, None))
+            run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={}), SimpleNamespace(run_id=1), fab))
         monkeypatch.setattr(fi, "push_message", lambda _client, reply, _context: self.replies.append(reply))
         monkeypatch.setattr(fi, "push_task_output",
                             lambda client, context, sub_status, details: self.outputs.append((sub_status, details)))

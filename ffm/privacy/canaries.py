@@ -19,20 +19,18 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from ffm.keys import ARRAYS_KEY, CLIENT_KEY, METRICS_KEY, PARTITION_ID, Salt, derive_seed
 from ffm.privacy.mechanism import Mechanism
 from ffm.settings import CHECKS, Job, option, require
 
-__all__ = ["CANARIES", "CANARY", "CanaryConfig", "audit_epsilon", "canary_direction", "canary_mod",
-           "canary_scores", "present_canaries"]
+__all__ = ["CANARIES", "CANARY", "CanaryConfig", "audit_epsilon", "canary_direction",
+           "canary_reply", "canary_scores", "present_canaries"]
 
 CANARY = "canary"  # a node config key: this node is canary number i (it holds no data)
 
@@ -69,46 +67,29 @@ def canary_direction(job: Job, index: int, shapes: dict[str, tuple[int, ...]]) -
     return out
 
 
-def canary_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower mod: on a canary node, reply to training with received + C u_i and to anything else with an
-    error (a canary holds no data); on every other node, pass through."""
-    if CANARY not in context.node_config:
-        return call_next(msg, context)
-    from ffm.config import job_from_run_config
+def canary_reply(msg: Message, job: Job, index: int, party: int) -> Message:
+    """Canary ``index``'s reply: to training, the received state + C u_i; to anything else, an error (a canary
+    holds no data). The Flower mod around it is ``ffm.client.canary_mod``."""
     from ffm.privacy.client_dp import DP_WEIGHT_KEY
 
-    index = int(context.node_config[CANARY])
     if msg.metadata.message_type != "train":
         from flwr.app import Error
 
         return Message(Error(code=0, reason="a canary client holds no data"), reply_to=msg)
-    job = job_from_run_config(context.run_config)
     received = msg.content[ARRAYS_KEY].to_torch_state_dict()
     floating = {k: tuple(v.shape) for k, v in received.items() if v.is_floating_point()}
     direction = canary_direction(job, index, floating)
     sent = {k: (v.double() + job.privacy.clipping_norm * direction[k]).to(v.dtype) if k in direction else v
             for k, v in received.items()}
-    party = int(context.node_config.get(PARTITION_ID, -1))
     return Message(RecordDict({ARRAYS_KEY: ArrayRecord(sent),
                                METRICS_KEY: MetricRecord({"num-examples": 1, DP_WEIGHT_KEY: 1, "canary": 1}),
                                CLIENT_KEY: ConfigRecord({PARTITION_ID: party})}), reply_to=msg)
 
 
-def canary_scores(job: Job, run_dir: str | Path) -> np.ndarray:
-    """Each canary's score: the released global states' movement along its direction, over every round."""
-    from ffm.run_dir import RunDirectory
-
-    run = RunDirectory(run_dir)
-    files = sorted(run.checkpoints.glob("round-*.pt"))
-    states = [torch.load(f, weights_only=True)["state"] for f in files]
-    rounds = [int(torch.load(f, weights_only=True)["round"]) for f in files]
-    if not states or rounds != list(range(1, len(rounds) + 1)):
-        raise ValueError(f"the canary audit reads every round's checkpoint; {run.checkpoints} holds rounds {rounds} "
-                         "(run with checkpoint.keep_last=0)")
-    from ffm.workspace import workspace_for
-
-    initial = workspace_for(job).initial_state
-    states = [initial, *states]
+def canary_scores(states: list[dict[str, torch.Tensor]], job: Job) -> np.ndarray:
+    """Each canary's score from the released global states (the initial one first): their movement along its
+    direction, summed over every round."""
+    initial = states[0]
     shapes = {k: tuple(v.shape) for k, v in initial.items() if v.is_floating_point()}
     moves = [{k: states[t][k].double() - states[t - 1][k].double() for k in shapes} for t in range(1, len(states))]
     total = {k: sum(m[k] for m in moves) for k in shapes}  # the sum over rounds of the per-round inner products
@@ -144,9 +125,10 @@ def audit_epsilon(m: int, r: int, v: int, delta: float, confidence: float = 0.95
     return low
 
 
-def audit(job: Job, run_dir: str | Path) -> dict[str, Any]:
-    """The one-run audit of a finished run with canaries: guesses, correct ones, the epsilon lower bound."""
-    scores = canary_scores(job, run_dir)
+def audit(job: Job, states: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The one-run audit from every released global state (the initial one first): guesses, correct ones, the
+    epsilon lower bound (``ffm.audit.canary_audit_run`` reads them from a run directory)."""
+    scores = canary_scores(states, job)
     present = set(present_canaries(job))
     m = len(scores)
     k = max(1, m // 4)

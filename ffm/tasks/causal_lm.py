@@ -85,20 +85,24 @@ class CausalLM(Task):
     @torch.inference_mode()
     def sample(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str | None:
         """The model's continuation of ``task.prompt``: greedy, or sampled with a fixed seed; a sample longer than
-        the model's context keeps only its last context of tokens as it goes (nanoGPT's sample.py does too)."""
+        the model's context keeps only its last ``context - 1`` tokens as it goes (nanoGPT's sample.py crops too).
+
+        A training block of ``context`` tokens trains predictions from positions 0..context-2 only (the last
+        position has no next token inside the block), so the window stops one short of the context: reading the
+        never-trained last position turns the sample into noise once the window starts to slide."""
         if not self.cfg.sample_tokens:
             return None
         model.eval()
         ids = tokenizer(self.cfg.prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, T)
         context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 0
-        if self.cfg.sample_temperature == 0 and (not context or ids.shape[1] + self.cfg.sample_tokens <= context):
+        if self.cfg.sample_temperature == 0 and (not context or ids.shape[1] + self.cfg.sample_tokens < context):
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=self.cfg.sample_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
             return tokenizer.decode(out[0], skip_special_tokens=True)
         generator = torch.Generator().manual_seed(0)
         for _ in range(self.cfg.sample_tokens):
-            window = ids[:, -context:] if context else ids
+            window = ids[:, -(context - 1):] if context > 1 else ids
             logits = model(input_ids=window).logits[:, -1]  # (1, V)
             if self.cfg.sample_temperature == 0:
                 token = logits.argmax(dim=-1, keepdim=True)
