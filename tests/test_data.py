@@ -280,6 +280,20 @@ def test_more_clients_than_examples_is_a_data_error_naming_num_clients(synthetic
         split_federated(synthetic, DataConfig(max_examples=50), num_clients=30, seed=0)
 
 
+def test_a_strong_skew_that_leaves_parties_nearly_empty_steps_the_floor_down_rather_than_refusing(caplog):
+    # AG News-like: 4 classes, 1,200 examples, 10 parties at alpha 0.1; in most draws some party gets < 10
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=NAMES[:4])})
+    four = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(1200)],
+                                       "label": rng.integers(0, 4, 1200).tolist()}, features=features)
+
+    splits = [split_federated(four, DataConfig(alpha=0.1), num_clients=10, seed=seed) for seed in range(3)]
+
+    sizes = [[len(c.train) + len(c.val) for c in split.clients] for split in splits]
+    assert all(min(s) >= 2 and sum(s) == 960 for s in sizes), sizes  # 20% is the test set
+    assert any(min(s) < 10 for s in sizes) and "parties hold at least" in caplog.text
+
+
 def test_dirichlet_that_cannot_give_every_client_data_is_a_data_error_naming_the_fix(synthetic):
     with pytest.raises(DataError, match=re.escape("data.alpha")):
         split_federated(synthetic, DataConfig(alpha=0.001), num_clients=20, seed=0)

@@ -6,6 +6,8 @@ adds the held-out global test set, the per-client validation split and input che
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 
 import datasets
@@ -23,6 +25,8 @@ from flwr_datasets.partitioner import (
 from ffm.data.clusters import add_clusters
 from ffm.data.config import PARTITIONERS, DataConfig, PartitionerSpec
 from ffm.errors import DataError
+
+logger = logging.getLogger("ffm")
 
 __all__ = [
     "ClientData",
@@ -66,16 +70,36 @@ def make_partitioner(cfg: DataConfig, num_clients: int, seed: int, pool: dataset
 
 
 def _dirichlet(cfg: DataConfig, parties: int, seed: int, pool: datasets.Dataset) -> Partitioner:
-    num_examples = len(pool)
-    return DirichletPartitioner(
-        num_partitions=parties,
-        partition_by="cluster" if cfg.partitioner == "clusters" else "label",
-        alpha=cfg.alpha,
-        # Every client needs at least one training and one validation example.
-        min_partition_size=min(10, max(2, num_examples // (4 * parties))),
-        self_balancing=False,
-        seed=seed,
-    )
+    """flwr-datasets' Dirichlet partitioner with at least 10 examples a party where the draw allows it.
+
+    A strong skew (alpha 0.1 over few classes) leaves some parties almost empty in most draws, and
+    flwr-datasets gives up after 10 redraws; the floor then steps down (5, then 2: one training and one
+    validation example), with a warning, rather than refusing a standard benchmark setting."""
+    preferred = min(10, max(2, len(pool) // (4 * parties)))
+    floors = sorted({preferred, min(preferred, 5), 2}, reverse=True)
+    for floor in floors:
+        partitioner = DirichletPartitioner(
+            num_partitions=parties,
+            partition_by="cluster" if cfg.partitioner == "clusters" else "label",
+            alpha=cfg.alpha,
+            min_partition_size=floor,
+            self_balancing=False,
+            seed=seed,
+        )
+        partitioner.dataset = pool
+        try:
+            with warnings.catch_warnings():  # flwr-datasets warns at every redraw
+                warnings.simplefilter("ignore", UserWarning)
+                partitioner.load_partition(0)  # draws every partition
+        except ValueError:
+            if floor == floors[-1]:
+                raise
+            continue
+        if floor < preferred:
+            logger.warning("data.alpha=%s: no Dirichlet draw gave every party %d examples; parties hold at "
+                           "least %d", cfg.alpha, preferred, floor)
+        return partitioner
+    raise AssertionError(floors)  # the last floor returns or raises
 
 
 PARTITIONERS.register("dirichlet", PartitionerSpec(_dirichlet, by_label=True))
@@ -215,11 +239,13 @@ def split_federated(ds: datasets.Dataset, cfg: DataConfig, num_clients: int, see
             f"{cfg.unseen_fraction}) are too many for {len(pool)} training examples "
             f"(each needs at least 2); lower federation.num_clients or use more data"
         )
-    partitioner = make_partitioner(cfg, parties, seed, pool)
-    partitioner.dataset = pool
     clients: list[ClientData] = []
     for pid in range(parties):
         try:
+            if pid == 0:
+                partitioner = make_partitioner(cfg, parties, seed, pool)
+                if not partitioner.is_dataset_assigned():  # the Dirichlet one draws while it is made
+                    partitioner.dataset = pool
             part = partitioner.load_partition(pid)
         except ValueError as exc:
             raise DataError(
