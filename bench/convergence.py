@@ -8,6 +8,8 @@ others):
   (speaking roles grouped whole) with DiLoCo and with plain FedAvg, H = 8, 32 and 128 local steps between
   exchanges, at equal *total* tokens (2,000 steps across all parties) and at equal *per-party* steps (2,000 each);
   each party alone (mode=local, 2,000 steps each) as the local baseline.
+- ``studies``: the ``ffm compare`` studies at convergence (AG News, BBC; launched as each study config's header
+  says) summarized against their goals, their reports copied to ``bench/results/study-<name>-conv/``.
 - ``mlm``: MiniLM continued as a masked LM on BBC News, one newsroom per party (configs/minilm_mlm.yaml):
   centralized, FedAvg, and DiLoCo with a persistent inner optimizer, on the same tokens.
 
@@ -401,9 +403,82 @@ def strategies_report(results: dict[str, dict[str, dict]], chosen: dict[str, str
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------------
+# The classification studies at convergence (ffm compare; run by the command in each study config's header)
+
+STUDY_GOALS = {"0.5": -0.01, "0.1": -0.03}  # federated - centralized, mean over seeds, at least this
+
+
+def part_studies(work: Path, report_only: bool, only: set[str] | None = None) -> None:
+    """Summarize ``runs/study-<name>-conv`` (AG News, BBC) into convergence.md and copy each study's report and
+    plots to ``bench/results/study-<name>-conv/``. The studies themselves run through ``ffm compare`` (see the
+    launch line in configs/study_agnews.yaml), which caches and resumes its runs."""
+    import shutil
+
+    from ffm.study.report import to_target
+    from ffm.study.results import choose, chosen_rows, load_results, paired_difference
+
+    lines = ["## The classification studies at convergence (federated vs centralized vs local)", "",
+             "`ffm compare configs/study_<name>.yaml --seeds 3 --tune-seeds 1 --vary data.alpha=... --grid "
+             "train.lr=5e-4,2e-3,8e-3 --audit-examples 0 --study-dir runs/study-<name>-conv`: MiniLM + LoRA r=8, "
+             "10 clients (Dirichlet label skew) plus 2 unseen parties; every run stops when its validation "
+             "accuracy (the parties' own validation splits) has not improved for 4 rounds, at most 40 rounds; "
+             "equal compute per round (centralized: 50 steps on the pooled data; each federated or local client: "
+             "5); each mode's learning rate chosen on validation on seed 0, the other seeds at that point. "
+             "Test accuracy after the last round; goals: federated within 1 point of centralized at alpha 0.5, "
+             "within 3 at alpha 0.1 (mean over seeds).", ""]
+    for name in ("agnews", "bbc"):
+        study = REPO / "runs" / f"study-{name}-conv"
+        if not (study / "results.csv").is_file():
+            lines += [f"### {name}: not run yet", ""]
+            continue
+        rows = load_results(study / "results.csv")
+        chosen = choose(rows)
+        grid = sorted({r["grid"] for r in rows if r["grid"]}, key=lambda g: float(g.split("=")[1]))
+        lines += [f"### {name} ([REPORT](study-{name}-conv/REPORT.md))", "",
+                  "| alpha | mode | chosen lr | seeds | test accuracy (mean) | rounds (mean) | MB up + down | "
+                  "wall s |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        goals = []
+        picked = chosen_rows(rows)
+        for condition in dict.fromkeys(r["condition"] for r in picked):
+            group = [r for r in picked if r["condition"] == condition]
+            alpha = condition.split("=")[-1]
+            per_seed = {}
+            for mode in ("federated", "centralized", "local"):
+                runs = [r for r in group if r["mode"] == mode and r["final_test"] is not None]
+                if not runs:
+                    continue
+                per_seed[mode] = {r["seed"]: r["final_test"] for r in runs}
+                at_end = chosen[(condition, mode)] in (grid[0], grid[-1]) if grid else False
+                lines.append(f"| {alpha} | {mode} | {chosen[(condition, mode)].split('=')[-1]}"
+                             f"{' (grid end)' if at_end else ''} | {len(runs)} | "
+                             f"{sum(r['final_test'] for r in runs) / len(runs):.4f} | "
+                             f"{sum(r['rounds'] for r in runs) / len(runs):.1f} | "
+                             f"{sum(r['mb_up'] + r['mb_down'] for r in runs) / len(runs):.1f} | "
+                             f"{sum(r['wall_s'] for r in runs) / len(runs):.0f} |")
+            if {"federated", "centralized"} <= set(per_seed) and alpha in STUDY_GOALS:
+                mean, lo, hi, n = paired_difference(per_seed["federated"], per_seed["centralized"])
+                interval = "one seed" if lo is None else f"95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                met = mean >= STUDY_GOALS[alpha]
+                goals.append(f"- alpha {alpha}: federated - centralized {100 * mean:+.1f} points ({interval}, "
+                             f"{n} seeds); goal >= {100 * STUDY_GOALS[alpha]:+.0f}: **{'met' if met else 'not met'}**.")
+            if {"federated", "local"} <= set(per_seed):
+                mean, lo, hi, n = paired_difference(per_seed["federated"], per_seed["local"])
+                goals.append(f"- alpha {alpha}: federated - local {100 * mean:+.1f} points ({n} seeds).")
+        lines += ["", *goals, "", "Rounds, bytes and seconds to reach 95% and 99% of the centralized run's best "
+                  "validation accuracy (same seed):", "", to_target(rows), ""]
+        target = RESULTS / f"study-{name}-conv"
+        target.mkdir(exist_ok=True)
+        for path in [study / "REPORT.md", study / "results.csv", *study.glob("*.png")]:
+            if path.is_file():
+                shutil.copy(path, target / path.name)
+        lines += [f"![accuracy per round](study-{name}-conv/accuracy_per_round.png)", ""]
+    _section(RESULTS / "convergence.md", "studies", "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", action="append", choices=["anchor", "mlm", "strategies"], required=True)
+    parser.add_argument("--part", action="append", choices=["anchor", "mlm", "strategies", "studies"], required=True)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-convergence")
     parser.add_argument("--report-only", action="store_true", help="report the runs already done; run nothing")
     parser.add_argument("--only", help="comma-separated run names to run now (the others: reported if done)")
@@ -411,8 +486,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     for part in args.part:
-        {"anchor": part_anchor, "mlm": part_mlm, "strategies": part_strategies}[part](args.work, args.report_only,
-                                                                                     only)
+        parts = {"anchor": part_anchor, "mlm": part_mlm, "strategies": part_strategies, "studies": part_studies}
+        parts[part](args.work, args.report_only, only)
     print(f"written to {RESULTS / 'convergence.md'}")
 
 

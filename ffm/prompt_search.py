@@ -223,6 +223,7 @@ def run_prompt_search(grid: Grid, job: Job, ws: Workspace, run: RunDirectory) ->
     candidates = initial_candidates(job, ws.task)
     tried: dict[Candidate, float] = {}
     own_best: dict[int, Candidate] = {}  # each client's own choice: what it would pick alone
+    raw: dict[Candidate, dict[int, tuple[float, int]]] = {}  # each party's own (score, examples) per candidate
     bytes_down = bytes_up = 0
     best = candidates[0]
     tested: dict[Candidate, float] = {}  # test accuracy by candidate: each is evaluated on the test set once
@@ -246,8 +247,10 @@ def run_prompt_search(grid: Grid, job: Job, ws: Workspace, run: RunDirectory) ->
         means = aggregate_scores([(s, n) for _, s, n in replies], job, noise)
         for cand, value in zip(candidates, means, strict=True):
             tried[cand] = float(value)
-        for party, scores, _ in replies:
+        for party, scores, count in replies:
             own_best[party] = candidates[int(np.argmax(scores))]
+            for cand, score in zip(candidates, scores, strict=True):
+                raw.setdefault(cand, {})[party] = (score, count)
         best = max(tried, key=tried.get)
         line = {"round": server_round, "candidates": [c.as_json() for c in candidates],
                 "scores": [float(v) for v in means], "best": best.as_json(), "best_score": tried[best],
@@ -258,7 +261,7 @@ def run_prompt_search(grid: Grid, job: Job, ws: Workspace, run: RunDirectory) ->
         run.append_metrics(line)
         logger.info("round %d: best %r score %.4f test accuracy %.4f", server_round, best.template,
                     tried[best], line["test_accuracy"])
-    central = _central_choice(ws, list(tried)) if ws.data.clients else None  # simulation: the server holds all
+    central = _central_choice(ws, list(tried), raw) if ws.data.clients else None  # simulation: the server holds all
     single = {str(p): test_of(c) for p, c in sorted(own_best.items())}
     summary = {
         "mode": str(job.mode), "task": job.task.name, "primary_metric": "accuracy", "higher_is_better": True,
@@ -277,20 +280,22 @@ def run_prompt_search(grid: Grid, job: Job, ws: Workspace, run: RunDirectory) ->
     return summary
 
 
-def _central_choice(ws: Workspace, candidates: list[Candidate]) -> Candidate:
-    """The baseline that sees all data: the candidate with the best score on the pooled training data."""
-    import datasets
+def _central_choice(ws: Workspace, candidates: list[Candidate],
+                    raw: dict[Candidate, dict[int, tuple[float, int]]]) -> Candidate:
+    """The baseline that sees all data: the candidate with the best score on the pooled training data.
 
-    pooled = datasets.concatenate_datasets([d for c in ws.data.clients for d in (c.train, c.val)])
-    best, best_score = candidates[0], -float("inf")
+    A score is a mean over examples, so the pooled score is the example-weighted mean of the parties' own
+    scores: those the search already computed are reused and only the (party, candidate) pairs no reply
+    covered are scored here (re-scoring every candidate on the pooled data doubled a search's time)."""
+    pooled: dict[Candidate, float] = {}
     for cand in candidates:
-        task = _candidate_task(ws, cand)
-        result = task.evaluate(ws.model, task.encode(pooled, ws.tokenizer, ws.job.model.max_length),
-                               ws.job.train.eval_batch_size)
-        value = result["accuracy"] if ws.job.search.score == "accuracy" else -result["loss"]
-        if value > best_score:
-            best, best_score = cand, value
-    return best
+        known = dict(raw.get(cand, {}))
+        for party in range(len(ws.data.clients)):
+            if party not in known:
+                (score,), count = score_candidates(ws, party, [cand])
+                known[party] = (score, count)
+        pooled[cand] = sum(s * n for s, n in known.values()) / max(sum(n for _, n in known.values()), 1)
+    return max(candidates, key=lambda c: pooled[c])  # the first of equals, as before
 
 
 def scores_reply(ws: Workspace, index: int, record: ConfigRecord) -> RecordDict:

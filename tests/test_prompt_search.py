@@ -74,6 +74,34 @@ def test_the_verbalizer_scores_each_label_word_at_the_last_real_token(tiny_llama
     assert task.evaluate(wrong, data, batch_size=2)["accuracy"] == 0.0
 
 
+@pytest.mark.parametrize("soft_prompt", [False, True])
+def test_the_label_scores_put_only_each_examples_last_position_through_the_lm_head(tiny_llama_dir, soft_prompt):
+    import datasets
+    from peft import PromptTuningConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    if soft_prompt:  # virtual tokens in front of every example: the last real position moves right
+        model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    task = build_task(VerbalizerConfig(template="News: {text}\nTopic:", verbalizer=["sport", "tech"]))
+    task.label_names = ["sport", "tech"]
+    ds = datasets.Dataset.from_dict({"text": ["a long text " * 40, "short", "middling text here"], "label": [1, 0, 1]})
+    batch = task.encode(ds, tokenizer, max_length=24).tensors
+    through_head: list[int] = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: through_head.append(args[0].shape[:-1].numel()))
+
+    with torch.inference_mode():
+        scores = task._label_logits(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = full[:, -batch["input_ids"].shape[1]:]
+    last = batch["attention_mask"].sum(dim=1) - 1
+    expected = full[torch.arange(3), last].gather(1, batch["label_token_ids"])
+
+    assert torch.allclose(scores, expected, atol=1e-5)
+    assert through_head[:2] == [3, 3]  # one position of logits from the model (logits_to_keep=1), 3 rows after
+
+
 def test_label_words_sharing_a_first_token_are_an_error(tiny_llama_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     task = build_task(VerbalizerConfig(verbalizer=["sport", "sport"]))
@@ -173,3 +201,41 @@ def test_search_from_a_run_of_another_model_is_a_clear_error(job_factory, tiny_l
     run_local(other)
     with pytest.raises(DataError, match="another model or method"):
         run_local(_search_job(job_factory, tiny_llama_dir, model__init_from=other.run_dir))
+
+
+def test_the_central_baseline_is_the_best_candidate_on_the_pooled_data_without_scoring_it_twice(
+        job_factory, tiny_llama_dir, monkeypatch):
+    import datasets
+
+    import ffm.prompt_search as search
+
+    job = _search_job(job_factory, tiny_llama_dir, "central", federation__fraction_train=0.5)
+    scored: list[tuple[int, int]] = []  # (party, candidates) per call
+    original = search.score_candidates
+    monkeypatch.setattr(search, "score_candidates",
+                        lambda ws, index, cands: scored.append((index, len(cands))) or original(ws, index, cands))
+
+    summary, _ = run_local(job)
+
+    ws = workspace_for(job)
+    pooled = datasets.concatenate_datasets([d for c in ws.data.clients for d in (c.train, c.val)])
+    tried = [Candidate(t, tuple(w)) for line in _metrics(job) for t, w in line["candidates"]]
+    accuracy = {}
+    for cand in dict.fromkeys(tried):
+        task = ws.task.with_prompt(cand.template, list(cand.words))
+        accuracy[cand] = task.evaluate(ws.model, task.encode(pooled, ws.tokenizer, job.model.max_length),
+                                       job.train.eval_batch_size)["accuracy"]
+    best = max(accuracy.values())
+    assert accuracy[Candidate(summary["central_choice"][0], tuple(summary["central_choice"][1]))] == pytest.approx(best)
+    asked = sum(len(line["clients"]) * len(line["candidates"]) for line in _metrics(job))
+    parties = len(ws.data.clients)
+    assert sum(n for _, n in scored) == parties * len(accuracy) + asked - _covered(job)  # the rest came from replies
+
+
+def _metrics(job) -> list[dict]:
+    return [json.loads(x) for x in Path(job.run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+def _covered(job) -> int:
+    """(party, candidate) pairs some reply scored, counted once."""
+    return len({(p, t, tuple(w)) for line in _metrics(job) for p in line["clients"] for t, w in line["candidates"]})

@@ -111,13 +111,24 @@ class VerbalizerClassification(Task):
         return Examples(tensors, mask.sum(dim=1))
 
     def _label_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, classes): the LM head's logits of each label word at each example's last real position."""
+        """(B, classes): the LM head's logits of each label word at each example's last real position.
+
+        Only those B positions go through the LM head: the model returns its last hidden states (and one
+        position of logits, ``logits_to_keep=1``) instead of B x T x V logits, a fifth of SmolLM2's compute and
+        300 MB a batch of 16 at 96 tokens. Models whose head does more than the output embedding (Gemma's logit
+        soft-capping) take the full path."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        logits = logits[:, -ids.shape[1]:]  # soft prompts add virtual positions in front
         last = mask.sum(dim=1) - 1
-        at_last = logits[torch.arange(len(ids)), last]  # (B, V)
-        return at_last.gather(1, batch["label_token_ids"])
+        rows = torch.arange(len(ids))
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        config = getattr(model, "config", None)
+        if isinstance(head, nn.Module) and not getattr(config, "final_logit_softcapping", None):
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+            hidden = out.hidden_states[-1][:, -ids.shape[1]:]  # soft prompts add virtual positions in front
+            return head(hidden[rows, last]).gather(1, batch["label_token_ids"])
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits[:, -ids.shape[1]:]
+        return logits[rows, last].gather(1, batch["label_token_ids"])
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(self._label_logits(model, batch), batch["labels"])
