@@ -10,8 +10,6 @@ It never learns which Grid carried it.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -43,6 +41,7 @@ from ffm.local_training import (
     optimizer_state,
     round_lr_sum,
     run_scheduler,
+    straggler_steps,
     train_steps,
 )
 from ffm.methods import PartyAdjustment, build_method
@@ -146,8 +145,15 @@ def _client_record(party: int) -> ConfigRecord:
 def train(msg: Message, context: Context) -> Message:
     """Local steps on this node's training split, from the received global state."""
     job, workspace, index, party = _workspace(context)
+    method = build_method(job.method)
+    own = method.client_round()
+    if own is not None:  # FedKSeed: zeroth-order steps from shared seeds, step records instead of a state
+        content = own.train(job, workspace, index, party, msg, context)
+        for key, value in reply_metrics(job).items():
+            content[METRICS_KEY][key] = value
+        return Message(content, reply_to=msg)
     model = workspace.model
-    adjust = build_method(job.method).for_party(party)
+    adjust = method.for_party(party)
     global_state = _load(workspace, msg, context, adjust)
     config = msg.content[CONFIG_KEY]
     server_round = int(config[SERVER_ROUND])
@@ -252,14 +258,6 @@ def _steps_before(workspace: Workspace, index: int, server_round: int) -> int:
     return sum(workspace.local_steps(index, workspace.stream.stage_of(r)) for r in range(1, server_round))
 
 
-def straggler_steps(steps: int, spread: float, seed: int) -> int:
-    """A straggler's share of its steps this round: uniform in [ceil((1 - spread) * steps), steps]."""
-    if spread <= 0.0:
-        return steps
-    low = max(1, math.ceil((1.0 - spread) * steps))
-    return random.Random(seed).randint(low, steps)
-
-
 def flip_labels(batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> Iterator[dict[str, torch.Tensor]]:
     """Label y becomes num_labels - 1 - y (the classic label-flipping poisoning attack)."""
     if num_labels < 2:
@@ -272,7 +270,12 @@ def flip_labels(batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> 
 def evaluate(msg: Message, context: Context) -> Message:
     """The task's metrics of the received state (with this node's personal part) on its own validation split."""
     job, workspace, index, party = _workspace(context)
-    _load(workspace, msg, context, build_method(job.method).for_party(party))
+    method = build_method(job.method)
+    own = method.client_round()
+    if own is not None:
+        own.load(workspace, msg, context)
+    else:
+        _load(workspace, msg, context, method.for_party(party))
     stage = workspace.stream.stage_of(int(msg.content[CONFIG_KEY].get(SERVER_ROUND, 1)))
     result = workspace.task.evaluate(workspace.model, workspace.examples("val", index, stage),
                                      job.train.eval_batch_size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ from torch import nn
 from ffm.settings import option, require
 
 __all__ = ["GradHook", "Penalty", "TokenCount", "TrainConfig", "load_optimizer_state", "lr_factor", "make_optimizer",
-           "optimizer_state", "round_lr_sum", "run_scheduler", "train_steps"]
+           "optimizer_state", "round_lr_factors", "round_lr_sum", "run_scheduler", "straggler_steps",
+           "train_steps"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -127,9 +129,10 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer '{kind}' (adamw | sgd)")
 
 
-def _round_factors(
+def round_lr_factors(
     kind: str, warmup_ratio: float, steps: int, server_round: int, rounds: int, min_lr_ratio: float = 0.0
 ) -> Callable[[int], float]:
+    """Step i of this round -> its multiplier of the peak learning rate under the run-long schedule."""
     total = steps * rounds
     offset = steps * (server_round - 1)
     warmup = round(warmup_ratio * total)
@@ -141,7 +144,7 @@ def run_scheduler(
     min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The run-long schedule positioned at this round's ``steps`` (see the module docstring)."""
-    factors = _round_factors(kind, warmup_ratio, steps, server_round, rounds, min_lr_ratio)
+    factors = round_lr_factors(kind, warmup_ratio, steps, server_round, rounds, min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
@@ -152,7 +155,7 @@ def round_lr_sum(lr: float, *, kind: str, warmup_ratio: float, steps: int, serve
     SCAFFOLD's control variate and FedNova's normalization divide a client's update by it: for plain SGD the
     update is this sum times the mean gradient (momentum beta scales it by 1 / (1 - beta)).
     """
-    factor = _round_factors(kind, warmup_ratio, steps, server_round, rounds, min_lr_ratio)
+    factor = round_lr_factors(kind, warmup_ratio, steps, server_round, rounds, min_lr_ratio)
     return lr * sum(factor(i) for i in range(steps))
 
 
@@ -217,3 +220,11 @@ def train_steps(
         seen += n
     model.eval()
     return total / max(seen, 1), seen
+
+
+def straggler_steps(steps: int, spread: float, seed: int) -> int:
+    """A straggler's share of its steps this round: uniform in [ceil((1 - spread) * steps), steps]."""
+    if spread <= 0.0:
+        return steps
+    low = max(1, math.ceil((1.0 - spread) * steps))
+    return random.Random(seed).randint(low, steps)

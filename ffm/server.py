@@ -65,9 +65,9 @@ def build_strategy(job: Job) -> Strategy:
     method = build_method(job.method)
     if spec.outer_on_mean and privacy.wraps_mean(job):  # the server optimizer steps on the released (noised) mean
         strategy = spec.outer(job.strategy, job.federation)
-        strategy.inner = privacy.wrap_strategy(method.wrap_strategy(strategy.inner), job)
+        strategy.inner = privacy.wrap_strategy(method.wrap_strategy(strategy.inner, job), job)
     else:
-        strategy = privacy.wrap_strategy(method.wrap_strategy(spec.build(job.strategy, job.federation)), job)
+        strategy = privacy.wrap_strategy(method.wrap_strategy(spec.build(job.strategy, job.federation), job), job)
     if job.federation.sampling == "poisson":
         strategy = PoissonSampling(strategy, rate=job.federation.fraction_train, seed=job.seed)
     return strategy

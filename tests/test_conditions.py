@@ -12,9 +12,10 @@ import torch
 from conftest import checkpoint_state
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
-from ffm.client import flip_labels, straggler_steps
+from ffm.client import flip_labels
 from ffm.config import load_job
 from ffm.errors import RoundFailedError
+from ffm.local_training import straggler_steps
 from ffm.mods import MODS, is_attacker
 from ffm.runtime import run_local, set_message_id, set_task_identity
 from ffm.server import build_strategy

@@ -8,7 +8,7 @@ for all virtual clients.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flwr.serverapp.strategy import Strategy
 from peft import get_peft_model
@@ -17,10 +17,13 @@ from torch import nn
 from ffm.errors import ConfigError
 from ffm.local_training import GradHook
 from ffm.registry import Registry
-from ffm.settings import items, option
+from ffm.settings import Job, items, option
 from ffm.tasks import Task
 
-__all__ = ["METHODS", "Method", "MethodConfig", "PartyAdjustment", "with_peft_adapters"]
+if TYPE_CHECKING:
+    from flwr.app import Context, Message, RecordDict
+
+__all__ = ["METHODS", "ClientRound", "Method", "MethodConfig", "PartyAdjustment", "with_peft_adapters"]
 
 
 @dataclass
@@ -40,6 +43,18 @@ class PartyAdjustment:
     after_load: list[GradHook] = field(default_factory=list)  # each called with the model
     grad_hooks: list[GradHook] = field(default_factory=list)
     metrics: dict[str, int | float] = field(default_factory=dict)
+
+
+class ClientRound:
+    """The client half of a method that does not train on a received state (:meth:`Method.client_round`)."""
+
+    def load(self, workspace: Any, msg: Message, context: Context) -> None:
+        """Put the global model the message describes into ``workspace.model`` (before an evaluation)."""
+        raise NotImplementedError
+
+    def train(self, job: Job, workspace: Any, index: int, party: int, msg: Message, context: Context) -> RecordDict:
+        """This party's round: the reply's content."""
+        raise NotImplementedError
 
 
 class Method:
@@ -77,9 +92,14 @@ class Method:
         """What party ``party`` does differently (nothing, for most methods)."""
         return PartyAdjustment()
 
-    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+    def wrap_strategy(self, strategy: Strategy, job: Job) -> Strategy:
         """The method's server half around the aggregation rule (none, for most methods)."""
         return strategy
+
+    def client_round(self) -> ClientRound | None:
+        """A method that trains and replies its own way (FedKSeed: zeroth-order steps, step records instead of a
+        state): its client half; None = gradient steps on the received state (every other method)."""
+        return None
 
 
 def with_peft_adapters(model: nn.Module, task: Task, config_class: type, *, marker: str, train_head: bool,

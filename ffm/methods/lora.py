@@ -16,7 +16,7 @@ from torch import nn
 from ffm.methods.base import Method, MethodConfig, PartyAdjustment, with_peft_adapters
 from ffm.methods.lora_aggregation import LoraAggregation
 from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
-from ffm.settings import items, option, require
+from ffm.settings import Job, items, option, require
 from ffm.tasks import Task
 
 __all__ = ["Lora", "LoraMethodConfig"]
@@ -75,7 +75,7 @@ class Lora(Method):
         return PartyAdjustment(after_load=[lambda model: truncate_rank(model, rank)],
                                grad_hooks=[_LazyMask(rank)], metrics={RANK_KEY: rank})
 
-    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+    def wrap_strategy(self, strategy: Strategy, job: Job) -> Strategy:
         if not self.needs_each_update:
             return strategy
         return LoraAggregation(strategy, exact=self.cfg.aggregation == "exact",

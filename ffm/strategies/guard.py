@@ -184,8 +184,9 @@ class UpdateGuard(StrategyWrapper):
         if METRICS_KEY not in content.metric_records:
             return f"no MetricRecord '{METRICS_KEY}' (with num-examples)"
         key = getattr(self.inner, "arrayrecord_key", ARRAYS_KEY)
-        if key is None:  # a strategy that expects replies without tensors (e.g. prompt scores)
-            return None
+        if key is None:  # replies that carry no state (prompt scores, FedKSeed's step records): the rule checks
+            check = getattr(self.inner, "reply_problem", None)
+            return check(content) if check is not None else None
         if key not in content.array_records:
             return f"no ArrayRecord '{key}' in the reply"
         return check_update(content[key].to_torch_state_dict(), self._expected)
