@@ -130,6 +130,8 @@ def _load(workspace: Workspace, msg: Message, context: Context, adjust: PartyAdj
     """Load the received global state and this node's personal part, adjusted for this party (e.g. truncated to
     its LoRA rank); return the global state."""
     received = msg.content[ARRAYS_KEY].to_torch_state_dict()
+    if adjust.receive is not None:  # e.g. a lower LoRA rank's adapters arrive trimmed
+        received = adjust.receive(received)
     mine = context.state[PERSONAL_KEY].to_torch_state_dict() if PERSONAL_KEY in context.state.array_records else None
     workspace.load(received, mine)
     for hook in adjust.after_load:
@@ -211,6 +213,8 @@ def train(msg: Message, context: Context) -> Message:
     # The effective learning rate summed over the steps: SCAFFOLD and FedNova normalize updates by it.
     lr_sum = round_lr_sum(train.lr, **schedule) / (1.0 - train.momentum if train.optimizer == "sgd" else 1.0)
     shared, personal = split_personal(trainable_state(model), job.method.personal)
+    if adjust.send is not None:
+        shared = adjust.send(shared)
     if personal:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,

@@ -98,16 +98,76 @@ def test_heterogeneous_ranks_that_are_all_equal_federate_as_plain_fedavg(job_fac
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
-def test_a_rank_2_client_trains_and_sends_a_rank_2_adapter(job_factory, carried):
-    run_local(job_factory(method__r=4, method__client_ranks=[2, 4]))
+def test_each_party_receives_trains_and_sends_only_its_own_rank(job_factory, carried, monkeypatch):
+    sent_up: list[tuple[int, dict]] = []
+    expand = LoraAggregation.expand_reply
 
-    train = [r for m, r in carried if m.metadata.message_type == MessageType.TRAIN]
-    for reply in train:
-        rank, sent = reply.content["metrics"][RANK_KEY], reply.content["arrays"].to_torch_state_dict()
-        pairs = lora_pairs(sent).values()
-        assert pairs and all(not sent[a][rank:].any() and not sent[b][:, rank:].any() for a, b in pairs)
-        assert all(sent[a][:rank].any() for a, _ in pairs)
-    assert sorted({r.content["metrics"][RANK_KEY] for r in train}) == [2, 4]
+    def record(self, content):  # what travelled, before the server pads it back to the global rank
+        sent_up.append((int(content["metrics"][RANK_KEY]), content["arrays"].to_torch_state_dict()))
+        expand(self, content)
+
+    monkeypatch.setattr(LoraAggregation, "expand_reply", record)
+    job = job_factory(method__r=4, method__client_ranks=[2, 4])
+    run_local(job)
+
+    down = [m for m, _ in carried if m.metadata.message_type == MessageType.TRAIN]
+    ranks = {2, 4}
+    assert {lora_pairs(m.content["arrays"]).__len__() > 0 for m in down} == {True}
+    assert {m.content["arrays"][next(iter(lora_pairs(m.content["arrays"]).values()))[0]].shape[0]
+            for m in down} == ranks  # each node got A[:r_i] only
+    assert len(sent_up) == len(down) and {rank for rank, _ in sent_up} == ranks
+    for rank, state in sent_up:
+        for a, b in lora_pairs(state).values():
+            assert state[a].shape[0] == rank and state[b].shape[1] == rank and state[a].any()
+
+
+def test_flexlora_gives_every_rank_the_truncated_svd_of_the_mean_product():
+    states, ranks, examples = _clients(), [2, 4, 4], [10, 30, 60]
+    for s, r in zip(states, ranks, strict=True):
+        s[A][r:] = 0
+        s[B][:, r:] = 0
+    wrapper = LoraAggregation(_fedavg(), exact=False, heterogeneous=True, scaling=1.0, rank_rule="flexlora")
+
+    arrays, _ = wrapper.aggregate_train(1, [_reply(n, s, e, r) for n, s, e, r in zip((1, 2, 3), states, examples,
+                                                                                       ranks, strict=True)])
+
+    out = arrays.to_torch_state_dict()
+    p = [e / sum(examples) for e in examples]
+    mean = sum(pi * (s[B].double() @ s[A].double()) for pi, s in zip(p, states, strict=True))
+    u, sv, vh = torch.linalg.svd(mean)
+    for r in (2, 4):  # a rank-r client keeps the first r components: the best rank-r approximation
+        best = (u[:, :r] * sv[:r]) @ vh[:r]
+        torch.testing.assert_close(out[B][:, :r].double() @ out[A][:r].double(), best, rtol=0, atol=1e-5)
+
+
+def test_stacking_makes_the_global_model_exactly_the_mean_of_the_clients_models():
+    states, ranks, examples, scaling = _clients(), [2, 4, 4], [10, 30, 60], 2.0
+    for s, r in zip(states, ranks, strict=True):
+        s[A][r:] = 0
+        s[B][:, r:] = 0
+    start = {A: torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), B: torch.zeros(6, 4)}
+    wrapper = LoraAggregation(_fedavg(), exact=False, heterogeneous=True, scaling=scaling, rank_rule="stack")
+    wrapper.configure_train(1, ArrayRecord(start), ConfigRecord({}), _Nodes())
+
+    arrays, _ = wrapper.aggregate_train(1, [_reply(n, s, e, r) for n, s, e, r in zip((1, 2, 3), states, examples,
+                                                                                       ranks, strict=True)])
+
+    out = arrays.to_torch_state_dict()
+    p = [e / sum(examples) for e in examples]
+    target = scaling * sum(pi * (s[B].double() @ s[A].double()) for pi, s in zip(p, states, strict=True))
+    assert torch.equal(out[A], start[A]) and not out[B].any()  # the adapters restart from where the round began
+    torch.testing.assert_close(out[f"{BASE_DELTA_PREFIX}m.base_layer.weight"].double(), target, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["flexlora", "stack"])
+def test_a_mixed_rank_run_federates_with_each_rank_rule(job_factory, rule):
+    job = job_factory(rule, method__r=4, method__client_ranks=[2, 4], method__rank_aggregation=rule)
+
+    summary, _ = run_local(job)
+
+    assert summary["rounds"] == 2 and summary["rejected_updates"] == 0
+    deltas = [k for k in _final(job) if k.startswith(BASE_DELTA_PREFIX)]
+    assert bool(deltas) == (rule == "stack")
 
 
 def test_an_exact_run_makes_the_global_model_the_mean_of_the_clients_models(job_factory, carried):

@@ -7,9 +7,11 @@ for all virtual clients.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from flwr.serverapp.strategy import Strategy
 from peft import get_peft_model
 from torch import nn
@@ -38,11 +40,15 @@ class MethodConfig:
 @dataclass
 class PartyAdjustment:
     """What one party does differently under a method: after a state is loaded (``after_load``), while it
-    trains (``grad_hooks``), and what it adds to its train metrics."""
+    trains (``grad_hooks``), what it adds to its train metrics, and how its share of the state travels
+    (``receive`` turns what the server sent into the full state, ``send`` the full state into what it sends:
+    a lower LoRA rank travels trimmed)."""
 
     after_load: list[GradHook] = field(default_factory=list)  # each called with the model
     grad_hooks: list[GradHook] = field(default_factory=list)
     metrics: dict[str, int | float] = field(default_factory=dict)
+    receive: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # the global state as sent
+    send: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # the reply's state as sent
 
 
 class ClientRound:

@@ -15,8 +15,8 @@ from torch import nn
 
 from ffm.methods.base import Method, MethodConfig, PartyAdjustment, with_peft_adapters
 from ffm.methods.lora_aggregation import LoraAggregation
-from ffm.methods.lora_federation import RANK_KEY, client_rank, rank_mask_hook, truncate_rank
-from ffm.settings import Job, items, option, require
+from ffm.methods.lora_federation import RANK_KEY, client_rank, pad_rank, rank_mask_hook, trim_rank, truncate_rank
+from ffm.settings import CHECKS, Job, items, option, require
 from ffm.tasks import Task
 
 __all__ = ["Lora", "LoraMethodConfig"]
@@ -39,6 +39,11 @@ class LoraMethodConfig(MethodConfig):
     )
     client_ranks: list[int] = items("heterogeneous ranks: client k uses client_ranks[k % len] (each <= r); empty = "
                                     "all use r")
+    rank_aggregation: str = option(
+        "mean", "with client_ranks: mean (each rank component over the clients that have it) | flexlora (the mean of "
+        "the clients' B A, then its truncated SVD: each client gets the best approximation of its rank) | stack "
+        "(FLoRA: the exact mean of B A into the frozen base, which then travels down; adapters restart each round)",
+        choices=("mean", "flexlora", "stack"))
 
     def __post_init__(self) -> None:
         require(self.r >= 1, "method.r (LoRA rank) must be at least 1")
@@ -71,15 +76,18 @@ class Lora(Method):
         """A party of a lower rank zeroes the components beyond it on load and keeps them zero as it trains."""
         if not self.cfg.client_ranks:
             return PartyAdjustment()
-        rank = client_rank(self.cfg.client_ranks, party, self.cfg.r)
+        rank, full = client_rank(self.cfg.client_ranks, party, self.cfg.r), self.cfg.r
         return PartyAdjustment(after_load=[lambda model: truncate_rank(model, rank)],
-                               grad_hooks=[_LazyMask(rank)], metrics={RANK_KEY: rank})
+                               grad_hooks=[_LazyMask(rank)], metrics={RANK_KEY: rank},
+                               receive=lambda state: pad_rank(state, full), send=lambda state: trim_rank(state, rank))
 
     def wrap_strategy(self, strategy: Strategy, job: Job) -> Strategy:
         if not self.needs_each_update:
             return strategy
-        return LoraAggregation(strategy, exact=self.cfg.aggregation == "exact",
-                               heterogeneous=bool(self.cfg.client_ranks), scaling=self.cfg.alpha / self.cfg.r)
+        ranks = self.cfg.client_ranks
+        return LoraAggregation(strategy, exact=self.cfg.aggregation == "exact", scaling=self.cfg.alpha / self.cfg.r,
+                               heterogeneous=bool(ranks), rank_of=lambda party: client_rank(ranks, party, self.cfg.r),
+                               rank_rule=self.cfg.rank_aggregation)
 
 
 class _LazyMask:
@@ -93,3 +101,13 @@ class _LazyMask:
         if self.hook is None:
             self.hook = rank_mask_hook(model, self.rank)
         self.hook(model)
+
+
+def check_mixed_ranks(job: Job) -> None:
+    """A lower rank travels trimmed: a codec that encodes against the full state sent cannot decode it."""
+    if job.method.name == "lora" and job.method.client_ranks:
+        require(job.client.compression == "none", "method.client_ranks sends each party its own rank, which "
+                "client.compression cannot encode yet: set client.compression=none")
+
+
+CHECKS.register("mixed_lora_ranks_travel_trimmed", check_mixed_ranks)

@@ -16,10 +16,19 @@ about 7 MB per client per round against ~0.1 MB of adapters); clients never send
 
 **Heterogeneous ranks** (``method.client_ranks``). Every model holds adapters of the largest rank
 ``method.r``; a client of rank r_i (tiers by partition id, round-robin) uses only the first r_i components:
-it zeroes A[r_i:] and B[:, r_i:] when it loads the global state (truncation) and keeps them zero while it
-trains (its gradients there are masked), so it trains and sends a rank-r_i adapter, zero-padded. The server
-averages each rank component over the clients that have it (weighted by examples): component j of the global
-adapter is the mean of the clients with r_i > j. With equal ranks this is plain FedAvg.
+it keeps A[r_i:] and B[:, r_i:] at zero while it trains (its gradients there are masked). Only its own rank
+travels: the server sends it A[:r_i] and B[:, :r_i] and it replies with its rank-r_i adapter
+(:func:`trim_rank` / :func:`pad_rank`). How the server combines the ranks (``method.rank_aggregation``):
+
+- ``mean`` (HetLoRA-style): component j of the global adapter is the example-weighted mean over the clients
+  with r_i > j. With equal ranks this is plain FedAvg.
+- ``flexlora`` (FlexLoRA, Bai et al. 2024): the example-weighted mean of the clients' products B_i A_i, then its
+  truncated SVD as the global adapter (B = U sqrt(S), A = sqrt(S) V^T, components by falling singular value);
+  a client of rank r_i then receives the first r_i components: the best rank-r_i approximation of the mean.
+- ``stack`` (FLoRA, Wang et al. 2024): the mean of the products exactly (stacking the clients' A and B makes
+  their weighted sum one product) goes into the frozen base as a ``base-delta:`` entry, and the adapters
+  start again from their initial values each round, so the global model is exactly the mean of the clients'
+  models. The deltas travel down as exact aggregation's do (full matrices).
 
 This module holds the model side (used by the ClientApp and the workspace); the server side is
 :mod:`ffm.methods.lora_aggregation`, and :class:`ffm.methods.lora.Lora` wires both into the job.
@@ -40,7 +49,9 @@ __all__ = [
     "apply_base_delta",
     "client_rank",
     "lora_pairs",
+    "pad_rank",
     "rank_mask_hook",
+    "trim_rank",
     "truncate_rank",
 ]
 
@@ -64,6 +75,25 @@ def lora_pairs(names: Iterable[str]) -> dict[str, tuple[str, str]]:
 def client_rank(ranks: list[int], party: int, full: int) -> int:
     """The rank of a party's tier (round-robin over ``method.client_ranks``; all ``full`` when it is empty)."""
     return ranks[party % len(ranks)] if ranks else full
+
+
+def trim_rank(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """The state as a rank-``rank`` party's share travels: A[:rank] and B[:, :rank], the rest as it is."""
+    out = dict(state)
+    for a, b in lora_pairs(state).values():
+        out[a], out[b] = state[a][:rank].clone(), state[b][:, :rank].clone()
+    return out
+
+
+def pad_rank(state: dict[str, torch.Tensor], full: int) -> dict[str, torch.Tensor]:
+    """A trimmed share back at rank ``full``: the missing components are zero."""
+    out = dict(state)
+    for a, b in lora_pairs(state).values():
+        rank = state[a].shape[0]
+        if rank < full:
+            out[a] = torch.cat([state[a], state[a].new_zeros(full - rank, state[a].shape[1])])
+            out[b] = torch.cat([state[b], state[b].new_zeros(state[b].shape[0], full - rank)], dim=1)
+    return out
 
 
 @torch.no_grad()

@@ -120,6 +120,9 @@ class UpdateGuard(StrategyWrapper):
                 log.rejected.append({**info, "reason": f"client error: {msg.error.reason}"})
                 continue
             log.bytes_up += sum(state_nbytes(r) for r in msg.content.array_records.values())
+            expand = getattr(self.inner, "expand_reply", None)  # a share that travels trimmed (a lower LoRA rank)
+            if expand is not None and not msg.has_error():
+                expand(msg.content)
             problem = self._decode(msg) or self._problem(msg)
             if problem:
                 logger.warning("round %d: rejected update from node %s: %s", server_round, info["node"], problem)
