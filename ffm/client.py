@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -189,6 +189,8 @@ def train(msg: Message, context: Context) -> Message:
     batches = TokenCount(batches)
     started = time.perf_counter()
     with ExitStack() as stack:
+        if adjust.view is not None:  # offsite-tuning: the party trains the emulator
+            stack.enter_context(adjust.view(model))
         trained, stepping = model, optimizer
         if private:  # Opacus's hooks live for this client's round only (the backbone is shared)
             trained, stepping = stack.enter_context(dp_sgd_session(
@@ -278,11 +280,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     own = method.client_round()
     if own is not None:
         own.load(workspace, msg, context)
+        adjust = PartyAdjustment()
     else:
-        _load(workspace, msg, context, method.for_party(party))
+        adjust = method.for_party(party)
+        _load(workspace, msg, context, adjust)
     stage = workspace.stream.stage_of(int(msg.content[CONFIG_KEY].get(SERVER_ROUND, 1)))
-    result = workspace.task.evaluate(workspace.model, workspace.examples("val", index, stage),
-                                     job.train.eval_batch_size)
+    with adjust.view(workspace.model) if adjust.view is not None else nullcontext():
+        result = workspace.task.evaluate(workspace.model, workspace.examples("val", index, stage),
+                                         job.train.eval_batch_size)
     metrics = MetricRecord({k if k == "num-examples" else f"val-{k}": v for k, v in result.items()}
                            | reply_metrics(job))
     return Message(RecordDict({METRICS_KEY: metrics, CLIENT_KEY: _client_record(party)}), reply_to=msg)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
+from ffm.methods import build_method
 from ffm.workspace import Workspace
 
 __all__ = ["Evaluator"]
@@ -43,7 +44,13 @@ class Evaluator:
     ) -> dict[str, Any]:
         """The ``test_*`` figures of a round: of the global state, or the mean over the parties' own states."""
         if not party_states:
-            return _named(self.state(arrays.to_torch_state_dict(), stage))
+            line = _named(self.state(arrays.to_torch_state_dict(), stage))
+            ws = self.workspace
+            for name, view in build_method(ws.job.method).views().items():  # e.g. offsite-tuning's emulator
+                with view(ws.model):
+                    result = ws.task.evaluate(ws.model, ws.examples("test", stage=stage), ws.job.train.eval_batch_size)
+                line.update({k.replace("test_", f"test_{name}_", 1): v for k, v in _named(result).items()})
+            return line
         per_party = {pid: _named(self.state(a.to_torch_state_dict(), stage))
                      for pid, a in sorted(party_states.items())}
         keys = next(iter(per_party.values())).keys()

@@ -170,7 +170,7 @@ def test_unknown_strategy_error_lists_the_registered_strategies():
 
 def test_unknown_method_error_names_the_key_and_lists_the_registered_methods():
     with pytest.raises(ConfigError,
-                       match=r"method\.name: 'prefix' is not one of bitfit, fedkseed, full, ia3, lora, p_tuning, "):
+                       match=r"method\.name: 'prefix' is not one of bitfit, fedkseed, full, ia3, lora, offsite, "):
         load_job(None, ["method.name=prefix"])
 
 

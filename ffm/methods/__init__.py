@@ -6,6 +6,7 @@ from ffm.methods.full import Full
 from ffm.methods.ia3 import Ia3
 from ffm.methods.kseed import KSeed
 from ffm.methods.lora import Lora
+from ffm.methods.offsite import Offsite
 from ffm.methods.prompts import PrefixTuning, PromptTuning, PTuning
 
 __all__ = ["METHODS", "ClientRound", "Method", "MethodConfig", "PartyAdjustment", "build_method"]
@@ -18,6 +19,7 @@ METHODS.register("prompt_tuning", PromptTuning)
 METHODS.register("prefix_tuning", PrefixTuning)
 METHODS.register("p_tuning", PTuning)
 METHODS.register("fedkseed", KSeed)
+METHODS.register("offsite", Offsite)
 
 
 def build_method(cfg: MethodConfig) -> Method:

@@ -8,6 +8,7 @@ for all virtual clients.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +50,7 @@ class PartyAdjustment:
     metrics: dict[str, int | float] = field(default_factory=dict)
     receive: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # the global state as sent
     send: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # the reply's state as sent
+    view: Callable[[nn.Module], AbstractContextManager] | None = None  # the model this party runs (an emulator)
 
 
 class ClientRound:
@@ -101,6 +103,11 @@ class Method:
     def wrap_strategy(self, strategy: Strategy, job: Job) -> Strategy:
         """The method's server half around the aggregation rule (none, for most methods)."""
         return strategy
+
+    def views(self) -> dict[str, Callable[[nn.Module], AbstractContextManager]]:
+        """Other forms of the global model the server evaluates too, as ``test_<name>_*`` (offsite-tuning's
+        emulator); none for most methods."""
+        return {}
 
     def client_round(self) -> ClientRound | None:
         """A method that trains and replies its own way (FedKSeed: zeroth-order steps, step records instead of a
