@@ -1,0 +1,174 @@
+"""Benchmark, run by hand (not a test): frugal federated tuning, accuracy against bytes up and peak memory.
+
+One job (configs/demo.yaml's MiniLM on AG News, 10 Dirichlet(0.5) clients, every client every round, the
+``--rounds`` x ``--local-steps`` budget of the other AG News benchmarks) under each way to spend less:
+
+- full fine-tuning (the reference), LoRA r=8, LoRA r=8 with int4 updates;
+- FedKSeed (``method.name=fedkseed``, K=1024 seeds): zeroth-order steps are cheaper than gradient steps, so it
+  runs ``--kseed-steps`` local steps a round (about LoRA's wall time per round; the report says the ratio);
+- offsite-tuning (``method.name=offsite``, 1 + 1 adapter layers of MiniLM's 6, emulator keeps every 2nd middle
+  layer): the full model with the adapter plugged in and the emulator alone;
+- mixed LoRA ranks 2/4/8 with each rank rule (``method.rank_aggregation``: mean, flexlora, stack) against
+  equal-rank LoRA r=8.
+
+Every run is a child ``ffm run`` measured for wall time and the peak PSS of its process tree (server and
+clients share the process in simulation: the figure is the job's, not a client's alone) and cached in
+``--work``. Writes ``bench/results/frugal.md`` and ``frugal.png`` (accuracy against MB up per client per round,
+and against peak memory).
+
+Launch:  .venv/bin/python bench/frugal.py [--rounds 8] [--local-steps 8] [--kseed-steps 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from runs import REPO, budget, measured, metrics_lines, publish, report_head, without_method
+
+LORA = ["method.name=lora", "method.targets=[query,value]", "method.r=8", "method.alpha=16", "train.lr=2e-3"]
+MIXED = [*LORA, "method.client_ranks=[2,4,8]"]
+
+
+def runs(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
+    """name -> (label, overrides of the shared job)."""
+    return {
+        "frugal-full": ("full fine-tuning", ["method.name=full", "train.lr=5e-5"]),
+        "frugal-lora": ("LoRA r=8", LORA),
+        "frugal-lora-int4": ("LoRA r=8 + int4", [*LORA, "client.compression=int4"]),
+        "frugal-kseed": ("FedKSeed (K=1024)", ["method.name=fedkseed", "method.seeds=1024", "train.lr=2e-5",
+                                               f"train.local_steps={args.kseed_steps}"]),
+        "frugal-kseed-pro": ("FedKSeed-Pro (K=1024)", ["method.name=fedkseed", "method.seeds=1024", "method.pro=true",
+                                                       "train.lr=2e-5", f"train.local_steps={args.kseed_steps}"]),
+        "frugal-offsite": ("offsite-tuning (1+1 of 6 layers)", ["method.name=offsite", "method.adapter_layers=1",
+                                                                "method.keep_every=2", "train.lr=5e-5"]),
+        **{f"frugal-ranks-{rule}": (f"LoRA ranks 2/4/8, {rule}", [*MIXED, f"method.rank_aggregation={rule}"])
+           for rule in ("mean", "flexlora", "stack")},
+    }
+
+
+def _final(result: dict, key: str = "final_test_accuracy") -> float | None:
+    return result.get("summary", {}).get(key)
+
+
+def _per_client_round(result: dict, key: str = "bytes_up") -> float | None:
+    s = result.get("summary")
+    return None if s is None else s[key] / max(1, s["rounds"]) / 10
+
+
+def table(results: dict[str, dict], labels: dict[str, str]) -> list[str]:
+    lines = ["| method | final test accuracy | KB up per client per round | MB down per client per round | "
+             "peak PSS MiB | wall s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, result in results.items():
+        if "summary" not in result:
+            lines.append(f"| {labels[name]} | failed (exit {result.get('exit')}) | | | | |")
+            continue
+        up, down = _per_client_round(result), _per_client_round(result, "bytes_down")
+        lines.append(f"| {labels[name]} | {_final(result):.4f} | {up / 1e3:,.1f} | {down / 1e6:,.2f} | "
+                     f"{result['peak_pss_mib']:,} | {result['seconds']:.0f} |")
+    return lines
+
+
+def goals(results: dict[str, dict]) -> list[str]:
+    out = ["Goals:"]
+    kseed, lora = results.get("frugal-kseed", {}), results.get("frugal-lora", {})
+    if "summary" in kseed and "summary" in lora:
+        kb = _per_client_round(kseed) / 1e3
+        gap = 100 * (_final(kseed) - _final(lora))
+        ratio = kseed["seconds"] / lora["seconds"]
+        out.append(f"- FedKSeed at most 18 KB up per client per round: **{'met' if kb <= 18 else 'not met'}** "
+                   f"({kb:.2f} KB).")
+        verdict = "met" if gap >= -3 else "not met"
+        out.append(f"- FedKSeed within 3 points of LoRA FedAvg at equal wall time: **{verdict}** ({gap:+.1f} points; "
+                   f"its wall time {ratio:.2f}x LoRA's).")
+    offsite = results.get("frugal-offsite", {})
+    if "summary" in offsite:
+        lines = offsite.get("lines") or [{}]
+        full, emulator = lines[-1].get("test_accuracy"), lines[-1].get("test_emulator_accuracy")
+        zero = lines[0].get("test_accuracy")
+        if lines and full is not None and emulator is not None:
+            met = full > emulator and (zero is None or full > zero)
+            out.append(f"- offsite: the plugged-in model beats the emulator alone and the untrained model: "
+                       f"**{'met' if met else 'not met'}** (plugged in {full:.4f}, emulator {emulator:.4f}"
+                       f"{'' if zero is None else f', untrained {zero:.4f}'}).")
+        if "summary" in lora:
+            share = offsite["peak_pss_mib"] / lora["peak_pss_mib"]
+            out.append(f"- offsite: peak memory at most half of LoRA's: **{'met' if share <= 0.5 else 'not met'}** "
+                       f"({share:.2f}x; a node still builds its emulator from the full model it loads).")
+    if "summary" in lora:
+        best = max((r for n, r in results.items() if n.startswith("frugal-ranks-") and "summary" in r),
+                   key=_final, default=None)
+        if best is not None:
+            gap = 100 * (_final(best) - _final(lora))
+            out.append(f"- mixed ranks 2/4/8 within 2 points of equal-rank LoRA: **{'met' if gap >= -2 else 'not met'}"
+                       f"** (best rule {gap:+.1f} points).")
+    return out
+
+
+def plot(results: dict[str, dict], labels: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_bytes, by_memory) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, result in results.items():
+        if "summary" not in result:
+            continue
+        accuracy = _final(result)
+        by_bytes.scatter(_per_client_round(result) / 1e3, accuracy, label=labels[name])
+        by_memory.scatter(result["peak_pss_mib"], accuracy, label=labels[name])
+    by_bytes.set_xscale("log")
+    by_bytes.set_xlabel("KB up per client per round (log)")
+    by_memory.set_xlabel("peak PSS of the job, MiB")
+    for ax in (by_bytes, by_memory):
+        ax.set_ylabel("final test accuracy")
+        ax.grid(alpha=0.3)
+    by_bytes.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench-frugal")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "frugal.md")
+    parser.add_argument("--max-examples", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--local-steps", type=int, default=8)
+    parser.add_argument("--kseed-steps", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", help="comma-separated run names to run now (the others: reported if cached)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    started, load = time.perf_counter(), os.getloadavg()
+    config = without_method(REPO / "configs" / "demo.yaml", args.work)
+    shared = [*budget(args), "data.alpha=0.5", "strategy.name=fedavg"]
+    planned = runs(args)
+    only = set(args.only.split(",")) if args.only else None
+    results = {}
+    for name, (_, overrides) in planned.items():
+        record = args.work / f"{name}.measured.json"
+        if only is not None and name not in only and not record.is_file():
+            results[name] = {"exit": "not run"}
+            continue
+        results[name] = measured(args.work, name, [*shared, *overrides], config=config)
+        if "summary" in results[name]:
+            results[name]["lines"] = metrics_lines(args.work / name)
+    labels = {name: label for name, (label, _) in planned.items()}
+    plot(results, labels, args.out.with_suffix(".png"))
+    text = "\n".join([
+        *report_head("Frugal federated tuning: accuracy against bytes and memory (AG News, MiniLM)", load,
+                     time.perf_counter() - started,
+                     [f"- the job: {json.dumps(shared)}"]),
+        *table(results, labels), "", *goals(results), "", f"![accuracy against bytes and memory]({args.out.stem}.png)",
+    ])
+    publish(text, args.out)
+
+
+if __name__ == "__main__":
+    main()
