@@ -141,7 +141,10 @@ def build_workspace(job: Job, data_path: str | None = None) -> Workspace:
     backbone = task.build_model(job.model, data.label_names, tokenizer, job.seed)
     if tokenizer is not None:
         ensure_pad_token(tokenizer, backbone)
-    model = build_method(job.method).apply(backbone, task)
+    method = build_method(job.method)
+    model = method.apply(backbone, task)
+    if data_path is not None:  # a node with its own data alone: it keeps only what it runs (an emulator)
+        model = method.for_node(model)
     if job.privacy.dp_sgd:
         check_supported(model, job.method.name)
     for name, param in model.named_parameters():

@@ -92,3 +92,23 @@ def test_an_adapter_that_leaves_no_middle_is_a_one_line_error(job_factory, six_l
     job = _job(job_factory, six_layer_bert, "deep", method__adapter_layers=3)
     with pytest.raises(ConfigError, match="at most 2 can adapt at each end"):
         workspace_for(job)
+
+
+def test_a_node_with_its_own_data_holds_only_the_emulator_under_the_full_models_names(job_factory, six_layer_bert,
+                                                                                     tmp_path):
+    from ffm.data import export_split, party_dir
+
+    job = _job(job_factory, six_layer_bert, "node")
+    full = workspace_for(job)
+    export_split(full.data, tmp_path / "split")
+
+    node = workspace_for(job, str(party_dir(tmp_path / "split", 0)))
+
+    held = {int(n.split("encoder.layer.")[1].split(".")[0]) for n, _ in node.model.named_parameters()
+            if "encoder.layer." in n}
+    assert held == {0, 1, 3, 5}  # the middle layers 2 and 4 are gone from the node's memory
+    assert sum(p.numel() for p in node.model.parameters()) < sum(p.numel() for p in full.model.parameters())
+    assert node.initial_state.keys() == full.initial_state.keys()  # what travels needs no renaming
+    assert all(torch.equal(node.initial_state[k], full.initial_state[k]) for k in full.initial_state)
+    result = node.task.evaluate(node.model, node.examples("val", 0), 8)  # and it runs
+    assert 0.0 <= result["accuracy"] <= 1.0

@@ -104,6 +104,11 @@ class Method:
         """The method's server half around the aggregation rule (none, for most methods)."""
         return strategy
 
+    def for_node(self, model: nn.Module) -> nn.Module:
+        """The model as a node that holds only its own data keeps it (offsite-tuning: the emulator alone); the
+        model itself for most methods."""
+        return model
+
     def views(self) -> dict[str, Callable[[nn.Module], AbstractContextManager]]:
         """Other forms of the global model the server evaluates too, as ``test_<name>_*`` (offsite-tuning's
         emulator); none for most methods."""

@@ -6,9 +6,12 @@ head) train and travel. The clients run the emulator: the adapter around a compr
 distillation). The server plugs the tuned adapter back into the full model; it evaluates both, the full model
 as ``test_*`` and the emulator as ``test_emulator_*``. Nothing of the middle ever travels: it is frozen.
 
-What this does not do yet: ship the emulator itself. A node builds its emulator from the model it loads, so in
-a deployment it still needs the model's weights on disk (the emulator runs with the dropped layers out of the
-computation, but they stay in memory); a model owner who must keep its weights private ships a saved emulator.
+A node that holds only its own data (a SuperNode: ``ffm deploy supernode --data``) keeps only the emulator: it
+drops the other middle layers right after it loads the model (:meth:`Offsite.for_node`), so they leave its
+memory. The emulator's layers keep the names they have in the full model (layer 5 stays ``layer.5``), so the
+state that travels needs no renaming. What this does not do yet: ship the emulator itself. A node builds its
+emulator from the model it loads, so it still needs the model's weights on disk and holds them all while it
+loads; a model owner who must keep its weights private would ship a saved emulator.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from ffm.methods.base import Method, MethodConfig, PartyAdjustment
 from ffm.settings import option, require
 from ffm.tasks import Task
 
-__all__ = ["Offsite", "OffsiteConfig", "emulated", "emulator_layers", "layer_list"]
+__all__ = ["Offsite", "OffsiteConfig", "emulated", "emulator_layers", "kept_layers", "layer_list"]
 
+EMULATOR = "_ffm_emulator"  # set on a model whose middle layers were dropped for good
 HEADS = ("classifier", "score", "pooler")  # the task heads transformers' classification models name this way
 
 
@@ -61,11 +65,24 @@ def emulator_layers(total: int, adapter: int, every: int) -> list[int]:
     return [*range(adapter), *range(adapter, total - adapter, every), *range(total - adapter, total)]
 
 
+def kept_layers(layers: nn.ModuleList, keep: list[int]) -> nn.ModuleList:
+    """The layers in ``keep``, in order, under their indices in the full model (so their parameters keep their
+    names: the emulator's state is the full model's, minus the dropped layers)."""
+    out = nn.ModuleList()
+    for index in keep:
+        out.add_module(str(index), layers[index])
+    return out
+
+
 @contextmanager
 def emulated(model: nn.Module, keep: list[int]) -> Iterator[nn.Module]:
-    """The model running only the layers in ``keep`` (the emulator), for the duration of the block."""
+    """The model running only the layers in ``keep`` (the emulator), for the duration of the block; a model that
+    is an emulator already (:meth:`Offsite.for_node`) runs as it is."""
+    if getattr(model, EMULATOR, False):
+        yield model
+        return
     parent, attr, layers = layer_list(model)
-    setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
+    setattr(parent, attr, kept_layers(layers, keep))
     try:
         yield model
     finally:
@@ -95,7 +112,16 @@ class Offsite(Method):
         return model
 
     def _keep(self, model: nn.Module) -> list[int]:
-        return emulator_layers(len(layer_list(model)[2]), self.cfg.adapter_layers, self.cfg.keep_every)
+        config = model.config
+        total = getattr(config, "num_hidden_layers", None) or config.n_layer  # the full model's, also on a node
+        return emulator_layers(total, self.cfg.adapter_layers, self.cfg.keep_every)
+
+    def for_node(self, model: nn.Module) -> nn.Module:
+        """A node holding only its own data keeps only the emulator: the other middle layers go."""
+        parent, attr, layers = layer_list(model)
+        setattr(parent, attr, kept_layers(layers, self._keep(model)))
+        setattr(model, EMULATOR, True)
+        return model
 
     def for_party(self, party: int) -> PartyAdjustment:
         """Every party trains and evaluates on the emulator."""
