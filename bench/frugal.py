@@ -97,7 +97,8 @@ def goals(results: dict[str, dict]) -> list[str]:
         if "summary" in lora:
             share = offsite["peak_pss_mib"] / lora["peak_pss_mib"]
             out.append(f"- offsite: peak memory at most half of LoRA's: **{'met' if share <= 0.5 else 'not met'}** "
-                       f"({share:.2f}x; a node still builds its emulator from the full model it loads).")
+                       f"({share:.2f}x of the simulation's one process, which holds the server's full model; a "
+                       "SuperNode keeps only the emulator once loaded, and is not measured here).")
     if "summary" in lora:
         best = max((r for n, r in results.items() if n.startswith("frugal-ranks-") and "summary" in r),
                    key=_final, default=None)
