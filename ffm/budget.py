@@ -2,7 +2,7 @@
 
 A run trains at most ``federation.rounds`` rounds. With ``budget.patience`` it stops earlier, once its
 validation metric (the primary metric on the parties' own validation splits, measured the same way in every
-mode, never on the test set) has not improved by ``budget.min_delta`` for that many rounds; with
+mode, never on the test set) has not improved by ``budget.min_delta`` for that many rounds (never before ``budget.min_rounds``); with
 ``budget.max_tokens`` once its clients have trained on that many tokens. :func:`time_to_target` reads a run's
 metrics lines and says after how many rounds, local steps, tokens, bytes and seconds its validation metric first
 reached a fraction of a target: the cost of getting there, not only where the run ended.
@@ -24,14 +24,16 @@ class BudgetConfig:
 
     patience: int = option(0, "stop after this many rounds without a better validation metric (0 = run every round)")
     min_delta: float = option(0.0, "the least change of the validation metric that counts as better")
+    min_rounds: int = option(0, "patience never stops a run before this round (a run still near its start, e.g. "
+                             "at a low learning rate, is not at a plateau)")
     max_tokens: int = option(0, "stop once the clients have trained on this many tokens in all (0 = no limit)")
     target: float = option(0.0, "a validation value to reach (0 = none): the summary reports what reaching "
                            "budget.fractions of it took (ffm compare uses the centralized run's best)")
     fractions: list[float] = items("fractions of budget.target whose cost the summary reports", (0.95, 0.99))
 
     def __post_init__(self) -> None:
-        require(self.patience >= 0 and self.min_delta >= 0 and self.max_tokens >= 0,
-                "budget.patience, budget.min_delta and budget.max_tokens must be >= 0")
+        require(self.patience >= 0 and self.min_delta >= 0 and self.max_tokens >= 0 and self.min_rounds >= 0,
+                "budget.patience, budget.min_delta, budget.min_rounds and budget.max_tokens must be >= 0")
         require(all(0 < f <= 1 for f in self.fractions), f"budget.fractions must be in (0, 1], got {self.fractions}")
 
 
@@ -58,7 +60,7 @@ def should_stop(lines: list[dict[str, Any]], metric: str, higher_is_better: bool
     tokens = sum(c.get("tokens_seen", 0) for line in trained for c in line.get("clients", []))
     if budget.max_tokens and tokens >= budget.max_tokens:
         return f"budget.max_tokens={budget.max_tokens} reached ({tokens} tokens)"
-    if not budget.patience:
+    if not budget.patience or (lines and lines[-1]["round"] < budget.min_rounds):
         return ""
     best, since = None, 0
     for line in lines:

@@ -53,6 +53,17 @@ def test_a_run_stops_exactly_when_its_patience_runs_out(values, patience, min_de
     assert first == stops_after
 
 
+def test_patience_never_stops_a_run_before_budget_min_rounds():
+    lines = _val_lines([0.28, 0.29, 0.28, 0.28, 0.29, 0.28, 0.5])  # a low learning rate: flat near chance, then up
+
+    def first(budget: BudgetConfig) -> int | None:
+        return next((r for r in range(1, len(lines)) if should_stop(lines[: r + 1], "accuracy", True, budget)), None)
+
+    assert first(BudgetConfig(patience=3)) == 5
+    assert first(BudgetConfig(patience=3, min_rounds=7)) is None  # round 7 improves: it goes on
+    assert first(BudgetConfig(patience=3, min_rounds=6)) == 6
+
+
 def test_patience_reads_a_loss_downward_and_max_tokens_stops_on_the_clients_count():
     lines = [{"round": 0}, *({"round": r, "val": {"val_perplexity": v}, "clients": [{"tokens_seen": 300}]}
                              for r, v in enumerate([9.0, 8.0, 8.5, 8.2], start=1))]
