@@ -458,10 +458,11 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
                              f"{sum(r['wall_s'] for r in runs) / len(runs):.0f} |")
             if {"federated", "centralized"} <= set(per_seed) and alpha in STUDY_GOALS:
                 mean, lo, hi, n = paired_difference(per_seed["federated"], per_seed["centralized"])
-                interval = "one seed" if lo is None else f"95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                interval = "one seed" if lo is None else \
+                    f"{n} seeds, 95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}]"
                 met = mean >= STUDY_GOALS[alpha]
-                goals.append(f"- alpha {alpha}: federated - centralized {100 * mean:+.1f} points ({interval}, "
-                             f"{n} seeds); goal >= {100 * STUDY_GOALS[alpha]:+.0f}: **{'met' if met else 'not met'}**.")
+                goals.append(f"- alpha {alpha}: federated - centralized {100 * mean:+.1f} points ({interval}); "
+                             f"goal >= {100 * STUDY_GOALS[alpha]:+.0f}: **{'met' if met else 'not met'}**.")
             if {"federated", "local"} <= set(per_seed):
                 mean, lo, hi, n = paired_difference(per_seed["federated"], per_seed["local"])
                 goals.append(f"- alpha {alpha}: federated - local {100 * mean:+.1f} points ({n} seeds).")
