@@ -425,6 +425,10 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
              "accuracy (the parties' own validation splits) has not improved for 4 rounds, at most 40 rounds; "
              "equal compute per round (centralized: 50 steps on the pooled data; each federated or local client: "
              "5); each mode's learning rate chosen on validation on seed 0, the other seeds at that point. "
+             "The local baseline (each party alone, all ten of its models tested every evaluation: ten times the "
+             "evaluation cost) runs in a study of its own on seed 0, evaluated every 4 rounds and stopped after "
+             "one evaluation without a better validation accuracy (the same 4 rounds of patience, checked "
+             "4 rounds at a time). "
              "Test accuracy after the last round; goals: federated within 1 point of centralized at alpha 0.5, "
              "within 3 at alpha 0.1 (mean over seeds).", ""]
     for name in ("agnews", "bbc"):
@@ -433,6 +437,9 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
             lines += [f"### {name}: not run yet", ""]
             continue
         rows = load_results(study / "results.csv")
+        local = REPO / "runs" / f"study-{name}-conv-local" / "results.csv"  # the local baseline's own study
+        if local.is_file():
+            rows += [r for r in load_results(local) if r["mode"] == "local"]
         chosen = choose(rows)
         grid = sorted({r["grid"] for r in rows if r["grid"]}, key=lambda g: float(g.split("=")[1]))
         lines += [f"### {name} ([REPORT](study-{name}-conv/REPORT.md))", "",
