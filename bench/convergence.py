@@ -240,6 +240,9 @@ MLM_RUNS = {
     "mlm-fedavg": ["strategy.name=fedavg"],
     "mlm-fedavg-persistent": ["strategy.name=fedavg", "train.persistent_optimizer=true"],
     "mlm-diloco": ["strategy.name=diloco", "train.persistent_optimizer=true"],
+    # one newsroom per party pulls each party's adapter its own way: averaging A and B apart then misses
+    # the mean of their products (FedEx-LoRA's exact aggregation puts the difference into the base)
+    "mlm-fedavg-exact": ["strategy.name=fedavg", "method.aggregation=exact"],
     "mlm-local": ["mode=local"],
 }
 
