@@ -99,3 +99,22 @@ def test_the_aggregate_keeps_the_global_states_dtypes_even_when_the_rule_compute
     arrays, _ = guard.aggregate_train(1, [_reply(1, {"w": torch.ones(2), "b": torch.ones(1)}, num_examples=1)])
 
     assert {name: array.dtype for name, array in arrays.items()} == {"w": "float32", "b": "float32"}
+
+
+def test_a_node_is_silent_only_when_its_message_got_no_reply_at_all():
+    from flwr.app import Error
+
+    ok = [_reply(n, {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}, num_examples=1) for n in (1, 2)]
+    lost = Message(Error(code=0, reason="node lost"), reply_to=Message(RecordDict({}), 3, MessageType.TRAIN))
+    lost.metadata.__dict__["_src_node_id"] = 0  # the SuperLink answers for a node it lost: not that node's id
+
+    answered = _guarded_fedavg()
+    answered._asked = {1, 2, 3}
+    answered.aggregate_train(1, [*ok, lost])
+    short = _guarded_fedavg()
+    short._asked = {1, 2, 3}
+    short.aggregate_train(1, ok)
+
+    assert answered.silent == set() and len(answered.rounds[1].rejected) == 1  # the error reply, once
+    assert short.silent == {3} and [r["reason"] for r in short.rounds[1].rejected] == [
+        "no reply within federation.round_timeout"]

@@ -113,7 +113,9 @@ class UpdateGuard(StrategyWrapper):
         if isinstance(replies, list | tuple):  # a Flower Grid's replies come in arrival order: aggregate them in
             replies = sorted(replies, key=_party_order)  # party order, so that a float sum is reproducible
         answered: set[int] = set()
+        count = 0
         for msg in replies:
+            count += 1
             answered.add(msg.metadata.src_node_id)
             info = _reply_info(msg)
             if msg.has_error():
@@ -134,7 +136,9 @@ class UpdateGuard(StrategyWrapper):
                 running.add(msg)  # and the reply is let go: memory does not grow with the clients
             else:
                 kept.append(msg)
-        self.silent = self._asked - answered
+        # Every message that got a reply, an error one included, was answered: the SuperLink's error reply for a
+        # node it lost need not carry that node's id, so only a shortfall in the count makes a node silent.
+        self.silent = self._asked - answered if count < len(self._asked) else set()
         for node in sorted(self.silent):  # a node paused or gone: its reply is a failure of this round
             logger.warning("round %d: node %s did not answer within federation.round_timeout", server_round, node)
             log.rejected.append({"node": node, "reason": "no reply within federation.round_timeout"})
