@@ -29,14 +29,8 @@ def _tiny_config(tmp_path: Path, model_dir: Path) -> Path:
     return path
 
 
-pytestmark_slow = pytest.mark.slow  # the study runs 8 child processes (about a minute)
-pytestmark = pytest.mark.xdist_group("study")  # `make test` runs 2 workers: the study fixture runs in one only
-
-
-@pytest.fixture(scope="session")  # not module: under xdist another module's test may run between these
-def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, list[str]]:
-    """2 modes x 2 seeds x 2 learning rates of the tiny model, run once for the module's tests."""
-    tmp = tmp_path_factory.mktemp("study")
+def _tiny_study(tmp: Path, tiny_model_dir: Path) -> tuple[Path, list[str]]:
+    """2 modes x 2 seeds x 2 learning rates of the tiny model (8 child runs, about a minute)."""
     argv = ["compare", str(_tiny_config(tmp, tiny_model_dir)), "--seeds", "2", "--modes", "federated,centralized",
             "--grid", "train.lr=1e-4,3e-2", "--study-dir", str(tmp / "study"), "--audit-examples", "10",
             "--workers", "2"]
@@ -44,9 +38,20 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     return tmp / "study", argv
 
 
-@pytestmark_slow
-def test_a_study_writes_a_run_per_mode_seed_and_grid_point_and_every_report_file(tiny_study) -> None:
-    study, argv = tiny_study
+# One study serves every check below, in one test: pytest-xdist (3.8 under pytest 9) does not keep an
+# xdist_group on one worker, so a shared session fixture ran the study once per worker (83 s each).
+@pytest.mark.slow
+def test_a_study_writes_its_runs_and_reports_chooses_on_validation_resumes_and_keeps_to_its_settings(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    study, argv = _tiny_study(tmp_path, tiny_model_dir)
+    _every_run_and_report_file(study, argv)
+    _each_mode_gets_the_grid_point_with_the_best_mean_validation_metric(study)
+    _results_csv_round_trips_into_the_same_tables(study, tmp_path)
+    _a_rerun_reuses_finished_runs_and_resumes_an_interrupted_one(study, argv)
+    assert main([*argv, "federation.rounds=3"]) == 2  # a study dir refuses another study's shared settings
+
+
+def _every_run_and_report_file(study: Path, argv: list[str]) -> None:
     runs = sorted(p.name for p in (study / "runs").iterdir() if p.is_dir())
     assert len(runs) == 8
     assert all((study / "runs" / r / "summary.json").is_file() for r in runs)
@@ -61,9 +66,7 @@ def test_a_study_writes_a_run_per_mode_seed_and_grid_point_and_every_report_file
     assert f"`ffm {' '.join(argv)}`" in report
 
 
-@pytestmark_slow
-def test_each_mode_gets_the_grid_point_with_the_best_mean_validation_metric(tiny_study) -> None:
-    study, _ = tiny_study
+def _each_mode_gets_the_grid_point_with_the_best_mean_validation_metric(study: Path) -> None:
     rows = load_results(study / "results.csv")
     for (_, mode), grid in choose(rows).items():
         means = {}
@@ -76,9 +79,7 @@ def test_each_mode_gets_the_grid_point_with_the_best_mean_validation_metric(tiny
     assert choose(shuffled) == choose(rows)
 
 
-@pytestmark_slow
-def test_results_csv_round_trips_into_the_same_tables(tiny_study, tmp_path: Path) -> None:
-    study, _ = tiny_study
+def _results_csv_round_trips_into_the_same_tables(study: Path, tmp_path: Path) -> None:
     rows = load_results(study / "results.csv")
     assert list(rows[0]) == COLUMNS
     save_results(rows, tmp_path / "again.csv")
@@ -88,9 +89,7 @@ def test_results_csv_round_trips_into_the_same_tables(tiny_study, tmp_path: Path
         assert len(list(csv.DictReader(handle))) == 8
 
 
-@pytestmark_slow
-def test_a_rerun_reuses_finished_runs_and_resumes_an_interrupted_one(tiny_study) -> None:
-    study, argv = tiny_study
+def _a_rerun_reuses_finished_runs_and_resumes_an_interrupted_one(study: Path, argv: list[str]) -> None:
     runs = study / "runs"
     stamps = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
     interrupted = runs / "federated-seed1-lr3e-2"
@@ -102,12 +101,6 @@ def test_a_rerun_reuses_finished_runs_and_resumes_an_interrupted_one(tiny_study)
     assert redone == ["federated-seed1-lr3e-2"]
     record = json.loads((interrupted / "study_run.json").read_text())
     assert record["resumed"] and "resume=true" in record["command"]
-
-
-@pytestmark_slow
-def test_a_study_dir_refuses_another_studys_shared_settings(tiny_study) -> None:
-    _, argv = tiny_study
-    assert main([*argv, "federation.rounds=3"]) == 2
 
 
 def test_plan_names_runs_by_condition_mode_seed_and_grid_point() -> None:
