@@ -150,6 +150,7 @@ def test_fedkseed_pro_draws_the_seeds_that_moved_the_model_most_more_often():
     ({"strategy__name": "fedprox"}, "strategy.name=fedprox"),
     ({"privacy__clipping": "fixed", "privacy__noise_multiplier": 1.0}, "client-level DP"),
     ({"mode": "local"}, "mode=local"),
+    ({"continual__kind": "class_incremental"}, "continual.kind=none"),
 ])
 def test_what_reads_or_changes_a_state_update_is_a_one_line_error_with_fedkseed(job_factory, overrides, named):
     with pytest.raises(ConfigError, match=named):

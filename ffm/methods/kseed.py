@@ -132,6 +132,8 @@ def check_kseed(job: Job) -> None:
             "client.compression must be none")
     require(not job.method.personal, "method.name=fedkseed trains every parameter as one shared model: "
             "method.personal must be empty")
+    require(job.continual.kind == "none", "method.name=fedkseed does not take a continual stream yet (its steps read "
+            "the job's one data set): set continual.kind=none")
 
 
 CHECKS.register("fedkseed_replaces_the_update", check_kseed)
