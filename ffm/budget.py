@@ -3,9 +3,10 @@
 A run trains at most ``federation.rounds`` rounds. With ``budget.patience`` it stops earlier, once its
 validation metric (the primary metric on the parties' own validation splits, measured the same way in every
 mode, never on the test set) has not improved by ``budget.min_delta`` for that many rounds (never before
-``budget.min_rounds``); with ``budget.max_tokens`` once its clients have trained on that many tokens. :func:`time_to_target` reads a run's
-metrics lines and says after how many rounds, local steps, tokens, bytes and seconds its validation metric first
-reached a fraction of a target: the cost of getting there, not only where the run ended.
+``budget.min_rounds``); with ``budget.max_tokens`` once its clients have trained on that many tokens.
+:func:`time_to_target` reads a run's metrics lines and says after how many rounds, local steps, tokens, bytes
+and seconds its validation metric first reached a fraction of a target: the cost of getting there, not only
+where the run ended.
 """
 
 from __future__ import annotations
