@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from runs import REPO
+from runs import REPO, tiny_bert
 
 RESULTS = REPO / "bench" / "results" / "faults.md"
 WORK = REPO / "runs" / "bench-faults"
@@ -63,25 +63,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _job(name: str) -> dict:
     job = _merge(JOB, JOBS[name])
-    job["model"]["name"] = str(_tiny_model(WORK / "tiny-bert"))
+    job["model"]["name"] = str(tiny_bert(WORK))
     return job
-
-
-def _tiny_model(path: Path) -> Path:
-    """A 2-layer random BERT with MiniLM's tokenizer (what the tests use): the faults, not the model, matter."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from ffm.models import resolve_model_path
-
-    if not (path / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-        torch.manual_seed(0)
-        BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                                                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                                 max_position_embeddings=128)).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return path
 
 
 def _wait(predicate, seconds: float, what: str) -> None:

@@ -331,3 +331,23 @@ def clocked(overrides: list[str]) -> list[str]:
 def clock_of(run_dir: Path) -> RoundClock:
     """The clock of the run that wrote ``run_dir`` (run with :func:`clocked` overrides, in this process)."""
     return OBSERVERS[CLOCK].runs[Path(run_dir).resolve()]
+
+
+def tiny_bert(root: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer under ``root/tiny-bert`` (made once): the model of
+    the federation benchmarks, where the faults and the attacks matter, not the model."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from ffm.models import resolve_model_path
+
+    path = root / "tiny-bert"
+    if not (path / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+        torch.manual_seed(0)
+        BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                                 max_position_embeddings=128)).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return path
+

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runs import REPO
+from runs import REPO, tiny_bert
 
 RESULTS = REPO / "bench" / "results" / "security.md"
 
@@ -114,7 +114,7 @@ def run_layout(layout: str, root: Path) -> dict[str, str]:
                 procs.append(deploy.start(worker, env, logs / f"worker-{pid}.log"))
         for pid in range(2):
             _wait(lambda pid=pid: "SuperNode ID" in (logs / f"node-{pid}.log").read_text(errors="replace"), 90)
-        overrides = ["model.name=" + str(_tiny_model(root)), "data.max_examples=60", "data.partitioner=iid",
+        overrides = ["model.name=" + str(tiny_bert(root)), "data.max_examples=60", "data.partitioner=iid",
                      "model.max_length=32", "federation.num_clients=2", "train.local_steps=1",
                      "federation.fraction_evaluate=0", "federation.max_failed_rounds=1", "runtime=flower"]
         job = lambda name, rounds: load_job(None, [*overrides, f"federation.rounds={rounds}",  # noqa: E731
@@ -153,24 +153,6 @@ def _free(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _tiny_model(root: Path) -> Path:
-    """A 2-layer random BERT with MiniLM's tokenizer (what the tests use): the attacks, not the model, matter."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from ffm.models import resolve_model_path
-
-    path = root / "tiny-bert"
-    if not (path / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-        torch.manual_seed(0)
-        BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                                                 num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                                 max_position_embeddings=128)).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    return path
 
 
 def main() -> None:

@@ -142,26 +142,29 @@ def _with_label(columns: dict[str, list], labels: list[str] | None) -> datasets.
     return ds.cast_column("label", datasets.ClassLabel(names=names))
 
 
-def load_instructions(cfg: DataConfig) -> datasets.Dataset:
-    """``data.path``: supervised examples in any supported format, as ``messages`` (and ``label`` from
-    ``data.label_column`` when the rows carry it: the partitioners can then split by it)."""
+def _read_rows(cfg: DataConfig, what: str) -> tuple[Path, list[dict], list[str] | None]:
+    """``data.path``'s rows (a one-line error when it holds none) and their ``data.label_column`` values, if
+    every row has one."""
     path = Path(cfg.path)
     rows = _rows(path)
     if not rows:
-        raise DataError(f"data file '{path}' holds no examples")
-    messages = [messages_of(row, f"{path}, row {i + 1}") for i, row in enumerate(rows)]
+        raise DataError(f"data file '{path}' holds no {what}")
     labels = [str(row[cfg.label_column]) for row in rows] if all(cfg.label_column in r for r in rows) else None
+    return path, rows, labels
+
+
+def load_instructions(cfg: DataConfig) -> datasets.Dataset:
+    """``data.path``: supervised examples in any supported format, as ``messages`` (and ``label`` from
+    ``data.label_column`` when the rows carry it: the partitioners can then split by it)."""
+    path, rows, labels = _read_rows(cfg, "examples")
+    messages = [messages_of(row, f"{path}, row {i + 1}") for i, row in enumerate(rows)]
     return _with_label({"messages": messages}, labels)
 
 
 def load_preferences(cfg: DataConfig) -> datasets.Dataset:
     """``data.path``: preference pairs as ``prompt`` (messages), ``chosen`` and ``rejected`` (replies)."""
-    path = Path(cfg.path)
-    rows = _rows(path)
-    if not rows:
-        raise DataError(f"data file '{path}' holds no pairs")
+    path, rows, labels = _read_rows(cfg, "pairs")
     pairs = [preference_of(row, f"{path}, row {i + 1}") for i, row in enumerate(rows)]
-    labels = [str(row[cfg.label_column]) for row in rows] if all(cfg.label_column in r for r in rows) else None
     return _with_label({"prompt": [p for p, _, _ in pairs], "chosen": [c for _, c, _ in pairs],
                         "rejected": [r for _, _, r in pairs]}, labels)
 

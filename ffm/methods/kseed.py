@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
-from torch import nn
 
 from ffm.keys import ARRAYS_KEY, CLIENT_KEY, CONFIG_KEY, METRICS_KEY, PARTITION_ID, SERVER_ROUND, Salt, derive_seed
 from ffm.local_training import TokenCount, round_lr_factors, straggler_steps
-from ffm.methods.base import ClientRound, Method, MethodConfig
+from ffm.methods.base import ClientRound, MethodConfig
+from ffm.methods.full import Full
 from ffm.methods.kseed_aggregation import KSeedAggregation, read_history
 from ffm.methods.kseed_federation import (
     STEP_COEF,
@@ -32,7 +32,7 @@ from ffm.methods.kseed_federation import (
     zeroth_order_steps,
 )
 from ffm.settings import CHECKS, Job, option, require
-from ffm.tasks import Task, step_batches
+from ffm.tasks import step_batches
 
 __all__ = ["KSeed", "KSeedConfig"]
 
@@ -94,15 +94,10 @@ class KSeedRound(ClientRound):
                            CLIENT_KEY: ConfigRecord({PARTITION_ID: party})})
 
 
-class KSeed(Method):
-    """Every parameter trains, by zeroth-order steps from shared seeds; none travels."""
+class KSeed(Full):
+    """Every parameter trains (as in full fine-tuning), by zeroth-order steps from shared seeds; none travels."""
 
     config = KSeedConfig
-
-    def apply(self, model: nn.Module, task: Task) -> nn.Module:
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
 
     @property
     def needs_each_update(self) -> bool:

@@ -123,7 +123,7 @@ class UpdateGuard(StrategyWrapper):
                 continue
             log.bytes_up += sum(state_nbytes(r) for r in msg.content.array_records.values())
             expand = getattr(self.inner, "expand_reply", None)  # a share that travels trimmed (a lower LoRA rank)
-            if expand is not None and not msg.has_error():
+            if expand is not None:
                 expand(msg.content)
             problem = self._decode(msg) or self._problem(msg)
             if problem:
