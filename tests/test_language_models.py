@@ -135,3 +135,42 @@ def test_smollm2_is_converted_once_from_its_gguf_into_a_plain_llama_checkpoint(t
     out = model.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0])  # a real pretrained model, not random weights
     assert resolve_model_path("smollm2") == str(path)  # converted once: the cache is used from then on
+
+
+@pytest.mark.parametrize("architecture", ["bert", "roberta"])
+@pytest.mark.parametrize("adapted", [False, True])
+def test_the_masked_lm_loss_projects_only_the_masked_tokens_and_equals_transformers_loss(architecture, adapted):
+    # the vocabulary projection on masked positions only must leave the loss and its gradients as transformers
+    # computes them over every position; with LoRA on the encoder and the head's transform trained beside it
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForMaskedLM, BertConfig, RobertaConfig
+
+    from ffm.tasks.masked_lm import MaskedLM
+
+    torch.manual_seed(0)
+    shape = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 40, "hidden_dropout_prob": 0.0,
+             "attention_probs_dropout_prob": 0.0}  # dropout would draw different masks for the two forwards
+    model = AutoModelForMaskedLM.from_config(BertConfig(**shape) if architecture == "bert" else RobertaConfig(**shape))
+    if adapted:
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False,
+                                                 modules_to_save=["dense"] if architecture == "roberta" else
+                                                 ["transform"]))
+    labels = torch.full((3, 12), -100)
+    labels[:, ::4] = torch.randint(4, 50, (3, 3))
+    masked = {"input_ids": torch.randint(4, 50, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long),
+              "labels": labels}
+    projected: list[int] = []
+    inner = model.get_base_model() if adapted else model
+    decoder = inner.get_output_embeddings()
+    decoder.register_forward_hook(lambda _m, args, _out: projected.append(args[0].shape[-2]))
+
+    sparse = MaskedLM._masked_loss(model, masked)
+    sparse_grads = torch.autograd.grad(sparse, [p for p in model.parameters() if p.requires_grad])
+    full = model(**masked).loss
+    full_grads = torch.autograd.grad(full, [p for p in model.parameters() if p.requires_grad])
+
+    assert projected[0] == 9  # the 9 masked tokens, not the 36 positions (the full forward's, second)
+    torch.testing.assert_close(sparse, full)
+    for a, b in zip(sparse_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b)

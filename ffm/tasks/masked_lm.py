@@ -2,7 +2,9 @@
 10% kept), cross-entropy on the masked tokens, perplexity (lower is better) as the primary metric.
 
 Training masks each batch afresh from the client's seeded generator state; evaluation masks with a fixed
-seed, so every round is measured on the same masked tokens.
+seed, so every round is measured on the same masked tokens. The vocabulary projection runs on the masked
+positions only (the loss reads nothing else): for MiniLM (30,522 ids, width 384) that projection costs as much
+as the whole encoder over all positions, so skipping the 85% unmasked ones halves a training step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import datasets
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase
 
 from ffm.models.backbone import load_model
@@ -80,7 +83,26 @@ class MaskedLM(Task):
         return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "labels": labels}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**self._masked(batch)).loss
+        return self._masked_loss(model, self._masked(batch))
+
+    @staticmethod
+    def _masked_loss(model: nn.Module, masked: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy on the masked tokens, the vocabulary projected for those tokens only.
+
+        transformers' ``*ForMaskedLM`` projects every position and then ignores the unmasked ones; a model
+        whose encoder and head this cannot find (neither ``cls`` nor ``lm_head``) runs that full forward."""
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        body = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+        head = next((h for h in (getattr(inner, "cls", None), getattr(inner, "lm_head", None)) if h is not None),
+                    None)
+        if not isinstance(body, nn.Module) or not isinstance(head, nn.Module) or body is inner:
+            return model(**masked).loss
+        labels = masked["labels"]
+        hidden = body(input_ids=masked["input_ids"], attention_mask=masked["attention_mask"])[0]
+        picked = labels != -100
+        if not bool(picked.any()):
+            return hidden.sum() * 0.0  # nothing masked in this batch: no signal, a graph that still backpropagates
+        return F.cross_entropy(head(hidden[picked]).float(), labels[picked])
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
@@ -93,7 +115,7 @@ class MaskedLM(Task):
                 masked = self._masked(batch)
                 count = int((masked["labels"] != -100).sum())
                 if count:
-                    loss_sum += float(model(**masked).loss) * count
+                    loss_sum += float(self._masked_loss(model, masked)) * count
                     tokens += count
         loss = loss_sum / max(tokens, 1)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "num-examples": len(data)}
