@@ -445,6 +445,12 @@ def _best_line(lines: list[dict], metric: str = "accuracy") -> dict:
     return max(scored, key=lambda ln: ln["val"][f"val_{metric}"])  # max keeps the first of equals
 
 
+def _run_lr(run_dir: Path) -> float:
+    import yaml
+
+    return float(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"])
+
+
 def _test_at_best_val(run_dir: Path, metric: str = "accuracy") -> float:
     """The test metric of the round whose validation metric was best (the first such round): what early stopping
     that keeps its best checkpoint reports, the checkpoint chosen on validation data alone."""
@@ -487,7 +493,8 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
             rows += [r for r in load_results(local) if r["mode"] == "local"]
         chosen = choose(rows)
         grid = sorted({r["grid"] for r in rows if r["grid"]}, key=lambda g: float(g.split("=")[1]))
-        lines += [f"### {name} ([REPORT](study-{name}-conv/REPORT.md))", "",
+        local_link = f", [local baseline](study-{name}-conv/REPORT-local.md)" if local.is_file() else ""
+        lines += [f"### {name} ([REPORT](study-{name}-conv/REPORT.md){local_link})", "",
                   "| alpha | mode | chosen lr | seeds | test accuracy, last round (mean) | test accuracy at the best "
                   "validation round (mean) | rounds (mean) | MB up + down | wall s |",
                   "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -504,8 +511,9 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
                 per_seed[mode] = {r["seed"]: r["final_test"] for r in runs}
                 at_best[mode] = {r["seed"]: _test_at_best_val(Path(r["run_dir"])) for r in runs}
                 at_end = chosen[(condition, mode)] in (grid[0], grid[-1]) if grid else False
-                lines.append(f"| {alpha} | {mode} | {chosen[(condition, mode)].split('=')[-1]}"
-                             f"{' (grid end)' if at_end else ''} | {len(runs)} | "
+                point = chosen[(condition, mode)]
+                lr = point.split("=")[-1] if point else f"{_run_lr(Path(runs[0]['run_dir'])):g} (not tuned)"
+                lines.append(f"| {alpha} | {mode} | {lr}{' (grid end)' if at_end else ''} | {len(runs)} | "
                              f"{sum(r['final_test'] for r in runs) / len(runs):.4f} | "
                              f"{sum(at_best[mode].values()) / len(runs):.4f} | "
                              f"{sum(r['rounds'] for r in runs) / len(runs):.1f} | "
@@ -522,7 +530,8 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
                                  f"**{'met' if met else 'not met'}**.")
             if {"federated", "local"} <= set(per_seed):
                 mean, lo, hi, n = paired_difference(per_seed["federated"], per_seed["local"])
-                goals.append(f"- alpha {alpha}: federated - local {100 * mean:+.1f} points ({n} seeds).")
+                goals.append(f"- alpha {alpha}: federated - local {100 * mean:+.1f} points ({n} seed"
+                             f"{'s' if n != 1 else ''}; local-only at its untuned lr).")
         ends = sorted({mode for (_, mode), point in chosen.items() if grid and point in (grid[0], grid[-1])})
         lines += ["", *goals, "", *STUDY_READING.get(name, []),
                   *([f"- A mode chose an end of the learning-rate grid ({', '.join(ends)}): the grid should extend "
@@ -534,6 +543,9 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
         for path in [study / "REPORT.md", study / "results.csv", *study.glob("*.png")]:
             if path.is_file():
                 shutil.copy(path, target / path.name)
+        for path in (local.parent / "REPORT.md", local):  # the local baseline's own study, renamed beside it
+            if path.is_file():
+                shutil.copy(path, target / f"{path.stem}-local{path.suffix}")
         lines += [f"![accuracy per round](study-{name}-conv/accuracy_per_round.png)", ""]
     _section(RESULTS / "convergence.md", "studies", "\n".join(lines))
 

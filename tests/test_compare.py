@@ -172,3 +172,23 @@ def test_unseen_parties_never_train_and_are_measured(job_factory, carried, monke
     assert 0.0 <= parties["unseen_accuracy"] <= 1.0
     assert set(parties["party_val_accuracy"]) == {"0", "1", "2"}
     assert summary["overfit_gap"] == pytest.approx(parties["train_accuracy"] - summary["final_test_accuracy"])
+
+
+def test_time_to_target_leaves_out_local_only_whose_validation_is_each_partys_own_split(tmp_path) -> None:
+    # a party's own model on its own (label-skewed) split scores high without learning the task: reaching the
+    # centralized target that way is no cost to report
+    from ffm.study.report import to_target
+
+    def row(mode: str, vals: list[float]) -> dict:
+        run_dir = tmp_path / mode
+        run_dir.mkdir()
+        run_dir.joinpath("metrics.jsonl").write_text("".join(
+            json.dumps({"round": r, "val": {"val_accuracy": v}, "bytes_up": 1e6, "wall_time_s": 1.0}) + "\n"
+            for r, v in enumerate(vals, start=1)))
+        return {"condition": "", "mode": mode, "grid": "", "seed": 0, "status": "done", "val": max(vals),
+                "higher_is_better": 1, "metric": "accuracy", "run_dir": str(run_dir)}
+
+    table = to_target([row("centralized", [0.5, 0.8]), row("federated", [0.3, 0.79]), row("local", [0.9, 0.9])])
+
+    assert "| federated | 0.95 | 1/1 | 2.0 |" in table and "| centralized | 0.95 | 1/1 | 2.0 |" in table
+    assert "| local |" not in table and "Local-only is not in this table" in table

@@ -121,7 +121,9 @@ def _best_val(lines: list[dict[str, Any]], metric: str, higher: bool) -> float |
 
 def to_target(rows: list[dict[str, Any]], fractions: tuple[float, ...] = (0.95, 0.99)) -> str:
     """What each mode took to reach fractions of the centralized run's best validation metric (same seed):
-    rounds, MB (up + down) and seconds, mean over the seeds that reached it."""
+    rounds, MB (up + down) and seconds, mean over the seeds that reached it. Local-only is left out: its
+    validation metric is each party's model on that party's own split (its own label mix), which a model that
+    learned only its party's majority labels scores high on; it is not the centralized run's measure."""
     out = []
     for condition, group in _by_condition(chosen_rows(rows)).items():
         metric, higher = group[0]["metric"], bool(group[0]["higher_is_better"])
@@ -133,7 +135,7 @@ def to_target(rows: list[dict[str, Any]], fractions: tuple[float, ...] = (0.95, 
                 f"({', '.join(f'{v:.4f}' for v in targets.values() if v is not None)}).", "",
                 "| mode | fraction of the target | seeds that reached it | rounds | MB up + down | seconds |",
                 "|---|---:|---:|---:|---:|---:|"]
-        for mode in dict.fromkeys(r["mode"] for r in group):
+        for mode in dict.fromkeys(r["mode"] for r in group if r["mode"] != "local"):
             runs = [r for r in group if r["mode"] == mode and targets.get(r["seed"]) is not None]
             for fraction in fractions:
                 costs = [time_to_target(_curves(r), metric, higher, targets[r["seed"]], [fraction])[f"{fraction:g}"]
@@ -143,6 +145,9 @@ def to_target(rows: list[dict[str, Any]], fractions: tuple[float, ...] = (0.95, 
                 cells = ["-" if mean(k) is None else f"{mean(k) / scale:,.{d}f}"
                          for k, scale, d in (("round", 1, 1), ("bytes", 1e6, 1), ("seconds", 1, 0))]
                 out.append(f"| {mode} | {fraction:g} | {len(got)}/{len(runs)} | " + " | ".join(cells) + " |")
+        if any(r["mode"] == "local" for r in group):
+            out.append("Local-only is not in this table: its validation metric is each party's own model on its "
+                       "own split, not comparable with the centralized target.")
         out.append("")
     return "\n".join(out) or "No run measured a validation metric per round (federation.fraction_evaluate=0)."
 
