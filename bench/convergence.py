@@ -254,9 +254,9 @@ MLM_READING = [
     "against the optimizer steps one model took in sequence, the federated curve lies on the centralized one "
     "(the equal-steps line above). Averaging five newsrooms' adapters and heads, one topic each, costs little.",
     "- At equal *tokens* a federated round gives the model one party's 20 steps where the pooled run takes 100, "
-    "so after the same 40 rounds federated has taken a fifth of the steps, and its cosine schedule has run out "
-    "where the centralized run was at round 8. The 10% goal at equal tokens asks federated to make five times "
-    "the progress per step.",
+    "so after the same 40 rounds the federated model has taken 800 steps (the centralized run had as many by "
+    "round 8) and its cosine schedule has decayed to nothing: it flattens at 148 while centralized goes on to "
+    "94. The 10% goal at equal tokens asks federated for five times the progress per step.",
     "- What would close it: an outer optimizer that takes more than the average step (the DiLoCo row, Nesterov "
     "momentum on the round's change); Photon's small local batches (batch 16 / 5 parties gives each party as "
     "many steps as the pooled run on the same tokens, at a CPU cost per token); or the per-party budget the "
