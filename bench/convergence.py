@@ -404,6 +404,24 @@ SERVER_GRIDS: dict[str, dict[str, list[str]]] = {
 }
 
 
+STRATEGIES_READING = [
+    "Reading (the curves below; one seed, 240 test articles: one article is 0.4 points):",
+    "- Every rule sits at the majority class (test 0.25) for its first rounds at this skew before it climbs; "
+    "`budget.min_rounds=10` keeps patience from ending a run there.",
+    "- FedAdam at chance (0.250 in the earlier strategies.md) was a tuning failure: with Flower's tau of 1e-3 "
+    "an eta of 1e-3 or 3e-3 moves a LoRA coordinate a fraction of FedAvg's step per round, the model settles "
+    "on the majority class and patience ends it; at eta 1e-2 (the grid's end: the grid should go further) "
+    "FedAdam ends level with FedAvg.",
+    "- FedAvgM with server momentum 0.9 takes an effective step of lr / (1 - 0.9), 3x and 10x FedAvg's: its "
+    "curve swings (0.63 at round 9, 0.52 two rounds later) and patience ends it early; a server lr near 0.1 is "
+    "the point to try next.",
+    "- DiLoCo (outer Nesterov, lr 0.7) reaches 95% of FedAvg's best validation in fewer rounds and bytes and "
+    "ends level with it. At this skew, with all 10 clients in every round, the server optimizers buy speed, "
+    "not a better end point; where they are known to help more (a fraction of clients per round, more seeds "
+    "to separate 2-point differences from noise) is not measured here.",
+]
+
+
 def _best_val(result: dict) -> float | None:
     if "error" in result:
         return None
@@ -471,7 +489,7 @@ def strategies_report(results: dict[str, dict[str, dict]], chosen: dict[str, str
             lines += ["", f"Goal (the best server optimizer beats FedAvg by at least 2 points at alpha {alpha}), "
                       f"{what}: **{'met' if gap >= 2 else 'not met'}** (best: {top}, {gap:+.1f} points; one seed; "
                       f"server optimizers run: {', '.join(server)})."]
-    lines += ["", "![each rule at its chosen point](convergence-strategies.png)", ""]
+    lines += ["", *STRATEGIES_READING, "", "![each rule at its chosen point](convergence-strategies.png)", ""]
     return "\n".join(lines)
 
 
