@@ -257,8 +257,10 @@ MLM_READING = [
     "so after the same 40 rounds the federated model has taken 800 steps (the centralized run had as many by "
     "round 8) and its cosine schedule has decayed to nothing: it flattens at 148 while centralized goes on to "
     "94. The 10% goal at equal tokens asks federated for five times the progress per step.",
-    "- What would close it: an outer optimizer that takes more than the average step (the DiLoCo row, Nesterov "
-    "momentum on the round's change); Photon's small local batches (batch 16 / 5 parties gives each party as "
+    "- An outer optimizer that steps further than the average closes part of it: DiLoCo (Nesterov momentum on "
+    "the round's change, each client's AdamW state kept) ends below FedAvg and below centralized at equal "
+    "sequential steps, still above it at equal tokens. What would close the rest: Photon's small local "
+    "batches (batch 16 / 5 parties gives each party as "
     "many steps as the pooled run on the same tokens, at a CPU cost per token); or the per-party budget the "
     "anchor uses (each party 100 steps a round: equal wall time, five times the tokens).",
 ]
