@@ -421,6 +421,10 @@ STRATEGIES_READING = [
     "ends level with it. At this skew, with all 10 clients in every round, the server optimizers buy speed, "
     "not a better end point; where they are known to help more (a fraction of clients per round, more seeds "
     "to separate 2-point differences from noise) is not measured here.",
+    "- With plain SGD on the clients (lr 0.3), FedAvg stalls near 0.6 and stops at round 10; SCAFFOLD's control "
+    "variates, which correct each client's drift towards its own labels, reach 0.78 (0.83 at the best "
+    "validation round): at this skew the drift correction matters where the client optimizer does not adapt. "
+    "Both stay below FedAvg with AdamW on the clients.",
 ]
 
 
