@@ -308,14 +308,17 @@ def mlm_report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _sequential_steps(lines: list[dict]) -> list[tuple[int, int, float]]:
-    """(round, optimizer steps one model took in sequence so far, test perplexity) per round: a federated
-    round is one party's local steps (the parties run side by side), a centralized round its own steps."""
-    out, steps = [], 0
+def _progress(lines: list[dict], key: str) -> list[tuple[int, int, int, float]]:
+    """(round, tokens trained on by all parties, optimizer steps one model took in sequence, ``key``) for each
+    round that measured ``key``: a federated round adds one party's local steps (the parties run side by side),
+    a centralized round its own steps."""
+    out, tokens, steps = [], 0, 0
     for line in lines:
-        steps += max((c.get("local_steps", 0) for c in line.get("clients", [])), default=0)
-        if "test_perplexity" in line:
-            out.append((line["round"], steps, line["test_perplexity"]))
+        clients = line.get("clients", [])
+        tokens += sum(c.get("tokens_seen", 0) for c in clients)
+        steps += max((c.get("local_steps", 0) for c in clients), default=0)
+        if key in line:
+            out.append((line["round"], tokens, steps, line[key]))
     return out
 
 
@@ -325,14 +328,14 @@ def _equal_steps(results: dict[str, dict]) -> list[str]:
     central = results.get("mlm-central", {})
     if "error" in central or not central:
         return []
-    curve = _sequential_steps(central["lines"])
+    curve = [(r, n, p) for r, _, n, p in _progress(central["lines"], "test_perplexity")]
     out = ["", "At equal *sequential* steps (a federated round gives the model one party's 20 steps, a "
            "centralized round 100): each run's last test perplexity against the centralized run's at its first "
            "round with at least as many steps:", ""]
     for name, result in results.items():
         if name in ("mlm-central", "mlm-local") or "error" in result:
             continue
-        last_round, steps, ppl = _sequential_steps(result["lines"])[-1]
+        last_round, _, steps, ppl = _progress(result["lines"], "test_perplexity")[-1]
         match = next(((r, s, p) for r, s, p in curve if s >= steps), None)
         if match:
             gap = 100 * (ppl / match[2] - 1)
@@ -353,15 +356,7 @@ def curve_plot(results: dict[str, dict], key: str, ylabel: str, path: Path, log:
     for name, result in results.items():
         if "error" in result:
             continue
-        rounds, tokens, steps, values, total, sequential = [], [], [], [], 0, 0
-        for line in result["lines"]:
-            total += sum(c.get("tokens_seen", 0) for c in line.get("clients", []))
-            sequential += max((c.get("local_steps", 0) for c in line.get("clients", [])), default=0)
-            if key in line:
-                rounds.append(line["round"])
-                tokens.append(total)
-                steps.append(sequential)
-                values.append(line[key])
+        rounds, tokens, steps, values = zip(*_progress(result["lines"], key), strict=True)
         for ax, xs in zip(axes, (rounds, tokens, steps), strict=True):
             ax.plot(xs[1:], values[1:], "-", marker=".", label=name)
     for ax, label in zip(axes, ("round", "tokens trained on (all parties)", "sequential optimizer steps (one model)"),
