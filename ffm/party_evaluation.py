@@ -76,6 +76,7 @@ def evaluate_parties(
         "train_loss": _mean(train, "loss"),
         "train_examples": int(sum(r["num-examples"] for r in train)),
         f"val_{metric}": _mean(val, metric),
+        "val_loss": _mean(val, "loss"),
         f"party_val_{metric}": {str(pid): r[metric] for pid, r in enumerate(val)},
         "unseen_parties": len(data.unseen),
     }

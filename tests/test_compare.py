@@ -140,6 +140,21 @@ def test_the_choice_compares_grid_points_on_the_seeds_they_all_ran() -> None:
     assert choose(rows) == {("", "federated"): "lr=1"}
 
 
+def test_grid_points_that_tie_on_the_metric_are_told_apart_by_the_validation_loss() -> None:
+    def row(grid: str, seed: int, val: float, loss: float | None) -> dict:
+        return {"condition": "", "mode": "federated", "grid": grid, "seed": seed, "status": "done", "val": val,
+                "val_loss": loss, "higher_is_better": 1}
+
+    # 2e-3 and 8e-3 tie on accuracy (the same articles right); 2e-3 is surer of them: the loss decides, not the
+    # grid's text (which would pick "8e-3")
+    tied = [row("lr=2e-3", 0, 0.84, 0.41), row("lr=8e-3", 0, 0.84, 0.47), row("lr=5e-4", 0, 0.30, 0.20)]
+    assert choose(tied) == {("", "federated"): "lr=2e-3"}
+    # a better metric still wins whatever its loss
+    assert choose([*tied, row("lr=1e-3", 0, 0.85, 0.90)]) == {("", "federated"): "lr=1e-3"}
+    # runs written before the loss was recorded: the grid's text keeps the choice reproducible
+    assert choose([dict(r, val_loss=None) for r in tied]) == {("", "federated"): "lr=8e-3"}
+
+
 def test_paired_difference_has_a_t_interval_over_seeds() -> None:
     mean, _, hi, n = paired_difference({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.8, 1: 0.75, 2: 0.8})
     assert n == 3 and mean == pytest.approx(1 / 15)

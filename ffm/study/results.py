@@ -18,8 +18,8 @@ __all__ = ["COLUMNS", "choose", "chosen_rows", "load_results", "paired_differenc
 
 COLUMNS = [
     "name", "condition", "mode", "seed", "grid", "status", "metric", "higher_is_better", "final_test", "best_test",
-    "val", "train", "overfit_gap", "unseen", "party_worst10", "party_mean", "party_std", "party_min", "rounds",
-    "mb_up", "mb_down", "wall_s", "peak_rss_mb", "mia_auc", "mia_tpr_1pct", "run_dir",
+    "val", "val_loss", "train", "overfit_gap", "unseen", "party_worst10", "party_mean", "party_std", "party_min",
+    "rounds", "mb_up", "mb_down", "wall_s", "peak_rss_mb", "mia_auc", "mia_tpr_1pct", "run_dir",
 ]
 _TEXT = {"name", "condition", "mode", "grid", "status", "metric", "run_dir"}
 _INT = {"seed", "rounds", "higher_is_better"}
@@ -50,6 +50,7 @@ def row_of(run: StudyRun, record: dict, run_dir: Path) -> dict[str, Any]:
     row.update(
         metric=metric, higher_is_better=int(higher), final_test=summary[f"final_test_{metric}"],
         best_test=summary[f"best_test_{metric}"], val=parties.get(f"val_{metric}"),
+        val_loss=parties.get("val_loss"),
         train=parties.get(f"train_{metric}"), overfit_gap=summary.get("overfit_gap"),
         unseen=parties.get(f"unseen_{metric}"), rounds=summary["rounds"],
         mb_up=summary["bytes_up"] / 1e6, mb_down=summary["bytes_down"] / 1e6,
@@ -97,7 +98,11 @@ def _done(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def choose(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(condition, mode) -> the grid point with the best mean VALIDATION metric over seeds (the test set
     chooses nothing). Points are compared on the seeds every point ran (with --tune-seeds, the tuning seeds; the
-    chosen point's later seeds do not move the choice). A grid point that failed for any seed is not chosen."""
+    chosen point's later seeds do not move the choice). A grid point that failed for any seed is not chosen.
+
+    Points that tie on the metric (accuracy on a few dozen validation examples ties often) are told apart by
+    the lower mean validation loss, where every tied point has one; only then by the grid's text, so that the
+    choice is still the same on every machine."""
     chosen: dict[tuple[str, str], str] = {}
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
@@ -110,9 +115,15 @@ def choose(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
             if runs and all(r["status"] == "done" and r["val"] is not None for r in runs):
                 higher = bool(runs[0]["higher_is_better"])
                 score = statistics.fmean(r["val"] for r in runs)
-                candidates.append((score if higher else -score, grid))
+                losses = [r.get("val_loss") for r in runs]
+                loss = statistics.fmean(losses) if None not in losses else None
+                candidates.append((score if higher else -score, loss, grid))
         if candidates:
-            chosen[key] = max(candidates)[1]
+            best = max(c[0] for c in candidates)
+            tied = [c for c in candidates if c[0] == best]
+            if all(c[1] is not None for c in tied):
+                tied = [c for c in tied if c[1] == min(c[1] for c in tied)]
+            chosen[key] = max(c[2] for c in tied)
     return chosen
 
 
