@@ -176,6 +176,11 @@ def anchor_reading(results: dict[str, dict]) -> list[str]:
             out.append(f"- H = {h}, per-party: DiLoCo {d:.4f} ({100 * (d / central - 1):+.1f}%), FedAvg {f:.4f} "
                        f"({100 * (f / central - 1):+.1f}%): the outer Nesterov step "
                        f"{'gains' if d < f else 'loses'} {100 * abs(d / f - 1):.1f}% against plain averaging.")
+        slow = _contended(results, [n for n in perparty])
+        if slow:
+            out.append(f"- Wall time of {', '.join(slow)}: its clients' training took over 1.5x the median seconds "
+                       "per local step of the other per-party runs (the same model, batch and steps): the machine "
+                       "was shared while it ran; compare its loss, not its seconds.")
         by_h = {h: min((v for n, v in perparty.items() if f"-h{h}-" in n), default=None) for h in (8, 32, 128)}
         largest = max((h for h, v in by_h.items() if v is not None and v < central), default=None)
         if largest:
@@ -190,6 +195,23 @@ def anchor_reading(results: dict[str, dict]) -> list[str]:
     return out
 
 
+def _contended(results: dict[str, dict], names: list[str]) -> list[str]:
+    """Runs whose clients took over 1.5x the median training seconds per local step of ``names``: timed while
+    another job shared the cores (runs from different sessions are cached side by side)."""
+    import statistics
+
+    per_step = {}
+    for name in names:
+        clients = [c for line in results[name]["lines"] for c in line.get("clients", [])]
+        steps = sum(c.get("local_steps", 0) for c in clients)
+        if steps:
+            per_step[name] = sum(c.get("train_seconds", 0.0) for c in clients) / steps
+    if len(per_step) < 3:
+        return []
+    median = statistics.median(per_step.values())
+    return [n for n, v in per_step.items() if v > 1.5 * median]
+
+
 def anchor_plot(results: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -197,6 +219,7 @@ def anchor_plot(results: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (by_round, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = [n for n in results if n not in ("central", "local")]
     for name, result in results.items():
         if "error" in result:
             continue
@@ -207,8 +230,12 @@ def anchor_plot(results: dict[str, dict], path: Path) -> None:
             if "test_loss" in line:
                 tokens.append(total)
         style = "-" if "perparty" in name or name in ("central", "local") else ":"
-        by_round.plot([r for r, _, _ in points], [v for _, v, _ in points], style, marker=".", label=name)
-        by_tokens.plot(tokens, [v for _, v, _ in points], style, marker=".", label=name)
+        # centralized black and local grey; each federated run its own colour (14 runs outnumber the default 10)
+        color = {"central": "black", "local": "grey"}.get(name) or plt.get_cmap("tab20")(colors.index(name) % 20)
+        by_round.plot([r for r, _, _ in points], [v for _, v, _ in points], style, marker=".", label=name,
+                      color=color, lw=2.2 if name == "central" else 1.5)
+        by_tokens.plot(tokens, [v for _, v, _ in points], style, marker=".", label=name, color=color,
+                       lw=2.2 if name == "central" else 1.5)
     for ax, label in ((by_round, "exchanges (rounds)"), (by_tokens, "tokens trained on (all parties)")):
         ax.axhline(NANOGPT_LOSS, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log" if ax is by_round else "linear")
