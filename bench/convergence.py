@@ -176,7 +176,7 @@ def anchor_reading(results: dict[str, dict]) -> list[str]:
             out.append(f"- H = {h}, per-party: DiLoCo {d:.4f} ({100 * (d / central - 1):+.1f}%), FedAvg {f:.4f} "
                        f"({100 * (f / central - 1):+.1f}%): the outer Nesterov step "
                        f"{'gains' if d < f else 'loses'} {100 * abs(d / f - 1):.1f}% against plain averaging.")
-        slow = _contended(results, [n for n in perparty])
+        slow = _contended(results, list(perparty))
         if slow:
             out.append(f"- Wall time of {', '.join(slow)}: its clients' training took over 1.5x the median seconds "
                        "per local step of the other per-party runs (the same model, batch and steps): the machine "
