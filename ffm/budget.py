@@ -27,6 +27,9 @@ class BudgetConfig:
     min_delta: float = option(0.0, "the least change of the validation metric that counts as better")
     min_rounds: int = option(0, "patience never stops a run before this round (a run still near its start, e.g. "
                              "at a low learning rate, is not at a plateau)")
+    watch_loss: bool = option(False, "patience also counts a validation loss lower than every earlier one as "
+                              "progress: a run whose loss still falls while its accuracy on a small validation "
+                              "split stands still (a start-up plateau, a coarse metric) is not at its plateau")
     max_tokens: int = option(0, "stop once the clients have trained on this many tokens in all (0 = no limit)")
     target: float = option(0.0, "a validation value to reach (0 = none): the summary reports what reaching "
                            "budget.fractions of it took (ffm compare uses the centralized run's best)")
@@ -55,7 +58,8 @@ def should_stop(lines: list[dict[str, Any]], metric: str, higher_is_better: bool
     """Why the run should stop after the last of ``lines`` (its metrics lines, round 0 first), or ''.
 
     Patience counts the rounds since the best validation value so far that beat every earlier one by at least
-    ``min_delta``; rounds without a validation value neither improve nor count.
+    ``min_delta`` (with ``watch_loss``, or since the lowest validation loss so far); rounds without a validation
+    value neither improve nor count.
     """
     trained = [line for line in lines if line["round"] > 0]
     tokens = sum(c.get("tokens_seen", 0) for line in trained for c in line.get("clients", []))
@@ -63,16 +67,19 @@ def should_stop(lines: list[dict[str, Any]], metric: str, higher_is_better: bool
         return f"budget.max_tokens={budget.max_tokens} reached ({tokens} tokens)"
     if not budget.patience or (lines and lines[-1]["round"] < budget.min_rounds):
         return ""
-    best, since = None, 0
+    best, lowest_loss, since = None, None, 0
     for line in lines:
         value = _val(line, metric)
         if value is None:
             continue
         gain = (value - best if higher_is_better else best - value) if best is not None else float("inf")
-        if gain >= budget.min_delta and (best is None or gain > 0):
-            best, since = value, 0
-        else:
-            since += 1
+        improved = gain >= budget.min_delta and (best is None or gain > 0)
+        if improved:
+            best = value
+        loss = _val(line, "loss") if budget.watch_loss else None
+        if loss is not None and (lowest_loss is None or loss < lowest_loss):
+            lowest_loss, improved = loss, True
+        since = 0 if improved else since + 1
     if since >= budget.patience:
         return f"no better validation {metric} for budget.patience={budget.patience} rounds"
     return ""

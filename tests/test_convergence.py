@@ -64,6 +64,23 @@ def test_patience_never_stops_a_run_before_budget_min_rounds():
     assert first(BudgetConfig(patience=3, min_rounds=6)) == 6
 
 
+def test_with_watch_loss_a_falling_validation_loss_keeps_a_run_whose_accuracy_stands_still():
+    # BBC News at alpha 0.1, seed 1: one class predicted for 6 rounds while the loss fell, then the climb
+    accuracy = [0.212, 0.329, 0.306, 0.271, 0.271, 0.271, 0.341, 0.376]
+    losses = [1.604, 1.593, 1.575, 1.557, 1.537, 1.508, 1.468, 1.431]
+    lines = _val_lines(accuracy)
+    for line, loss in zip(lines[1:], losses, strict=True):
+        line["val"]["val_loss"] = loss
+    rising = [dict(line, val=dict(line["val"], val_loss=2.0 - loss)) for line in lines[1:]]  # the loss going up
+
+    def first(lines: list[dict], budget: BudgetConfig) -> int | None:
+        return next((r for r in range(1, len(lines)) if should_stop(lines[: r + 1], "accuracy", True, budget)), None)
+
+    assert first(lines, BudgetConfig(patience=4)) == 6  # where the study stopped it
+    assert first(lines, BudgetConfig(patience=4, watch_loss=True)) is None
+    assert first([lines[0], *rising], BudgetConfig(patience=4, watch_loss=True)) == 6  # no help from a rising loss
+
+
 def test_patience_reads_a_loss_downward_and_max_tokens_stops_on_the_clients_count():
     lines = [{"round": 0}, *({"round": r, "val": {"val_perplexity": v}, "clients": [{"tokens_seen": 300}]}
                              for r, v in enumerate([9.0, 8.0, 8.5, 8.2], start=1))]
