@@ -34,6 +34,11 @@ def _val_lines(values: list[float | None]) -> list[dict]:
     return lines
 
 
+def _first_stop(lines: list[dict], budget: BudgetConfig) -> int | None:
+    """The first round after which ``should_stop`` ends the run (None: it never does)."""
+    return next((r for r in range(1, len(lines)) if should_stop(lines[: r + 1], "accuracy", True, budget)), None)
+
+
 @pytest.mark.parametrize(
     ("values", "patience", "min_delta", "stops_after"),
     [
@@ -45,23 +50,15 @@ def _val_lines(values: list[float | None]) -> list[dict]:
     ],
 )
 def test_a_run_stops_exactly_when_its_patience_runs_out(values, patience, min_delta, stops_after):
-    budget = BudgetConfig(patience=patience, min_delta=min_delta)
-    lines = _val_lines(values)
-
-    first = next((r for r in range(1, len(lines)) if should_stop(lines[: r + 1], "accuracy", True, budget)), None)
-
-    assert first == stops_after
+    assert _first_stop(_val_lines(values), BudgetConfig(patience=patience, min_delta=min_delta)) == stops_after
 
 
 def test_patience_never_stops_a_run_before_budget_min_rounds():
     lines = _val_lines([0.28, 0.29, 0.28, 0.28, 0.29, 0.28, 0.5])  # a low learning rate: flat near chance, then up
 
-    def first(budget: BudgetConfig) -> int | None:
-        return next((r for r in range(1, len(lines)) if should_stop(lines[: r + 1], "accuracy", True, budget)), None)
-
-    assert first(BudgetConfig(patience=3)) == 5
-    assert first(BudgetConfig(patience=3, min_rounds=7)) is None  # round 7 improves: it goes on
-    assert first(BudgetConfig(patience=3, min_rounds=6)) == 6
+    assert _first_stop(lines, BudgetConfig(patience=3)) == 5
+    assert _first_stop(lines, BudgetConfig(patience=3, min_rounds=7)) is None  # round 7 improves: it goes on
+    assert _first_stop(lines, BudgetConfig(patience=3, min_rounds=6)) == 6
 
 
 def test_with_watch_loss_a_falling_validation_loss_keeps_a_run_whose_accuracy_stands_still():
@@ -71,14 +68,12 @@ def test_with_watch_loss_a_falling_validation_loss_keeps_a_run_whose_accuracy_st
     lines = _val_lines(accuracy)
     for line, loss in zip(lines[1:], losses, strict=True):
         line["val"]["val_loss"] = loss
-    rising = [dict(line, val=dict(line["val"], val_loss=2.0 - loss)) for line in lines[1:]]  # the loss going up
+    # the same accuracy with the loss going up round by round (3.0 - each falling loss)
+    rising = [dict(line, val=dict(line["val"], val_loss=3.0 - line["val"]["val_loss"])) for line in lines[1:]]
 
-    def first(lines: list[dict], budget: BudgetConfig) -> int | None:
-        return next((r for r in range(1, len(lines)) if should_stop(lines[: r + 1], "accuracy", True, budget)), None)
-
-    assert first(lines, BudgetConfig(patience=4)) == 6  # where the study stopped it
-    assert first(lines, BudgetConfig(patience=4, watch_loss=True)) is None
-    assert first([lines[0], *rising], BudgetConfig(patience=4, watch_loss=True)) == 6  # no help from a rising loss
+    assert _first_stop(lines, BudgetConfig(patience=4)) == 6  # where the study stopped it
+    assert _first_stop(lines, BudgetConfig(patience=4, watch_loss=True)) is None
+    assert _first_stop([lines[0], *rising], BudgetConfig(patience=4, watch_loss=True)) == 6  # no help from it
 
 
 def test_patience_reads_a_loss_downward_and_max_tokens_stops_on_the_clients_count():
