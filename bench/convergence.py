@@ -615,26 +615,40 @@ def _outcome(run: Path) -> tuple[float, float, int] | None:
     return done["final_test_accuracy"], _test_at_best_val(run), done["rounds"]
 
 
-def _min_rounds_aside(name: str) -> list[str]:
-    """The study's runs repeated with ``budget.min_rounds`` (``runs/aside-study-<name>-conv/*-minrounds<N>``), each
-    beside the study's own run of the same seed and learning rate: what the patience rule cost when it stopped a
-    run on its start-up plateau. Launched by hand (``ffm run`` with the study run's own overrides plus
-    ``budget.min_rounds=<N>``), never by the study."""
+REPEAT_CHANGES = {"minrounds": "budget.min_rounds={}", "watchloss": "budget.watch_loss=true",
+                  "adjust": "task.logit_adjust={}"}
+"""The tags a repeat's directory name ends with, and the key each stands for (``...-lr2e-3-adjust1-minrounds12``)."""
+
+
+def _repeat_of(repeat: str) -> tuple[str, list[str]]:
+    """A repeat's study run (its name without the tags) and the keys its tags changed."""
+    parts, changes = repeat.split("-"), []
+    while parts and (tag := re.fullmatch(r"(minrounds|watchloss|adjust)([\d.]*)", parts[-1])):
+        changes.insert(0, REPEAT_CHANGES[tag[1]].format(tag[2]))
+        parts.pop()
+    return "-".join(parts), changes
+
+
+def _repeats_aside(name: str) -> list[str]:
+    """The study's runs repeated with changed keys (``runs/aside-study-<name>-conv/<study run>-<tags>``, see
+    :data:`REPEAT_CHANGES`), each beside the study's own run of the same seed and learning rate: what the
+    patience rule cost when it stopped a run on its start-up plateau, and what a label-skew correction buys.
+    Launched by hand (``ffm run`` with the study run's own overrides plus the changed keys), never by the study."""
     aside = REPO / "runs" / f"aside-study-{name}-conv"
-    repeats = {s.parent: _outcome(s.parent) for s in sorted(aside.glob("*-minrounds*/summary.json"))} \
-        if aside.is_dir() else {}
+    repeats = {s.parent: _outcome(s.parent) for s in sorted(aside.glob("*/summary.json"))
+               if _repeat_of(s.parent.name)[1]} if aside.is_dir() else {}
     if not repeats:
         return []
-    lines = ["The same runs with `budget.min_rounds` (patience may stop a run only from that round on), beside the "
-             "study's own (test accuracy after the last round, and at the best validation round; rounds run):", "",
-             "| run | min_rounds | study: test | study: at best val | study: rounds | repeat: test | "
-             "repeat: at best val | repeat: rounds |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["The same runs repeated with changed keys, beside the study's own (test accuracy after the last round, "
+             "and at the best validation round; rounds run):", "",
+             "| run | changed | study: test | study: at best val | study: rounds | repeat: test | "
+             "repeat: at best val | repeat: rounds |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for repeat, outcome in repeats.items():
-        stem, floor = repeat.name.rsplit("-minrounds", 1)
+        stem, changes = _repeat_of(repeat.name)
         cells = []
         for done in (_outcome(REPO / "runs" / f"study-{name}-conv" / "runs" / stem), outcome):
             cells += ["not run", "", ""] if done is None else [f"{done[0]:.4f}", f"{done[1]:.4f}", str(done[2])]
-        lines.append(f"| {stem} | {floor} | " + " | ".join(cells) + " |")
+        lines.append(f"| {stem} | {', '.join(f'`{c}`' for c in changes)} | " + " | ".join(cells) + " |")
     return [*lines, "", *_repeats_paired(repeats), ""]
 
 
@@ -645,10 +659,12 @@ def _repeats_paired(repeats: dict[Path, tuple[float, float, int]]) -> list[str]:
 
     final: dict[tuple[str, str, str], dict[int, float]] = {}
     for repeat, (last, at_best, _) in repeats.items():
-        named = re.match(r"(?P<condition>.+)-(?P<mode>federated|centralized)-seed(?P<seed>\d+)-", repeat.name)
+        stem, changes = _repeat_of(repeat.name)
+        named = re.match(r"(?P<condition>.+)-(?P<mode>federated|centralized)-seed(?P<seed>\d+)-", stem)
         if named:
+            condition = f"{named['condition']} with {', '.join(f'`{c}`' for c in changes)}"
             for when, value in (("last round", last), ("best validation round", at_best)):
-                final.setdefault((named["condition"], when, named["mode"]), {})[int(named["seed"])] = value
+                final.setdefault((condition, when, named["mode"]), {})[int(named["seed"])] = value
     out = []
     for condition, when in dict.fromkeys((c, w) for c, w, _ in final):
         federated, centralized = final.get((condition, when, "federated"), {}), \
@@ -760,7 +776,7 @@ def part_studies(work: Path, report_only: bool, only: set[str] | None = None) ->
                 goals.append(f"- alpha {alpha}: federated - local {100 * mean:+.1f} points ({n} seed"
                              f"{'s' if n != 1 else ''}; local-only at its untuned lr).")
         ends = sorted({mode for (_, mode), point in chosen.items() if grid and point in (grid[0], grid[-1])})
-        lines += ["", *goals, "", *_min_rounds_aside(name), *STUDY_READING.get(name, []),
+        lines += ["", *goals, "", *_repeats_aside(name), *STUDY_READING.get(name, []),
                   *([f"- A mode chose an end of the learning-rate grid ({', '.join(ends)}): the grid should extend "
                      "past it before the choice is trusted."] if ends else []),
                   "", "Rounds, bytes and seconds to reach 95% and 99% of the centralized run's best "

@@ -199,7 +199,7 @@ def train(msg: Message, context: Context) -> Message:
         loss, seen = train_steps(
             trained,
             batches,
-            objective=workspace.task.loss,
+            objective=workspace.task.party_objective(data),
             optimizer=stepping,
             scheduler=scheduler,
             penalties=penalties,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ffm.config import load_job
 from ffm.data import ClientData, FederatedData
 from ffm.errors import ConfigError, DataError
 from ffm.runtime import run_local
 from ffm.tasks import TASKS, build_task
+from ffm.tasks.examples import Examples
 from ffm.workspace import _check_schema
 
 
@@ -160,3 +164,66 @@ def test_adapters_that_match_no_layer_name_the_layers_there_are(job_factory):
     with pytest.raises(ConfigError, match="q_proj"):  # transformers 5's ViT names its projections q/k/v_proj
         workspace_for(_vit_job(job_factory, "vit-bad", "digits", method__name="lora",
                                method__targets=["query", "value"]))
+
+
+class _FixedLogits(torch.nn.Module):
+    """A classifier whose logits are one trainable row, whatever the input: the loss's gradient on each class."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.row = torch.nn.Parameter(torch.tensor(logits))
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_: object) -> SimpleNamespace:
+        logits = self.row.expand(len(input_ids), -1)
+        return SimpleNamespace(logits=logits, loss=None if labels is None else F.cross_entropy(logits, labels))
+
+
+def _party(labels: list[int]) -> Examples:
+    return Examples({"input_ids": torch.ones(len(labels), 2, dtype=torch.long),
+                     "attention_mask": torch.ones(len(labels), 2, dtype=torch.long),
+                     "labels": torch.tensor(labels)}, torch.full((len(labels),), 2))
+
+
+def _class_gradient(objective, model: _FixedLogits, party: Examples) -> torch.Tensor:
+    model.zero_grad()
+    objective(model, party.tensors).backward()
+    return model.row.grad.clone()
+
+
+def test_logit_adjustment_leaves_alone_the_class_a_party_lacks_which_plain_cross_entropy_pushes_down():
+    party, model = _party([0, 0, 1]), _FixedLogits([0.5, 0.0, 0.2])  # class 2 of 3: not held by this party
+    plain = build_task(load_job(None).task)
+    adjusted = build_task(load_job(None, ["task.logit_adjust=1"]).task)
+
+    assert plain.party_objective(party) == plain.loss  # off: the task's own loss
+    pushed = _class_gradient(plain.party_objective(party), model, party)
+    left = _class_gradient(adjusted.party_objective(party), model, party)
+
+    assert pushed[2] > 0.1  # a descent step lowers the missing class's logit
+    assert abs(left[2]) < 1e-5  # adjusted: the party leaves it alone
+    frequency = torch.tensor([2 / 3, 1 / 3, 1e-6])
+    by_hand = F.cross_entropy(model.row.detach().expand(3, -1) + torch.log(frequency),
+                                                party.tensors["labels"])
+    assert float(adjusted.party_objective(party)(model, party.tensors)) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_logit_adjustment_is_a_non_negative_key_and_refuses_a_replayed_buffer_it_cannot_count():
+    with pytest.raises(ConfigError, match=r"task\.logit_adjust must be 0 \(off\) or positive"):
+        load_job(None, ["task.logit_adjust=-1"])
+    with pytest.raises(ConfigError, match=r"replay with task\.logit_adjust"):
+        load_job(None, ["task.logit_adjust=1", "continual.kind=class_incremental", "continual.stages=2",
+                        "federation.rounds=2", "continual.approach=replay"])
+
+
+def _train_losses(summary: dict) -> list[float]:
+    lines = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    return sorted(c["train_loss"] for ln in lines for c in ln.get("clients", []))
+
+
+def test_a_federated_run_under_label_skew_trains_its_parties_on_the_adjusted_loss(job_factory):
+    skewed = {"federation__rounds": 1, "data__partitioner": "dirichlet", "data__alpha": 0.1}
+    plain, _ = run_local(job_factory("plain", **skewed))
+    adjusted, _ = run_local(job_factory("adjusted", **skewed, task__logit_adjust=1.0))
+
+    assert len(_train_losses(adjusted)) == 3
+    assert _train_losses(adjusted) != pytest.approx(_train_losses(plain), rel=1e-3)

@@ -38,6 +38,9 @@ def check_stream(job: Job) -> None:
             f"{', '.join(n for n, s in STRATEGIES.items() if not s.model_shaped_state)}")
     require(c.approach != "replay" or not job.privacy.dp_sgd,
             "continual.approach=replay with privacy.dp_sgd=true: DP-SGD's Poisson batches cannot mix in the buffer")
+    require(c.approach != "replay" or not getattr(job.task, "logit_adjust", 0),
+            "continual.approach=replay with task.logit_adjust: the adjustment counts the stage's own labels, not the "
+            "replayed buffer's; set task.logit_adjust=0")
     require(not growing or not build_method(job.method).cfg.personal,
             "continual.kind=class_incremental grows the head on the server: method.personal must be empty")
     require(not job.budget.patience, "budget.patience stops a run early; a continual stream's stages need all their "

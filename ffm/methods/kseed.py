@@ -83,7 +83,7 @@ class KSeedRound(ClientRound):
         probabilities = (seed_probabilities(rows, self.cfg.seeds) if self.cfg.pro
                          else np.full(self.cfg.seeds, 1.0 / self.cfg.seeds))
         indices, coefs, loss, seen, seconds = zeroth_order_steps(
-            workspace.model, batches, workspace.task.loss, seeds=seed_values(job.seed, self.cfg.seeds),
+            workspace.model, batches, workspace.task.party_objective(data), seeds=seed_values(job.seed, self.cfg.seeds),
             probabilities=probabilities, eps=self.cfg.perturbation, lr_at=lambda i: job.train.lr * factor(i),
             choice=np.random.default_rng(seed))
         metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,

@@ -8,6 +8,7 @@ whatever the task names. A new task is one file with a ``Task`` subclass plus on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -80,6 +81,11 @@ class Task:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of a batch (what local training minimizes)."""
         return model(**batch).loss
+
+    def party_objective(self, data: Examples) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
+        """What one party's local training minimizes, given that party's whole training split: :meth:`loss` unless
+        the task corrects for what the party holds (a classifier's logit adjustment by the party's label counts)."""
+        return self.loss
 
     def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
         """Metrics over ``data``: at least ``loss``, the primary metric and ``num-examples``."""

@@ -1,7 +1,16 @@
-"""Text classification: a fresh head over the backbone, cross-entropy loss, accuracy as the primary metric."""
+"""Text classification: a fresh head over the backbone, cross-entropy loss, accuracy as the primary metric.
+
+Under label skew a party's local steps push down the logits of the classes it lacks, and averaging those
+updates can leave a class that few parties hold never predicted (BBC at Dirichlet 0.1: see
+bench/results/convergence.md). ``task.logit_adjust`` is the correction of FedLC (Zhang et al., ICML 2022) in its
+logit-adjustment form (Menon et al., ICLR 2021; balanced softmax at 1): the local loss reads the logits plus
+tau * log of the party's own class frequencies, so the party explains its skew by the offset instead of by the
+shared head. Evaluation reads the plain logits.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,17 +22,31 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from ffm.models.backbone import load_model
 from ffm.models.config import ModelConfig
+from ffm.settings import option, require
 from ffm.tasks.base import Task, TaskConfig, ensure_pad_token
 from ffm.tasks.examples import Examples, batches
 
 __all__ = ["TextClassification", "TextClassificationConfig"]
 
 
+ABSENT_FREQUENCY = 1e-6
+"""The class frequency an adjusted loss assumes for a class the party does not hold (log: -13.8): its softmax share
+during local training is about a millionth, so the party leaves that class's logit alone (FedRS's restriction)."""
+
+
 @dataclass
 class TextClassificationConfig(TaskConfig):
-    """Text classification has no keys of its own."""
+    """A classifier's one key: the label-skew correction of its local loss."""
 
     name: str = "text_classification"
+    logit_adjust: float = option(0.0, "tau of the local loss's logit adjustment by the party's own class frequencies "
+                                      "(FedLC-style label-skew correction: logits + tau * log frequency; a class the "
+                                      "party lacks is left alone); 0 = off, 1 = balanced softmax; evaluation reads "
+                                      "the plain logits")
+
+    def __post_init__(self) -> None:
+        require(self.logit_adjust >= 0, f"task.logit_adjust must be 0 (off) or positive (1 = balanced softmax), "
+                                        f"got {self.logit_adjust}")
 
 
 class TextClassification(Task):
@@ -47,6 +70,19 @@ class TextClassification(Task):
             num_labels=len(label_names),
             ignore_mismatched_sizes=True,  # a saved head for other labels is replaced by a fresh one
         )
+
+    def party_objective(self, data: Examples) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
+        if not self.cfg.logit_adjust:
+            return self.loss
+        held, tau = data.tensors["labels"], self.cfg.logit_adjust
+
+        def adjusted(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            counts = torch.bincount(held, minlength=logits.shape[-1]).float()  # a grown head: classes not held yet
+            offset = tau * torch.log((counts / counts.sum()).clamp_min(ABSENT_FREQUENCY))
+            return F.cross_entropy(logits + offset.to(logits.dtype), batch["labels"])
+
+        return adjusted
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
         ensure_pad_token(tokenizer)

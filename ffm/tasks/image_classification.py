@@ -14,16 +14,15 @@ from transformers import AutoModelForImageClassification, PreTrainedModel, PreTr
 from ffm.models.backbone import load_model
 from ffm.models.config import ModelConfig
 from ffm.settings import option, require
-from ffm.tasks.base import TaskConfig
-from ffm.tasks.classification import TextClassification
+from ffm.tasks.classification import TextClassification, TextClassificationConfig
 from ffm.tasks.examples import Examples
 
 __all__ = ["ImageClassification", "ImageClassificationConfig", "image_tensor"]
 
 
 @dataclass
-class ImageClassificationConfig(TaskConfig):
-    """The image task's keys: image size, patch size, channels."""
+class ImageClassificationConfig(TextClassificationConfig):
+    """The image task's keys: image size, patch size, channels (and the classifier's logit adjustment)."""
 
     name: str = "image_classification"
     image_size: int = option(28, "images are resized to image_size x image_size")
@@ -31,6 +30,7 @@ class ImageClassificationConfig(TaskConfig):
     channels: int = option(1, "1 (grey) or 3 (RGB): images are converted to this")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.image_size % self.patch_size == 0, "task.patch_size must divide task.image_size")
         require(self.channels in (1, 3), "task.channels must be 1 or 3")
 
