@@ -5,7 +5,9 @@ updates can leave a class that few parties hold never predicted (BBC at Dirichle
 bench/results/convergence.md). ``task.logit_adjust`` is the correction of FedLC (Zhang et al., ICML 2022) in its
 logit-adjustment form (Menon et al., ICLR 2021; balanced softmax at 1): the local loss reads the logits plus
 tau * log of the party's own class frequencies, so the party explains its skew by the offset instead of by the
-shared head. Evaluation reads the plain logits.
+shared head. The frequencies are add-one smoothed (a class the party lacks counts as one example): pushed down
+far less, not left out, because a party that holds one class would otherwise have nothing left to learn
+(measured: leaving absent classes out cost BBC's seed 0 14 points). Evaluation reads the plain logits.
 """
 
 from __future__ import annotations
@@ -29,20 +31,15 @@ from ffm.tasks.examples import Examples, batches
 __all__ = ["TextClassification", "TextClassificationConfig"]
 
 
-ABSENT_FREQUENCY = 1e-6
-"""The class frequency an adjusted loss assumes for a class the party does not hold (log: -13.8): its softmax share
-during local training is about a millionth, so the party leaves that class's logit alone (FedRS's restriction)."""
-
-
 @dataclass
 class TextClassificationConfig(TaskConfig):
     """A classifier's one key: the label-skew correction of its local loss."""
 
     name: str = "text_classification"
     logit_adjust: float = option(0.0, "tau of the local loss's logit adjustment by the party's own class frequencies "
-                                      "(FedLC-style label-skew correction: logits + tau * log frequency; a class the "
-                                      "party lacks is left alone); 0 = off, 1 = balanced softmax; evaluation reads "
-                                      "the plain logits")
+                                      "(FedLC-style label-skew correction: logits + tau * log frequency, add-one "
+                                      "smoothed: a class the party lacks is pushed down far less); 0 = off, "
+                                      "1 = balanced softmax; evaluation reads the plain logits")
 
     def __post_init__(self) -> None:
         require(self.logit_adjust >= 0, f"task.logit_adjust must be 0 (off) or positive (1 = balanced softmax), "
@@ -78,8 +75,8 @@ class TextClassification(Task):
 
         def adjusted(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            counts = torch.bincount(held, minlength=logits.shape[-1]).float()  # a grown head: classes not held yet
-            offset = tau * torch.log((counts / counts.sum()).clamp_min(ABSENT_FREQUENCY))
+            counts = torch.bincount(held, minlength=logits.shape[-1]).float() + 1.0  # a grown head: classes not held
+            offset = tau * torch.log(counts / counts.sum())
             return F.cross_entropy(logits + offset.to(logits.dtype), batch["labels"])
 
         return adjusted
