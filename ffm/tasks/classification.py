@@ -75,9 +75,10 @@ class TextClassification(Task):
 
         def adjusted(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            counts = torch.bincount(held, minlength=logits.shape[-1]).float() + 1.0  # a grown head: classes not held
+            # minlength: a grown head (a class-incremental stream) has rows for classes no party holds yet
+            counts = torch.bincount(held, minlength=logits.shape[-1]).float() + 1.0
             offset = tau * torch.log(counts / counts.sum())
-            return F.cross_entropy(logits + offset.to(logits.dtype), batch["labels"])
+            return F.cross_entropy(logits + offset.to(logits), batch["labels"])
 
         return adjusted
 
