@@ -645,7 +645,7 @@ REPEAT_CHANGES = {"minrounds": "budget.min_rounds={}", "watchloss": "budget.watc
 def _repeat_of(repeat: str) -> tuple[str, list[str]]:
     """A repeat's study run (its name without the tags) and the keys its tags changed."""
     parts, changes = repeat.split("-"), []
-    while parts and (tag := re.fullmatch(r"(minrounds|watchloss|adjust)([\d.]*)", parts[-1])):
+    while parts and (tag := re.fullmatch(rf"({'|'.join(REPEAT_CHANGES)})([\d.]*)", parts[-1])):
         changes.insert(0, REPEAT_CHANGES[tag[1]].format(tag[2]))
         parts.pop()
     return "-".join(parts), changes
