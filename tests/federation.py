@@ -1,10 +1,12 @@
 """A real Flower federation for tests: a SuperLink and SuperNodes as OS processes on free loopback ports.
 
-Not a test module: tests/test_deploy.py and tests/test_warm_worker.py share it.
+Not a test module: the tests of real federations (tests/test_deploy*.py, test_warm_worker.py, ...) share it,
+and its helpers that read what a run left, to compare a deployed run with the LocalGrid's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -16,7 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ffm.config import JobConfig
+from ffm.run_dir import RunDirectory
 from ffm.runtime.certs import NodeKeys, make_node_keys
 from ffm.runtime.deploy import (
     TlsFiles,
@@ -198,3 +203,32 @@ def federation(
     assert nothing_listens_on(link_port)
 
 
+# --- what a run leaves, to compare a deployed run with the LocalGrid's ----------------------------------
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as one level of dotted keys."""
+    out: dict = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def metrics(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
+    path = RunDirectory(run_dir).checkpoint_path(last_round)
+    return torch.load(path, weights_only=True)["state"]
+
+
+def comparable(lines: list[dict]) -> dict:
+    """metrics.jsonl flattened to numbers, clients keyed by partition: all but times and the nodes' ids."""
+    out: dict = {}
+    for line in lines:
+        clients = {str(c["partition_id"]): {k: v for k, v in c.items() if k not in ("node", "train_seconds")}
+                   for c in line.get("clients", [])}
+        rest = {k: v for k, v in line.items() if k not in ("wall_time_s", "clients", "rejected")}
+        out.update(flat({"rejected": len(line.get("rejected", [])), **rest, "clients": clients}, f"{line['round']}."))
+    return out

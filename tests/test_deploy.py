@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import tomli
 import torch
-from federation import federation, tail, wait_for
+from federation import checkpoint, comparable, federation, flat, metrics, tail, wait_for
 
 from ffm.cli import main as ffm_main
 from ffm.config import JobConfig, job_from_run_config, job_to_run_config
 from ffm.errors import FfmError
 from ffm.run_dir import RunDirectory
 from ffm.runtime import run_local
-from ffm.runtime.certs import make_test_certificates
 from ffm.runtime.deploy import (
     TlsFiles,
     app_pyproject,
@@ -31,29 +30,22 @@ from ffm.runtime.deploy import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def test_pyproject_declares_every_key_of_every_task_method_and_strategy_with_its_default():
     declared = tomli.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
     assert declared == app_pyproject()["tool"]["flwr"]["app"]["config"]
-    assert _flat(declared).items() >= job_to_run_config(JobConfig()).items()
+    assert flat(declared).items() >= job_to_run_config(JobConfig()).items()
     # a run_config holding every declared key (as a SuperLink passes it) still reads as the default job
-    assert job_from_run_config(_flat(declared)) == JobConfig()
+    assert job_from_run_config(flat(declared)) == JobConfig()
 
 
 def test_job_toml_flattens_to_the_run_config_the_apps_read(job_factory):
     job = job_factory(method__targets=["query", "key", "value"], train__lr=0.02)
 
-    flat = _flat(tomli.loads(job_toml(job)))
+    flattened = flat(tomli.loads(job_toml(job)))
 
-    assert flat == job_to_run_config(job)
-    assert job_from_run_config(flat) == job
+    assert flattened == job_to_run_config(job)
+    assert job_from_run_config(flattened) == job
 
 
 def test_superlink_command_is_insecure_without_certificates_and_tls_with_them(tmp_path):
@@ -91,7 +83,6 @@ def test_supernode_command_gives_the_node_its_own_state_dir(tmp_path):
 
 def test_deploy_run_resume_submits_the_runs_own_config_marked_resume(job_factory, tmp_path, monkeypatch):
     import ffm.deploy_cli as deploy_cli
-    from ffm.run_dir import RunDirectory
 
     job = job_factory("interrupted", runtime="flower", federation__rounds=4)
     RunDirectory(job.run_dir).start(job)
@@ -134,46 +125,8 @@ def test_ffm_run_with_runtime_flower_points_to_ffm_deploy(tmp_path, capsys):
 # tests turn evaluation off and keep to 2 rounds; each takes about a minute.
 
 
-def _metrics(run_dir: str) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _checkpoint(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
-    path = RunDirectory(run_dir).checkpoint_path(last_round)
-    return torch.load(path, weights_only=True)["state"]
-
-
-def _comparable(lines: list[dict]) -> dict:
-    """metrics.jsonl flattened to numbers, clients keyed by partition: all but times and the nodes' ids."""
-    out: dict = {}
-    for line in lines:
-        clients = {str(c["partition_id"]): {k: v for k, v in c.items() if k not in ("node", "train_seconds")}
-                   for c in line.get("clients", [])}
-        rest = {k: v for k, v in line.items() if k not in ("wall_time_s", "clients", "rejected")}
-        out.update(_flat({"rejected": len(line.get("rejected", [])), **rest, "clients": clients}, f"{line['round']}."))
-    return out
-
-
 # evaluation off: every ClientApp message costs a fresh process
 NO_EVAL = {"federation__fraction_evaluate": 0.0}
-
-
-@pytest.mark.slow
-def test_a_tls_federation_ends_with_the_local_grids_checkpoint_and_metrics(job_factory, tmp_path):
-    # Prepare: certificates from ffm's helper; every process in TLS mode
-    local = job_factory("local", **NO_EVAL)
-    deployed = job_factory("deployed", runtime="flower", **NO_EVAL)
-    run_local(local)
-    tls = make_test_certificates(tmp_path / "certs")
-
-    # Execute
-    with federation(tmp_path / "fed", tls=tls) as fed:
-        seconds = fed.run(deployed, timeout=150)
-
-    # Assert: the same final state and every metric but times (test, train loss per client, bytes)
-    torch.testing.assert_close(_checkpoint(deployed.run_dir), _checkpoint(local.run_dir))
-    assert _comparable(_metrics(deployed.run_dir)) == pytest.approx(_comparable(_metrics(local.run_dir)))
-    print(f"TLS federation: 2 rounds in {seconds:.1f} s")
 
 
 @pytest.mark.slow
@@ -186,7 +139,7 @@ def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_super
     first_checkpoint = Path(job.run_dir) / "checkpoints" / "round-000001.pt"
 
     # Execute: node 3 crashes (SIGKILL to its group: no goodbye to the SuperLink) once round 1 is written. Warm
-    # SuperNodes: the cold path is the TLS test's, and a warm node saves ~7 s of imports a message
+    # SuperNodes: the cold path is tested in test_deploy_security.py (over TLS); a warm node saves ~7 s a message
     with federation(tmp_path / "fed", warm=True) as fed:
         run = fed.submit(job)
         wait_for(first_checkpoint.exists, "round 1's checkpoint", 120, run, fed.logs / "flwr-run.log")
@@ -195,10 +148,10 @@ def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_super
 
     # Assert: round 1 as on the LocalGrid; round 2 waits until the SuperLink misses the node's heartbeats
     # (2 x 30 s at most), gets an error reply in its place and aggregates the other two
-    lines = _metrics(job.run_dir)
+    lines = metrics(job.run_dir)
     assert code == 0, tail(fed.logs / "flwr-run.log")
-    torch.testing.assert_close(_checkpoint(job.run_dir, 1), _checkpoint(local.run_dir, 1))
-    assert _comparable(lines[:2]) == pytest.approx(_comparable(_metrics(local.run_dir)[:2]))
+    torch.testing.assert_close(checkpoint(job.run_dir, 1), checkpoint(local.run_dir, 1))
+    assert comparable(lines[:2]) == pytest.approx(comparable(metrics(local.run_dir)[:2]))
     assert [line["round"] for line in lines] == [0, 1, 2]
     assert [sorted(c["partition_id"] for c in line["clients"]) for line in lines[1:]] == [[0, 1, 2], [0, 1]]
     assert [len(line["rejected"]) for line in lines[1:]] == [0, 1]
@@ -222,7 +175,7 @@ def test_secure_aggregation_runs_unchanged_on_a_loopback_federation_of_three_sup
 
     # Assert: the securely aggregated state equals FedAvg's within half a quantization step
     bound = 0.5 * job.privacy.secagg_bound / 2**job.privacy.secagg_bits + 1e-6
-    secure, plain = _checkpoint(job.run_dir, 1), _checkpoint(local.run_dir, 1)
+    secure, plain = checkpoint(job.run_dir, 1), checkpoint(local.run_dir, 1)
     assert max(float((secure[k].double() - plain[k].double()).abs().max()) for k in plain) <= bound
     summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
     assert summary["secure_aggregation"]["rounds"]["1"]["survivors"] == 3
@@ -244,8 +197,8 @@ def test_a_continual_stream_with_churn_and_replay_runs_unchanged_on_supernodes(j
         fed.run(job, timeout=200)
 
     # Assert: the LocalGrid's states and accuracy matrix; party 2 trained in stage 2 only
-    torch.testing.assert_close(_checkpoint(job.run_dir), _checkpoint(local.run_dir))
-    lines = _metrics(job.run_dir)
+    torch.testing.assert_close(checkpoint(job.run_dir), checkpoint(local.run_dir))
+    lines = metrics(job.run_dir)
     assert [sorted(c["partition_id"] for c in line["clients"]) for line in lines[1:]] == [[0, 1], [0, 1, 2]]
     deployed, reference = (json.loads((Path(j.run_dir) / "summary.json").read_text())["continual"]
                            for j in (job, local))

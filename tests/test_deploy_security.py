@@ -1,7 +1,8 @@
 """Who may run what, on a real Flower federation (SuperLink, ffm's gateway and SuperNodes as processes on
 loopback): with ffm's layout a holder of ca.pem cannot register a node or submit a run through the public
 address, the operator can; a node that trusts only the operator's key runs its signed run and refuses an
-unsigned one and a stranger's, with one clear log line."""
+unsigned one and a stranger's, with one clear log line. The first test's run is also the suite's check that a
+TLS federation of cold SuperNodes (a fresh ClientApp process per message) ends where the LocalGrid ends."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from federation import federation, tail
+import torch
+from federation import checkpoint, comparable, federation, metrics, tail
 
+from ffm.runtime import run_local
 from ffm.runtime.certs import make_node_keys, make_test_certificates
 from ffm.runtime.deploy import flower_config
 from ffm.runtime.signing import make_signing_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("federation")]
 
-ONE_ROUND = {"federation__rounds": 1, "federation__fraction_evaluate": 0.0, "federation__max_failed_rounds": 1}
+ONE_ROUND = {"federation__rounds": 1, "federation__num_clients": 2, "federation__fraction_evaluate": 0.0,
+             "federation__max_failed_rounds": 1}
 
 
 def _register_through(fed, public_key: Path, port: int) -> subprocess.CompletedProcess:
@@ -32,6 +36,8 @@ def test_through_the_public_address_a_ca_holder_cannot_register_or_submit_and_th
         tmp_path, job_factory):
     certs = make_test_certificates(tmp_path / "certs", ("127.0.0.1", "localhost"))
     job = job_factory("deployed", runtime="flower", **ONE_ROUND)
+    local = job_factory("local", **ONE_ROUND)
+    run_local(local)
 
     with federation(tmp_path / "fed", num_nodes=2, tls=certs, node_auth=True, gateway=True) as fed:
         sybil = make_node_keys(tmp_path / "sybil", "sybil")
@@ -50,6 +56,9 @@ def test_through_the_public_address_a_ca_holder_cannot_register_or_submit_and_th
     assert accepted.returncode == 0 and "registered" in accepted.stdout, accepted.stdout + accepted.stderr
     summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
     assert summary["rounds"] == 1 and not summary["failed_rounds"] and seconds > 0
+    # the operator's run, over TLS on cold nodes, ends with the LocalGrid's state and every metric but times
+    torch.testing.assert_close(checkpoint(job.run_dir, 1), checkpoint(local.run_dir, 1))
+    assert comparable(metrics(job.run_dir)) == pytest.approx(comparable(metrics(local.run_dir)))
 
 
 def test_a_node_that_trusts_the_operator_runs_its_signed_run_and_refuses_unsigned_and_strangers(
