@@ -638,8 +638,11 @@ def _outcome(run: Path) -> tuple[float, float, int] | None:
 
 
 REPEAT_CHANGES = {"minrounds": "budget.min_rounds={}", "watchloss": "budget.watch_loss=true",
-                  "adjust": "task.logit_adjust={}"}
+                  "adjust": "task.logit_adjust={}", "perclass": "task.head_aggregation=per_class"}
 """The tags a repeat's directory name ends with, and the key each stands for (``...-lr2e-3-adjust1-minrounds12``)."""
+SAME_FOR_ONE_PARTY = ("task.head_aggregation=per_class",)
+"""Keys that leave a one-party (centralized) run bit-identical (a per-class mean over one party is its own row):
+a federated repeat with them pairs with the centralized repeat without them."""
 
 
 def _repeat_of(repeat: str) -> tuple[str, list[str]]:
@@ -679,26 +682,30 @@ def _repeats_paired(repeats: dict[Path, tuple[float, float, int]]) -> list[str]:
     the best validation round: the study's comparison, made again on the repeats alone."""
     from ffm.study.results import paired_difference
 
-    final: dict[tuple[str, str, str], dict[int, float]] = {}
+    final: dict[tuple[tuple[str, tuple[str, ...]], str, str], dict[int, float]] = {}
     for repeat, (last, at_best, _) in repeats.items():
         stem, changes = _repeat_of(repeat.name)
         named = re.match(r"(?P<condition>.+)-(?P<mode>federated|centralized)-seed(?P<seed>\d+)-", stem)
         if named:
-            condition = f"{named['condition']} with {', '.join(f'`{c}`' for c in changes)}"
             for when, value in (("last round", last), ("best validation round", at_best)):
-                final.setdefault((condition, when, named["mode"]), {})[int(named["seed"])] = value
+                key = ((named["condition"], tuple(changes)), when, named["mode"])
+                final.setdefault(key, {})[int(named["seed"])] = value
     out = []
-    for condition, when in dict.fromkeys((c, w) for c, w, _ in final):
-        federated, centralized = final.get((condition, when, "federated"), {}), \
-            final.get((condition, when, "centralized"), {})
+    for (condition, changes), when in dict.fromkeys((c, w) for c, w, m in final if m == "federated"):
+        same = tuple(c for c in changes if c not in SAME_FOR_ONE_PARTY)
+        federated, centralized = final[((condition, changes), when, "federated")], \
+            final.get(((condition, same), when, "centralized"), {})
         mean, lo, hi, n = paired_difference(federated, centralized)
         if n:
             interval = "" if lo is None else f", 95% interval [{100 * lo:+.1f}, {100 * hi:+.1f}]"
             by_seed = {mode: ", ".join(f"{k}: {values[k]:.4f}" for k in sorted(values))
                        for mode, values in (("federated", federated), ("centralized", centralized))}
-            out.append(f"- {condition}, repeats only, {when}: federated - centralized {100 * mean:+.1f} points over "
-                       f"the {n} seed{'s' if n != 1 else ''} both repeated{interval} (by seed: federated "
-                       f"{by_seed['federated']}; centralized {by_seed['centralized']}).")
+            pair = "" if same == changes else (" (centralized: its repeat without " + ", ".join(
+                f"`{c}`" for c in changes if c not in same) + ", which leaves a one-party run unchanged)")
+            out.append(f"- {condition} with {', '.join(f'`{c}`' for c in changes)}, repeats only, {when}: federated "
+                       f"- centralized {100 * mean:+.1f} points over the {n} seed{'s' if n != 1 else ''} both "
+                       f"repeated{interval}{pair} (by seed: federated {by_seed['federated']}; centralized "
+                       f"{by_seed['centralized']}).")
     return out
 
 

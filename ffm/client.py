@@ -221,7 +221,7 @@ def train(msg: Message, context: Context) -> Message:
         context.state[PERSONAL_KEY] = ArrayRecord(personal)
     metrics = {"num-examples": len(data), "train-loss": loss, "examples-seen": seen, "local-steps": steps,
                "tokens-seen": batches.tokens, "lr-sum": lr_sum, "train-seconds": seconds, **adjust.metrics,
-               **reply_metrics(job),
+               **workspace.task.party_metrics(data, len(workspace.data.label_names)), **reply_metrics(job),
                **private_metrics}
     reply = RecordDict(
         {

@@ -7,6 +7,7 @@ job, as a test's toy plug-ins are).
 """
 
 import ffm.continual
+import ffm.head_aggregation
 import ffm.mods
 import ffm.observers
 import ffm.privacy

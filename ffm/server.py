@@ -37,6 +37,7 @@ from ffm.run_dir import RunDirectory
 from ffm.settings import Job
 from ffm.strategies import LocalOnly, RoundLog, RoundOffset, UpdateGuard, strategy_spec
 from ffm.strategies.poisson import PoissonSampling
+from ffm.tasks import build_task
 from ffm.workspace import Workspace, workspace_for
 
 __all__ = ["app", "build_strategy", "run_job", "streams"]
@@ -62,12 +63,14 @@ def build_strategy(job: Job) -> Strategy:
     if spec.assumes_sgd and job.train.optimizer != "sgd":
         logger.warning("strategy.name=%s reads client updates as plain SGD steps; with train.optimizer=%s its "
                        "correction is approximate (set train.optimizer=sgd)", job.strategy.name, job.train.optimizer)
-    method = build_method(job.method)
-    if spec.outer_on_mean and privacy.wraps_mean(job):  # the server optimizer steps on the released (noised) mean
+    method, task = build_method(job.method), build_task(job.task)
+    if spec.outer_on_mean and (privacy.wraps_mean(job) or task.needs_each_update):
+        # the server optimizer steps on the released (noised) mean, or on the mean the task's server half made
         strategy = spec.outer(job.strategy, job.federation)
-        strategy.inner = privacy.wrap_strategy(method.wrap_strategy(strategy.inner, job), job)
+        strategy.inner = privacy.wrap_strategy(method.wrap_strategy(task.wrap_strategy(strategy.inner, job), job), job)
     else:
-        strategy = privacy.wrap_strategy(method.wrap_strategy(spec.build(job.strategy, job.federation), job), job)
+        rule = task.wrap_strategy(spec.build(job.strategy, job.federation), job)
+        strategy = privacy.wrap_strategy(method.wrap_strategy(rule, job), job)
     if job.federation.sampling == "poisson":
         strategy = PoissonSampling(strategy, rate=job.federation.fraction_train, seed=job.seed)
     return strategy
@@ -78,7 +81,8 @@ def streams(job: Job) -> bool:
     the rule's aggregate depends on them only through their weighted mean, and neither the method's server half
     nor a privacy mechanism reads each update."""
     return (job.federation.streaming and job.mode.aggregates and strategy_spec(job).mean_based
-            and not build_method(job.method).needs_each_update and not privacy.needs_each_update(job))
+            and not build_method(job.method).needs_each_update and not privacy.needs_each_update(job)
+            and not build_task(job.task).needs_each_update)
 
 
 def _round_record(log: RoundLog, seconds: float) -> dict[str, Any]:

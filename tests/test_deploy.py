@@ -4,14 +4,12 @@ SuperNodes as separate processes that ends where the in-process LocalGrid ends."
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import tomli
 import torch
-from federation import checkpoint, comparable, federation, flat, metrics, tail, wait_for
+from federation import checkpoint, federation, flat, metrics
 
 from ffm.cli import main as ffm_main
 from ffm.config import JobConfig, job_from_run_config, job_to_run_config
@@ -127,37 +125,6 @@ def test_ffm_run_with_runtime_flower_points_to_ffm_deploy(tmp_path, capsys):
 
 # evaluation off: every ClientApp message costs a fresh process
 NO_EVAL = {"federation__fraction_evaluate": 0.0}
-
-
-@pytest.mark.slow
-def test_an_insecure_federation_matches_the_local_grid_then_goes_on_when_a_supernode_dies(job_factory, tmp_path):
-    # Prepare: the insecure federation's own equality check is round 1, before the kill (one real-process
-    # test less: each costs about a minute)
-    local = job_factory("local", **NO_EVAL)
-    job = job_factory("deployed", runtime="flower", **NO_EVAL)
-    run_local(local)
-    first_checkpoint = Path(job.run_dir) / "checkpoints" / "round-000001.pt"
-
-    # Execute: node 3 crashes (SIGKILL to its group: no goodbye to the SuperLink) once round 1 is written. Warm
-    # SuperNodes: the cold path is tested in test_deploy_security.py (over TLS); a warm node saves ~7 s a message
-    with federation(tmp_path / "fed", warm=True) as fed:
-        run = fed.submit(job)
-        wait_for(first_checkpoint.exists, "round 1's checkpoint", 120, run, fed.logs / "flwr-run.log")
-        os.killpg(fed.nodes[2].pid, signal.SIGKILL)
-        code = run.wait(timeout=150)
-
-    # Assert: round 1 as on the LocalGrid; round 2 waits until the SuperLink misses the node's heartbeats
-    # (2 x 30 s at most), gets an error reply in its place and aggregates the other two
-    lines = metrics(job.run_dir)
-    assert code == 0, tail(fed.logs / "flwr-run.log")
-    torch.testing.assert_close(checkpoint(job.run_dir, 1), checkpoint(local.run_dir, 1))
-    assert comparable(lines[:2]) == pytest.approx(comparable(metrics(local.run_dir)[:2]))
-    assert [line["round"] for line in lines] == [0, 1, 2]
-    assert [sorted(c["partition_id"] for c in line["clients"]) for line in lines[1:]] == [[0, 1, 2], [0, 1]]
-    assert [len(line["rejected"]) for line in lines[1:]] == [0, 1]
-    assert "Node Unavailable" in lines[2]["rejected"][0]["reason"]
-    assert (Path(job.run_dir) / "final" / "adapter_model.safetensors").is_file()
-    print(f"round times with node 3 killed after round 1: {[line['wall_time_s'] for line in lines[1:]]} s")
 
 
 @pytest.mark.slow

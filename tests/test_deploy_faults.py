@@ -1,6 +1,9 @@
 """A real Flower federation that survives its nodes' faults: a SuperNode killed (kill -9) after round 1 and
 started again continues from the state it keeps on its own disk, with its DP-SGD count intact; a SuperNode
-paused (SIGSTOP) costs each round at most one ``federation.round_timeout``, never the run."""
+paused (SIGSTOP) costs each round at most one ``federation.round_timeout``, never the run: its reply is a
+rejected update each round (no reply in time, or the SuperLink's "Node Unavailable" once it misses the node's
+heartbeats), and the run ends with the others. (A warm federation's equality with the LocalGrid is
+tests/test_warm_worker.py's; a TLS federation's, tests/test_deploy_security.py's.)"""
 
 from __future__ import annotations
 

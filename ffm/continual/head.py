@@ -12,15 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HEAD_NAMES", "fit_head", "grow_head", "head_keys", "shrink_head"]
+from ffm.models.head import head_keys
 
-HEAD_NAMES = ("classifier", "score")
-
-
-def head_keys(state: dict[str, torch.Tensor], num_labels: int) -> list[str]:
-    """Keys of the head's per-class tensors (first dimension = ``num_labels``)."""
-    return [k for k, v in state.items()
-            if any(name in k for name in HEAD_NAMES) and v.ndim >= 1 and v.shape[0] == num_labels]
+__all__ = ["fit_head", "grow_head", "head_keys", "shrink_head"]
 
 
 def shrink_head(state: dict[str, torch.Tensor], keys: list[str], rows: int) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import datasets
 import torch
@@ -21,6 +21,11 @@ from ffm.models.config import ModelConfig
 from ffm.registry import Registry
 from ffm.settings import option
 from ffm.tasks.examples import Examples
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
+
+    from ffm.settings import Job
 
 __all__ = ["TASKS", "Task", "TaskConfig", "ensure_pad_token"]
 
@@ -86,6 +91,20 @@ class Task:
         """What one party's local training minimizes, given that party's whole training split: :meth:`loss` unless
         the task corrects for what the party holds (a classifier's logit adjustment by the party's label counts)."""
         return self.loss
+
+    def party_metrics(self, data: Examples, num_labels: int) -> dict[str, Any]:
+        """What a party reports about its training split beside its update (a classifier's counts of each of the
+        data set's ``num_labels`` classes, for a per-class head aggregation); nothing by default."""
+        return {}
+
+    def wrap_strategy(self, strategy: Strategy, job: Job) -> Strategy:
+        """The task's server half around the aggregation rule (none, for most tasks)."""
+        return strategy
+
+    @property
+    def needs_each_update(self) -> bool:
+        """Whether :meth:`wrap_strategy` reads each reply (then replies cannot be folded as they arrive)."""
+        return False
 
     def evaluate(self, model: nn.Module, data: Examples, batch_size: int) -> dict[str, float]:
         """Metrics over ``data``: at least ``loss``, the primary metric and ``num-examples``."""

@@ -8,6 +8,8 @@ tau * log of the party's own class frequencies, so the party explains its skew b
 shared head. The frequencies are add-one smoothed (a class the party lacks counts as one example): pushed down
 far less, not left out, because a party that holds one class would otherwise have nothing left to learn
 (measured: leaving absent classes out cost BBC's seed 0 14 points). Evaluation reads the plain logits.
+``task.head_aggregation=per_class`` corrects the other side, the server's: each class's head row is averaged over
+the parties that hold the class, weighted by their counts of it (ffm/strategies/class_head.py).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from ffm.models.backbone import load_model
 from ffm.models.config import ModelConfig
-from ffm.settings import option, require
+from ffm.settings import Job, option, require
+from ffm.strategies.class_head import CLASS_COUNTS, PerClassHead
 from ffm.tasks.base import Task, TaskConfig, ensure_pad_token
 from ffm.tasks.examples import Examples, batches
 
@@ -33,13 +37,18 @@ __all__ = ["TextClassification", "TextClassificationConfig"]
 
 @dataclass
 class TextClassificationConfig(TaskConfig):
-    """A classifier's one key: the label-skew correction of its local loss."""
+    """A classifier's keys: the label-skew corrections of its local loss and of its head's aggregation."""
 
     name: str = "text_classification"
     logit_adjust: float = option(0.0, "tau of the local loss's logit adjustment by the party's own class frequencies "
                                       "(FedLC-style label-skew correction: logits + tau * log frequency, add-one "
                                       "smoothed: a class the party lacks is pushed down far less); 0 = off, "
                                       "1 = balanced softmax; evaluation reads the plain logits")
+    head_aggregation: str = option("mean", "how the server aggregates the classification head: mean (as the "
+                                           "strategy does every tensor) or per_class (each class's row averaged "
+                                           "over the parties holding it, weighted by their counts of it; each "
+                                           "party then reports its label counts to the server)",
+                                   choices=("mean", "per_class"))
 
     def __post_init__(self) -> None:
         require(self.logit_adjust >= 0, f"task.logit_adjust must be 0 (off) or positive (1 = balanced softmax), "
@@ -81,6 +90,18 @@ class TextClassification(Task):
             return F.cross_entropy(logits + offset.to(logits), batch["labels"])
 
         return adjusted
+
+    def party_metrics(self, data: Examples, num_labels: int) -> dict[str, Any]:
+        if self.cfg.head_aggregation != "per_class":
+            return {}
+        return {CLASS_COUNTS: torch.bincount(data.tensors["labels"], minlength=num_labels).tolist()}
+
+    def wrap_strategy(self, strategy: Strategy, job: Job) -> Strategy:
+        return PerClassHead(strategy) if self.cfg.head_aggregation == "per_class" else strategy
+
+    @property
+    def needs_each_update(self) -> bool:
+        return self.cfg.head_aggregation == "per_class"
 
     def encode(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Examples:
         ensure_pad_token(tokenizer)
