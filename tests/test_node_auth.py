@@ -1,6 +1,6 @@
 """SuperNode authentication (flwr 1.42): only nodes whose public key the SuperLink's operator registered join.
 
-Command lines and key files first, then a real TLS federation with authentication on: three registered warm
+Command lines and key files first, then a real TLS federation with authentication on: two registered warm
 nodes train to the LocalGrid's result, and nodes with an unregistered key, or none, are refused."""
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def test_ffm_deploy_node_keys_writes_a_pair_and_a_node_auth_superlink_without_ce
 
 # --- a real federation --------------------------------------------------------------------------------------
 
-NO_EVAL = {"federation__fraction_evaluate": 0.0}  # train only: one message exchange per round
+NO_EVAL = {"federation__fraction_evaluate": 0.0, "federation__num_clients": 2}  # train only: one message
+# exchange per round; two registered nodes
 
 
 def _run(run_dir: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -106,19 +107,19 @@ def _run(run_dir: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
 
 @pytest.mark.slow
 def test_with_node_auth_registered_nodes_train_and_unregistered_ones_are_refused(job_factory, tmp_path):
-    # Prepare: a TLS SuperLink with --enable-supernode-auth; three warm nodes whose keys were registered
+    # Prepare: a TLS SuperLink with --enable-supernode-auth; two warm nodes whose keys were registered
     local = job_factory("local", **NO_EVAL)
     job = job_factory("deployed", runtime="flower", **NO_EVAL)
     run_local(local)
     tls = make_test_certificates(tmp_path / "certs")
     stranger = make_node_keys(tmp_path / "stranger", "node-x")
 
-    with federation(tmp_path / "fed", tls=tls, warm=True, node_auth=True) as fed:
+    with federation(tmp_path / "fed", num_nodes=2, tls=tls, warm=True, node_auth=True) as fed:
         # Execute: while the job runs, a node with an unregistered key and one with no key (flwr then makes
         # one up and asks the Fleet API to register it) try to join
         link = f"127.0.0.1:{fed.link_port}"
         strangers = [
-            start(supernode_command(superlink=link, partition_id=0, num_partitions=3, runtime_port=port, tls=tls,
+            start(supernode_command(superlink=link, partition_id=0, num_partitions=2, runtime_port=port, tls=tls,
                                     auth_key=key), fed.env, fed.logs / f"stranger-{n}.log")
             for n, (port, key) in enumerate(zip(free_ports(2), [stranger.private_key, None], strict=True))
         ]

@@ -1,5 +1,5 @@
 """ffm's warm ClientApp worker: the flwr internals it stands on, its error handling, and a federation of
-three ``ffm deploy supernode --warm`` nodes that ends where the in-process LocalGrid ends."""
+two ``ffm deploy supernode --warm`` nodes that ends where the in-process LocalGrid ends."""
 
 from __future__ import annotations
 
@@ -154,26 +154,26 @@ def _accuracies(run_dir: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_three_warm_supernodes_on_their_own_data_end_where_the_local_grid_ends(job_factory, tmp_path):
+def test_two_warm_supernodes_on_their_own_data_end_where_the_local_grid_ends(job_factory, tmp_path):
     # Prepare: the split exported; each node gets a private copy of its own folder, the server of the test
     # set; the export and the job's data source are gone, so no process can read anyone else's data.
-    local = job_factory("local")
+    local = job_factory("local", federation__num_clients=2)
     run_local(local)
     export_split(workspace_for(local).data, tmp_path / "split")
-    disks = [shutil.copytree(party_dir(tmp_path / "split", k), tmp_path / f"owner-{k}") for k in range(3)]
+    disks = [shutil.copytree(party_dir(tmp_path / "split", k), tmp_path / f"owner-{k}") for k in range(2)]
     server = shutil.copytree(tmp_path / "split" / "server", tmp_path / "server-disk")
     shutil.rmtree(tmp_path / "split")
-    deployed = job_factory("deployed", runtime="flower", data__source="csv",
+    deployed = job_factory("deployed", runtime="flower", federation__num_clients=2, data__source="csv",
                            data__path=str(tmp_path / "deleted.csv"), data__test_path=str(server))
 
     # Execute: train and evaluate on every node (2 rounds: 4 ClientApp tasks per node)
-    with federation(tmp_path / "fed", data_paths=disks, warm=True) as fed:
+    with federation(tmp_path / "fed", num_nodes=2, data_paths=disks, warm=True) as fed:
         seconds = fed.run(deployed, timeout=150)
 
     # Assert: the same model as the LocalGrid, and every node's tasks ran in ONE long-lived process
     torch.testing.assert_close(_final(deployed.run_dir), _final(local.run_dir))
     assert _accuracies(deployed.run_dir) == pytest.approx(_accuracies(local.run_dir))
-    for pid in range(3):
+    for pid in range(2):
         log = fed.logs / f"supernode-{pid}.log"
         lines = _worker_lines(log)
         assert len({worker_pid for worker_pid, *_ in lines}) == 1, lines
