@@ -82,6 +82,19 @@ def test_a_federated_run_sends_label_counts_and_changes_only_the_head_of_the_fir
     assert differ and all("classifier" in k for k in differ)
 
 
+def test_a_centralized_run_is_bit_identical_with_and_without_it(job_factory):
+    # one party: the weighted mean of its own rows is its rows (bench/convergence.py pairs on this)
+    pooled = {"mode": "centralized", "federation__rounds": 2, "federation__fraction_evaluate": 0.0}
+    plain, per_class = job_factory("plain", **pooled), job_factory("per_class", **pooled,
+                                                                     task__head_aggregation="per_class")
+
+    run_local(plain)
+    run_local(per_class)
+
+    a, b = checkpoint_state(plain.run_dir, 2), checkpoint_state(per_class.run_dir, 2)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_per_class_aggregation_reads_each_reply_so_replies_are_not_streamed():
     assert streams(load_job(None, ["federation.streaming=true"]))
     assert not streams(load_job(None, ["federation.streaming=true", "task.head_aggregation=per_class"]))
