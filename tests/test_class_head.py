@@ -93,6 +93,8 @@ def test_a_centralized_run_is_bit_identical_with_and_without_it(job_factory):
 
     a, b = checkpoint_state(plain.run_dir, 2), checkpoint_state(per_class.run_dir, 2)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(x) for x in (Path(per_class.run_dir) / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert all(c["class_counts"] for ln in lines for c in ln["clients"])  # the per-class path ran, on one party
 
 
 def test_per_class_aggregation_reads_each_reply_so_replies_are_not_streamed():

@@ -5,7 +5,6 @@ nodes train to the LocalGrid's result, and nodes with an unregistered key, or no
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-from federation import federation, tail
+from federation import checkpoint, federation, metrics, tail
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
@@ -99,12 +98,6 @@ NO_EVAL = {"federation__fraction_evaluate": 0.0, "federation__num_clients": 2}  
 # exchange per round; two registered nodes
 
 
-def _run(run_dir: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    state = torch.load(Path(run_dir) / "checkpoints" / "round-000002.pt", weights_only=True)["state"]
-    return lines, state
-
-
 @pytest.mark.slow
 def test_with_node_auth_registered_nodes_train_and_unregistered_ones_are_refused(job_factory, tmp_path):
     # Prepare: a TLS SuperLink with --enable-supernode-auth; two warm nodes whose keys were registered
@@ -135,8 +128,8 @@ def test_with_node_auth_registered_nodes_train_and_unregistered_ones_are_refused
     assert "Failed to activate SuperNode" in logs[0], logs[0]
     assert "All SuperNodes must be registered" in logs[1], logs[1]
     assert "No SuperNode found with the given public key" in (fed.logs / "superlink.log").read_text(errors="replace")
-    lines, state = _run(job.run_dir)
-    local_lines, local_state = _run(local.run_dir)
+    lines, state = metrics(job.run_dir), checkpoint(job.run_dir)
+    local_lines, local_state = metrics(local.run_dir), checkpoint(local.run_dir)
     assert [sorted(c["node"] for c in line["clients"]) for line in lines[1:]] == [sorted(fed.registered)] * 2
     assert [line["test_accuracy"] for line in lines] == pytest.approx([line["test_accuracy"] for line in local_lines])
     torch.testing.assert_close(state, local_state)

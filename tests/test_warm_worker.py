@@ -20,12 +20,11 @@ from types import SimpleNamespace
 import pytest
 import tomli_w
 import torch
-from federation import federation, tail, wait_for
+from federation import checkpoint, federation, metrics, tail, wait_for
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from ffm import flwr_internals as fi
 from ffm.data import export_split, party_dir
-from ffm.run_dir import RunDirectory
 from ffm.runtime import run_local, set_task_identity
 from ffm.runtime.deploy import (
     app_pyproject,
@@ -144,13 +143,8 @@ def _worker_lines(log: Path) -> list[tuple[int, str, str, int]]:
             for pid, kind, status, served in WORKER_LINE.findall(log.read_text(errors="replace"))]
 
 
-def _final(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
-    return torch.load(RunDirectory(run_dir).checkpoint_path(last_round), weights_only=True)["state"]
-
-
 def _accuracies(run_dir: str) -> list[float]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["test_accuracy"] for line in lines]
+    return [line["test_accuracy"] for line in metrics(run_dir)]
 
 
 @pytest.mark.slow
@@ -171,7 +165,7 @@ def test_two_warm_supernodes_on_their_own_data_end_where_the_local_grid_ends(job
         seconds = fed.run(deployed, timeout=150)
 
     # Assert: the same model as the LocalGrid, and every node's tasks ran in ONE long-lived process
-    torch.testing.assert_close(_final(deployed.run_dir), _final(local.run_dir))
+    torch.testing.assert_close(checkpoint(deployed.run_dir), checkpoint(local.run_dir))
     assert _accuracies(deployed.run_dir) == pytest.approx(_accuracies(local.run_dir))
     for pid in range(2):
         log = fed.logs / f"supernode-{pid}.log"
