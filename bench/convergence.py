@@ -456,12 +456,19 @@ STRATEGIES_READING = [
     "on the majority class and patience ends it; at eta 1e-2 FedAdam ends level with FedAvg, and 3e-2 is worse "
     "on validation (0.862 against 0.897): 1e-2 is inside the grid now. FedYogi and FedAdagrad at 1e-2 (the "
     "same step size, eta m / (sqrt(v) + tau)) end 0.4 and 0.8 points under FedAvg: level, one seed; at 3e-2 "
-    "both fall to 0.70 and 0.68 on validation (their 3e-3 is not run).",
-    "- FedAvgM with server momentum 0.9 takes an effective step of lr / (1 - 0.9), 3x and 10x FedAvg's: its "
-    "curve swings (0.63 at round 9, 0.52 two rounds later) and patience ends it early; a server lr near 0.1 is "
-    "the point to try next.",
-    "- DiLoCo (outer Nesterov, lr 0.7) reaches 95% of FedAvg's best validation in fewer rounds and bytes and "
-    "ends level with it. At this skew, with all 10 clients in every round, the server optimizers buy speed, "
+    "both fall to 0.70 and 0.68 on validation, at 3e-3 they sit at the majority class for 11-13 rounds and "
+    "then climb slowly (FedYogi: stopped at round 16 on a validation plateau of 0.448; FedAdagrad: still "
+    "climbing at the 40-round cap, 0.644 validation, 0.554 test): 1e-2 is an inner point for all three.",
+    "- FedAvgM with server momentum 0.9 takes an effective step of lr / (1 - 0.9): at lr 1.0 (10x FedAvg's) "
+    "its curve swings (0.63 at round 9, 0.52 two rounds later) and patience ends it early; at 0.3 and at 0.1 "
+    "(FedAvg's step once the momentum has built up) it sits at the majority class for 11 rounds and patience "
+    "ends it at 0.448 validation while it climbs slowly (round 14-18): plain momentum on the round's mean "
+    "lags at this skew at every server lr tried. Its Nesterov form (`strategy.nesterov=true`: the same outer "
+    "SGD as DiLoCo's, next point) does not: at outer lr 0.4-1.0 it leaves the majority class by round 3-5.",
+    "- DiLoCo (outer Nesterov) is the flattest grid: 0.897, 0.908 and 0.897 validation at outer lr 0.4, 0.7 "
+    "and 1.0 (one validation article apart); 0.4 ends at 0.8542 test, level with FedAvg, and 1.0 swings "
+    "(0.838 at round 17, 0.629 at 18). At 0.7 it reaches 95% of FedAvg's best validation in fewer rounds and "
+    "bytes and ends level with it. At this skew, with all 10 clients in every round, the server optimizers buy speed, "
     "not a better end point; where they are known to help more (a fraction of clients per round, more seeds "
     "to separate 2-point differences from noise) is not measured here.",
     "- With plain SGD on the clients (lr 0.3), FedAvg stalls near 0.6 and stops at round 10; SCAFFOLD's control "
