@@ -201,6 +201,19 @@ def speed(args: argparse.Namespace) -> list[str]:
             *rows, ""]
 
 
+def _goals_speed(speed_lines: list[str]) -> list[str]:
+    """The speed goals marked from the table's last column (ffm time / bare time)."""
+    out = []
+    for row in speed_lines:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith(("training", "evaluation")):
+            limit = 1.05 if cells[0].startswith("training") else 1.1
+            ratio = float(cells[3])
+            out.append(f"- {cells[0]}: at most {limit}x the bare loop's time: "
+                       f"**{'met' if ratio <= limit else 'not met'}** ({ratio:.3f}x).")
+    return ["Goals:", *out, ""] if out else []
+
+
 def plot(sft: dict[str, dict], dpo: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -262,7 +275,7 @@ def main() -> None:
         *_table(dpo, [("test_preference_accuracy", "preference accuracy"), ("test_reward_margin", "reward margin"),
                       ("test_rougeL", "ROUGE-L")], zero_shot=True), "",
         "Goals:", *_goals_dpo(dpo, sft["federated"]), "",
-        *speed_lines, "",
+        *speed_lines, "", *_goals_speed(speed_lines),
         "![ROUGE-L, response perplexity and preference accuracy per round](instruct.png)", ""]
     (RESULTS / "instruct.md").write_text("\n".join(lines))
     print("\n".join(lines))
