@@ -6,7 +6,6 @@ and its helpers that read what a run left, to compare a deployed run with the Lo
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from conftest import checkpoint_state
 
 from ffm.config import JobConfig
 from ffm.run_dir import RunDirectory
@@ -215,12 +215,15 @@ def flat(tree: dict, prefix: str = "") -> dict:
 
 
 def metrics(run_dir: str) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    """Every line of the run's metrics.jsonl; a run that wrote none fails here, not in a comparison of two
+    empty lists."""
+    lines = RunDirectory(run_dir).read_metrics()
+    assert lines, f"{run_dir} has no metrics.jsonl lines"
+    return lines
 
 
 def checkpoint(run_dir: str, last_round: int = 2) -> dict[str, torch.Tensor]:
-    path = RunDirectory(run_dir).checkpoint_path(last_round)
-    return torch.load(path, weights_only=True)["state"]
+    return checkpoint_state(run_dir, last_round)
 
 
 def comparable(lines: list[dict]) -> dict:

@@ -3,15 +3,13 @@ of the parties that hold the class, weighted by their counts of it; everything e
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import checkpoint_state
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from ffm.config import ConfigError, load_job
+from ffm.run_dir import RunDirectory
 from ffm.runtime import run_local, set_task_identity
 from ffm.server import build_strategy, streams
 from ffm.strategies.class_head import CLASS_COUNTS, PerClassHead, per_class_rows
@@ -74,7 +72,7 @@ def test_a_federated_run_sends_label_counts_and_changes_only_the_head_of_the_fir
     run_local(per_class)
 
     # Assert: each party's counts add up to the examples it trained on; only the head's tensors differ
-    line = json.loads((Path(per_class.run_dir) / "metrics.jsonl").read_text().splitlines()[1])
+    line = RunDirectory(per_class.run_dir).read_metrics()[1]
     assert [sum(c["class_counts"]) for c in line["clients"]] == [c["num_examples"] for c in line["clients"]]
     assert any(0 in c["class_counts"] for c in line["clients"])  # label skew: a party lacks a class
     a, b = checkpoint_state(plain.run_dir, 1), checkpoint_state(per_class.run_dir, 1)
@@ -93,7 +91,8 @@ def test_a_centralized_run_is_bit_identical_with_and_without_it(job_factory):
 
     a, b = checkpoint_state(plain.run_dir, 2), checkpoint_state(per_class.run_dir, 2)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    lines = [json.loads(x) for x in (Path(per_class.run_dir) / "metrics.jsonl").read_text().splitlines()[1:]]
+    lines = RunDirectory(per_class.run_dir).read_metrics()[1:]
+    assert len(lines) == 2 and all(ln["clients"] for ln in lines)
     assert all(c["class_counts"] for ln in lines for c in ln["clients"])  # the per-class path ran, on one party
 
 
