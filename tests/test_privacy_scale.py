@@ -13,7 +13,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from ffm.config import load_job
-from ffm.privacy.client_dp import FixedDenominator
+from ffm.flwr_internals import set_task_identity
+from ffm.privacy.client_dp import FixedDenominator, dp_strategy
 from ffm.runtime import run_local
 from ffm.server import build_strategy
 from ffm.strategies.outer import OuterSGD
@@ -52,22 +53,48 @@ def _reply(node: int, value: float) -> Message:
     return Message(content, reply_to=msg)
 
 
-def test_the_fixed_denominator_divides_the_sum_of_updates_by_the_expected_count():
+def test_the_fixed_denominator_divides_the_sum_of_updates_by_the_expected_count(server_identity):
     inner = FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
     strategy = FixedDenominator(inner, expected=4)
     start = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
-
-    class _Grid:
-        def get_node_ids(self):
-            return [1, 2, 3]
-
-        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-            return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
     list(strategy.configure_train(1, start, ConfigRecord({}), _Grid()))
     arrays, _ = strategy.aggregate_train(1, [_reply(1, 1.0), _reply(2, 2.0), _reply(3, 3.0)])
 
     assert np.allclose(arrays["w"].numpy(), (1.0 + 2.0 + 3.0) / 4)  # sum / (q N), not the mean of the three
+
+
+@pytest.fixture
+def server_identity():
+    """Flower stamps the ServerApp's identity into every Message it builds (the LocalGrid or a SuperLink sets it)."""
+    set_task_identity(1)
+
+
+class _Grid:
+    def get_node_ids(self):
+        return [1, 2, 3]
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_server_side_clipping_takes_a_client_that_returns_the_model_unchanged(clipping, server_identity):
+    # Flower's clipping divides by the update's norm: an unchanged model (every local gradient underflowed to
+    # zero) killed the ServerApp with ZeroDivisionError in a DP run at 1,000 clients.
+    job = load_job(None, [f"privacy.clipping={clipping}", "privacy.noise_multiplier=0", "privacy.clipping_norm=1.0",
+                          "federation.num_clients=2", "federation.fraction_train=1.0"])
+    strategy = dp_strategy(FedAvg(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1), job)
+    start = ArrayRecord({"w": Array(np.full(3, 0.5, dtype=np.float32))})
+    list(strategy.configure_train(1, start, ConfigRecord({}), _Grid()))
+    replies = [_reply(1, 0.5), _reply(2, 4.5)]  # node 1 sends the model back
+    for reply in replies:
+        reply.content["metrics"]["dp-weight"] = 1
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    clipped = 0.5 + 1.0 / np.sqrt(3)  # node 2's update (4 in each of 3 coordinates) clipped to norm 1
+    assert np.allclose(arrays["w"].numpy(), (0.5 + clipped) / 2, atol=1e-6)  # the unchanged model counts as zero
 
 
 @pytest.mark.parametrize("rule", ["diloco", "fedavgm"])

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -105,14 +106,55 @@ def dp_strategy(strategy: Strategy, job: Job) -> Strategy:
     if job.federation.sampling == "poisson":  # the noise and the sum share the expected count as denominator
         strategy = FixedDenominator(strategy, expected=n)
     if dp.clipping == "fixed":
-        wrapper = (DifferentialPrivacyServerSideFixedClipping if dp.side == "server"
-                   else DifferentialPrivacyClientSideFixedClipping)
+        wrapper = (ServerSideFixedClipping if dp.side == "server" else DifferentialPrivacyClientSideFixedClipping)
         return wrapper(strategy, noise_multiplier=z, clipping_norm=dp.clipping_norm, num_sampled_clients=n)
-    wrapper = (DifferentialPrivacyServerSideAdaptiveClipping if dp.side == "server"
-               else DifferentialPrivacyClientSideAdaptiveClipping)
+    wrapper = (ServerSideAdaptiveClipping if dp.side == "server" else DifferentialPrivacyClientSideAdaptiveClipping)
     return wrapper(strategy, noise_multiplier=z, num_sampled_clients=n, initial_clipping_norm=dp.clipping_norm,
                    target_clipped_quantile=dp.target_quantile, clip_norm_lr=dp.clip_norm_lr,
                    clipped_count_stddev=dp.clipped_count_stddev or None)
+
+
+def _nudged_if_unchanged(reply: Message, start: list[np.ndarray]) -> Message:
+    """``reply`` itself, or, when its model is exactly the one the round started from, that model with one
+    coordinate moved by one ulp (see :class:`_UnchangedUpdates`)."""
+    if reply.has_error():
+        return reply
+    for name, record in list(reply.content.array_records.items()):
+        arrays = record.to_numpy_ndarrays()
+        if len(arrays) != len(start) or not all(np.array_equal(a, b) for a, b in zip(arrays, start, strict=True)):
+            continue
+        first = next((i for i, a in enumerate(arrays) if a.dtype.kind == "f" and a.size), None)
+        if first is None:
+            continue
+        moved = arrays[first].copy()
+        moved.flat[0] = np.nextafter(moved.flat[0], np.inf, dtype=moved.dtype)
+        arrays[first] = moved
+        reply.content[name] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), arrays, strict=True)})
+    return reply
+
+
+class _UnchangedUpdates:
+    """Flower's server-side clipping scales each update by min(1, C / ||update||) and so divides by zero, killing
+    the ServerApp, when a client returns exactly the model it received: an honest reply (every local gradient
+    underflowed to zero, as for a client whose few examples the model already fits with certainty). Clipped, such
+    an update is zero and below the norm. It is passed on as the model with one coordinate moved by one ulp, which
+    clipping leaves as it is (its norm is far below any clipping norm) and which changes the noised sum by less
+    than that sum's own float rounding."""
+
+    current_arrays: ArrayRecord
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        start = self.current_arrays.to_numpy_ndarrays()
+        return super().aggregate_train(server_round, [_nudged_if_unchanged(r, start) for r in replies])
+
+
+class ServerSideFixedClipping(_UnchangedUpdates, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping, which also takes a client's unchanged model."""
+
+
+class ServerSideAdaptiveClipping(_UnchangedUpdates, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping, which also takes a client's unchanged model."""
 
 
 class FixedDenominator(StrategyWrapper):
