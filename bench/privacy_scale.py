@@ -42,8 +42,8 @@ CLIENTS, DELTA = 1000, 1e-5
 # The noise on the mean has norm z C sqrt(d) / (qN) for d trainable parameters: the same epsilon costs a
 # 105k-parameter model 4.8x the noise-to-signal of a 4.6k-parameter one. Both sizes run; the prefix names the runs.
 SERVER_LRS = (0.1,)  # FedAvgM's server learning rate under DP, besides the shared 1.0
-MODELS = {"u": ("ViT width 64, 2 layers (105,098 parameters)", []),
-          "t": ("ViT width 16, 1 layer (4,570 parameters)",
+MODELS = {"u": ("ViT width 64, 2 layers", 105_098, []),  # name, trainable parameters (the runs' summaries), keys
+          "t": ("ViT width 16, 1 layer", 4_570,
                 ["model.hidden_size=16", "model.layers=1", "model.heads=2", "train.lr=0.003"])}
 
 
@@ -136,12 +136,12 @@ def utility(args: argparse.Namespace) -> dict[str, dict]:
         for per_round in args.cohorts:
             for epsilon in (None, 8.0, 2.0):
                 name = f"{prefix}{per_round}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
-                runs[name] = _measured_run(name, [*base(args.rounds), *MODELS[prefix][1],
+                runs[name] = _measured_run(name, [*base(args.rounds), *MODELS[prefix][2],
                                                   *dp(per_round, epsilon, args.rounds)], args.report_only)
     if "t" in args.models and 100 in args.cohorts:  # a smaller server step under DP: does it keep the noise down?
         for lr in SERVER_LRS:
             runs[f"t100-eps8-slr{lr:g}"] = _measured_run(
-                f"t100-eps8-slr{lr:g}", [*base(args.rounds), *MODELS["t"][1], *dp(100, 8.0, args.rounds),
+                f"t100-eps8-slr{lr:g}", [*base(args.rounds), *MODELS["t"][2], *dp(100, 8.0, args.rounds),
                                          f"strategy.server_learning_rate={lr}"], args.report_only)
     return runs
 
@@ -163,7 +163,7 @@ def audited(args: argparse.Namespace) -> dict[str, dict]:
     # shrinks with their number, and with 200 the same 77% right guesses rule out only epsilon 0.8)
     for epsilon, canaries in ((None, 200), (8.0, 200), (2.0, 200), (None, 1000)):
         name = f"a100-{'nodp' if epsilon is None else f'eps{epsilon:g}'}" + ("" if canaries == 200 else f"-m{canaries}")
-        result = run_cached(WORK, name, CONFIG, [*base(args.rounds), *MODELS["t"][1], *dp(100, epsilon, args.rounds),
+        result = run_cached(WORK, name, CONFIG, [*base(args.rounds), *MODELS["t"][2], *dp(100, epsilon, args.rounds),
                                                  f"privacy.canaries={canaries}", "checkpoint.keep_last=0"],
                             threads=2, report_only=args.report_only)
         out[name] = {"run": result, "audit": None if "error" in result else _audit(WORK / name, "--canaries")}
@@ -205,7 +205,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (by_eps, by_round) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for prefix, (label_model, _) in MODELS.items():
+    for prefix, (label_model, _, _) in MODELS.items():
         for per_round in (10, 100, 1000):
             points = []
             for label, eps in (("eps2", 2.0), ("eps8", 8.0), ("nodp", 30.0)):
@@ -214,7 +214,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
                     points.append((eps, accuracy))
             if points:
                 by_eps.plot([p[0] for p in points], [p[1] for p in points], "-o" if prefix == "t" else "--s",
-                            label=f"{label_model.split(' (')[0]}, {per_round} per round")
+                            label=f"{label_model}, {per_round} per round")
     by_eps.set_xscale("log")
     by_eps.minorticks_off()
     by_eps.set_xticks([2, 8, 30], ["2", "8", "no DP"])
@@ -274,8 +274,8 @@ def main() -> None:
              "of the clipped updates).", "",
              "| model | clients per round (expected) | no DP | epsilon 8 | epsilon 2 | noise norm / C at epsilon 8 |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for prefix, (label_model, _) in MODELS.items():
-        params = int(label_model.split("(")[1].split()[0].replace(",", ""))
+    for prefix, (name, params, _) in MODELS.items():
+        label_model = f"{name} ({params:,} parameters)"
         for per_round in (10, 100, 1000):
             names = [f"{prefix}{per_round}-{k}" for k in ("nodp", "eps8", "eps2")]
             if not any(n in runs for n in names):
@@ -285,7 +285,8 @@ def main() -> None:
                      else "not run" for n in names]
             ratio = f"{noise_for(per_round, 8.0, args.rounds) * params ** 0.5 / per_round:.2f}"
             lines.append(f"| {label_model} | {per_round} | " + " | ".join(cells) + f" | {ratio} |")
-    for prefix, (label_model, _) in MODELS.items():
+    for prefix, (name, params, _) in MODELS.items():
+        label_model = f"{name} ({params:,} parameters)"
         nodp, eps8 = (_accuracy(runs.get(f"{prefix}100-{k}", {"error": 1})) for k in ("nodp", "eps8"))
         if nodp is not None and eps8 is not None:
             gap = 100 * (nodp - eps8)

@@ -120,9 +120,11 @@ def _nudged_if_unchanged(reply: Message, start: list[np.ndarray]) -> Message:
     if reply.has_error():
         return reply
     for name, record in list(reply.content.array_records.items()):
-        arrays = record.to_numpy_ndarrays()
-        if len(arrays) != len(start) or not all(np.array_equal(a, b) for a, b in zip(arrays, start, strict=True)):
+        # array by array, so that a changed model (every reply but the rare one) is read only up to its first change
+        if len(record) != len(start) or not all(np.array_equal(a.numpy(), b)
+                                                for a, b in zip(record.values(), start, strict=True)):
             continue
+        arrays = record.to_numpy_ndarrays()
         first = next((i for i, a in enumerate(arrays) if a.dtype.kind == "f" and a.size), None)
         if first is None:
             continue
