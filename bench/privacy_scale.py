@@ -103,7 +103,8 @@ READING = """Reading (runs of 2026-11-30 and 12-01, one seed; the curves in the 
   (its shadows train on 62 test images each, too few to model the target's losses). At epsilon 8 (z = 4.9,
   every client every round) the model is at chance (0.108) and the attacks at 0.477 and 0.451.
 - Memory: the 1,000-client job peaks at 930 MiB (PSS of the whole process) with 100 clients per round.
-- Not run: 1,000 clients per round (a round costs about 10x one at 100, roughly an hour per run on 2 cores)."""
+- Not run: 1,000 clients per round. Not timed either: from 10 to 100 per round a run's wall time grew 5.6x
+  (76 s to 428 s, width 64), so one at 1,000 would take roughly 40 to 70 minutes on 2 cores."""
 
 
 def _measured_run(name: str, overrides: list[str], report_only: bool) -> dict:
