@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
 from ffm.config import load_job
@@ -95,6 +95,32 @@ def test_server_side_clipping_takes_a_client_that_returns_the_model_unchanged(cl
 
     clipped = 0.5 + 1.0 / np.sqrt(3)  # node 2's update (4 in each of 3 coordinates) clipped to norm 1
     assert np.allclose(arrays["w"].numpy(), (0.5 + clipped) / 2, atol=1e-6)  # the unchanged model counts as zero
+
+
+@pytest.mark.parametrize("mod", ["dp-fixed", "dp-adaptive", "fixedclipping"])
+def test_client_side_clipping_takes_a_reply_whose_model_is_unchanged(mod):
+    # Flower's fixedclipping_mod / adaptiveclipping_mod divide by the update's norm too: without the guard an
+    # unchanged model raised ZeroDivisionError in the node and the round lost an honest reply.
+    from ffm.mods.clipping import FIXED_CLIPPING
+    from ffm.mods.dp_clipping import ADAPTIVE_DP_CLIPPING, FIXED_DP_CLIPPING
+
+    spec = {"dp-fixed": FIXED_DP_CLIPPING, "dp-adaptive": ADAPTIVE_DP_CLIPPING, "fixedclipping": FIXED_CLIPPING}[mod]
+    start = np.full(3, 0.5, dtype=np.float32)
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(start.copy())}),
+                          "config": ConfigRecord({"clipping_norm": 1.0})})
+    train = Message(content, dst_node_id=1, message_type="train")
+
+    def sends_back_what_it_got(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=msg)
+
+    reply = spec.build(load_job(None, []))(train, Context(1, 1, {}, RecordDict(), {}), sends_back_what_it_got)
+
+    assert not reply.has_error()
+    sent = reply.content["arrays"]["w"].numpy()
+    assert np.abs(sent - start).max() <= np.spacing(np.float32(0.5))  # at most one ulp off the model it got
+    if mod == "dp-adaptive":
+        assert reply.content["metrics"]["norm_bit"] == 1  # a zero update is below the clipping norm
 
 
 @pytest.mark.parametrize("rule", ["diloco", "fedavgm"])

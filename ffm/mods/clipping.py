@@ -17,6 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from ffm.flwr_internals import KEY_CLIPPING_NORM
 from ffm.keys import CONFIG_KEY
 from ffm.mods.spec import ModSpec
+from ffm.privacy.unchanged import takes_unchanged
 from ffm.settings import Job, option, require
 
 __all__ = ["FIXED_CLIPPING", "FixedClippingConfig", "fixed_clipping"]
@@ -36,6 +37,7 @@ class FixedClippingConfig:
 def fixed_clipping(job: Job) -> Mod:
     """Bound every train reply's update (reply - received state) to ``client.max_update_norm`` in L2 norm."""
     norm = job.client.max_update_norm
+    clipping = takes_unchanged(fixedclipping_mod)  # ffm.privacy.unchanged: a reply equal to the model it got
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -43,7 +45,7 @@ def fixed_clipping(job: Job) -> Mod:
         config = msg.content[CONFIG_KEY]
         if KEY_CLIPPING_NORM not in config:
             msg.content[CONFIG_KEY] = ConfigRecord({**config, KEY_CLIPPING_NORM: norm})
-        return fixedclipping_mod(msg, context, call_next)
+        return clipping(msg, context, call_next)
 
     return mod
 

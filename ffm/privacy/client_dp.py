@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -40,6 +39,7 @@ from flwr.serverapp.strategy import (
 from ffm.federation import clients_per_round
 from ffm.privacy.accounting import client_epsilon, noise_for_epsilon
 from ffm.privacy.mechanism import Mechanism, masks_updates
+from ffm.privacy.unchanged import UnchangedUpdates
 from ffm.settings import CHECKS, Job, option, require
 from ffm.strategies import STRATEGIES, strategy_spec
 from ffm.strategies.wrapper import StrategyWrapper
@@ -114,49 +114,12 @@ def dp_strategy(strategy: Strategy, job: Job) -> Strategy:
                    clipped_count_stddev=dp.clipped_count_stddev or None)
 
 
-def _nudged_if_unchanged(reply: Message, start: list[np.ndarray]) -> Message:
-    """``reply`` itself, or, when its model is exactly the one the round started from, that model with one
-    coordinate moved by one ulp (see :class:`_UnchangedUpdates`)."""
-    if reply.has_error():
-        return reply
-    for name, record in list(reply.content.array_records.items()):
-        # array by array, so that a changed model (every reply but the rare one) is read only up to its first change
-        if len(record) != len(start) or not all(np.array_equal(a.numpy(), b)
-                                                for a, b in zip(record.values(), start, strict=True)):
-            continue
-        arrays = record.to_numpy_ndarrays()
-        first = next((i for i, a in enumerate(arrays) if a.dtype.kind == "f" and a.size), None)
-        if first is None:
-            continue
-        moved = arrays[first].copy()
-        moved.flat[0] = np.nextafter(moved.flat[0], np.inf, dtype=moved.dtype)
-        arrays[first] = moved
-        reply.content[name] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), arrays, strict=True)})
-    return reply
+class ServerSideFixedClipping(UnchangedUpdates, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping, which also takes a client's unchanged model (ffm.privacy.unchanged)."""
 
 
-class _UnchangedUpdates:
-    """Flower's server-side clipping scales each update by min(1, C / ||update||) and so divides by zero, killing
-    the ServerApp, when a client returns exactly the model it received: an honest reply (every local gradient
-    underflowed to zero, as for a client whose few examples the model already fits with certainty). Clipped, such
-    an update is zero and below the norm. It is passed on as the model with one coordinate moved by one ulp, which
-    clipping leaves as it is (its norm is far below any clipping norm) and which changes the noised sum by less
-    than that sum's own float rounding."""
-
-    current_arrays: ArrayRecord
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        start = self.current_arrays.to_numpy_ndarrays()
-        return super().aggregate_train(server_round, [_nudged_if_unchanged(r, start) for r in replies])
-
-
-class ServerSideFixedClipping(_UnchangedUpdates, DifferentialPrivacyServerSideFixedClipping):
-    """Flower's server-side fixed clipping, which also takes a client's unchanged model."""
-
-
-class ServerSideAdaptiveClipping(_UnchangedUpdates, DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping, which also takes a client's unchanged model."""
+class ServerSideAdaptiveClipping(UnchangedUpdates, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping, which also takes a client's unchanged model (ffm.privacy.unchanged)."""
 
 
 class FixedDenominator(StrategyWrapper):
