@@ -32,6 +32,7 @@ RESULTS = REPO / "bench" / "results"
 WORK = REPO / "runs" / "bench-instruct"
 SFT, DPO = REPO / "configs" / "instruct_agnews.yaml", REPO / "configs" / "dpo_agnews.yaml"
 MODES = ("federated", "centralized", "local")
+KEPT = RESULTS / "instruct-runs.json"  # the finished runs' summaries and metrics lines (run_cached's ``kept``)
 
 
 def _line(result: dict, key: str, at: int = -1) -> float | None:
@@ -40,13 +41,14 @@ def _line(result: dict, key: str, at: int = -1) -> float | None:
 
 
 def sft_runs(only: set[str] | None) -> dict[str, dict]:
-    return {mode: run_cached(WORK, f"sft-{mode}", SFT, [f"mode={mode}"], threads=2,
+    return {mode: run_cached(WORK, f"sft-{mode}", SFT, [f"mode={mode}"], threads=2, kept=KEPT,
                              report_only=only is not None and f"sft-{mode}" not in only) for mode in MODES}
 
 
 def dpo_runs(only: set[str] | None) -> dict[str, dict]:
     start = WORK / "sft-federated"
     return {mode: run_cached(WORK, f"dpo-{mode}", DPO, [f"mode={mode}", f"model.init_from={start}"], threads=2,
+                             kept=KEPT,
                              report_only=(only is not None and f"dpo-{mode}" not in only)
                              or not (start / "summary.json").is_file()) for mode in MODES}
 
@@ -72,6 +74,14 @@ def _table(results: dict[str, dict], metrics: list[tuple[str, str]], zero_shot: 
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {s['rounds']} | {traffic} | "
                      f"{s['wall_time_s']:.0f} |")
     return lines
+
+
+def _kept_note(*parts: dict[str, dict]) -> list[str]:
+    names = [r["name"] for results in parts for r in results.values() if r.get("kept")]
+    if not names:
+        return []
+    return [f"Reported from `{KEPT.relative_to(REPO)}` (the finished runs' summaries and per-round metrics, kept "
+            f"because `runs/` is not committed; same config and overrides), not rerun here: {', '.join(names)}.", ""]
 
 
 def _goals_sft(results: dict[str, dict]) -> list[str]:
@@ -265,6 +275,7 @@ def main() -> None:
         "no party holds. Every mode takes the same local steps per round (centralized: one party holding the "
         "union). Metrics on the held-out stories: ROUGE-L and exact match of greedy headlines (the first "
         "`task.eval_generate` stories), the responses' perplexity. One seed; runs in `runs/bench-instruct/`.", "",
+        *_kept_note(sft, dpo),
         "## Supervised fine-tuning (configs/instruct_agnews.yaml)", "",
         *_table(sft, [("test_rougeL", "ROUGE-L"), ("test_exact_match", "exact match"),
                       ("test_perplexity", "response perplexity")], zero_shot=True), "",

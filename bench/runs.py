@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
+
 from ffm.observers import OBSERVERS, Observer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,13 +37,24 @@ CLOCK = "bench_clock"  # the observer name of RoundClock (report.to)
 
 
 def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, report_only: bool = False,
-               threads: int = 1) -> dict:
+               threads: int = 1, kept: Path | None = None) -> dict:
     """Run ``ffm run CONFIG OVERRIDES`` into ``work/name`` unless its summary exists (an interrupted run
     resumes); return its summary and metrics lines, or the log's tail when it failed. With ``report_only``
-    nothing runs: a run without a summary is reported as not run. ``threads``: the child's torch threads."""
+    nothing runs: a run without a summary is reported as not run. ``threads``: the child's torch threads.
+
+    ``kept``: a committed JSON file of finished runs (summary and metrics lines, keyed by name, stamped with the
+    config's text and the overrides). ``runs/`` is not committed, so a fresh checkout has none of the runs a
+    report was made from; a finished run is recorded there and a report-only run without its directory is
+    reported from it, as long as its config and overrides are unchanged. A run is never skipped because of it."""
     run_dir = work / name
+    # the config's content (not its comments) and the overrides with this checkout's path taken out
+    stamp = {"config": yaml.safe_load(config.read_text()),
+             "overrides": [o.replace(f"{REPO}/", "") for o in overrides if not o.startswith("run_dir=")]}
     if report_only and not (run_dir / "summary.json").is_file():
-        return {"name": name, "error": "not run"}
+        record = _kept(kept).get(name)
+        if record is not None and record["stamp"] == stamp:
+            return {"name": name, "summary": record["summary"], "lines": record["lines"], "kept": True}
+        return {"name": name, "error": "not run" if record is None else "not run (its config changed)"}
     if not (run_dir / "summary.json").is_file():
         cmd = [FFM, "run", str(config), *overrides, f"run_dir={run_dir}"]
         cmd += ["resume=true"] if run_dir.exists() else []
@@ -54,7 +67,16 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, rep
         if code != 0:
             return {"name": name, "error": log.read_text()[-400:]}
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"name": name, "summary": summary, "lines": metrics_lines(run_dir)}
+    result = {"name": name, "summary": summary, "lines": metrics_lines(run_dir)}
+    if kept is not None:
+        records = _kept(kept)
+        records[name] = {"stamp": stamp, "summary": summary, "lines": result["lines"]}
+        kept.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    return result
+
+
+def _kept(path: Path | None) -> dict[str, dict]:
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
 
 
 def measured(work: Path, name: str, overrides: list[str], config: Path = DEMO,
