@@ -45,22 +45,48 @@ def sft_runs(only: set[str] | None) -> dict[str, dict]:
                              report_only=only is not None and f"sft-{mode}" not in only) for mode in MODES}
 
 
+# the shipped DPO config's learning rate (5e-5) against 10x higher, which separated the pairs by round 2 and then
+# wrecked the headlines: alignment that breaks generation, as the issue asks the report to show
+DPO_VARIANTS = {"federated, lr 5e-4": ("dpo-federated-lr5e-4", ["mode=federated", "train.lr=5e-4"])}
+
+
 def dpo_runs(only: set[str] | None) -> dict[str, dict]:
     start = WORK / "sft-federated"
-    return {mode: run_cached(WORK, f"dpo-{mode}", DPO, [f"mode={mode}", f"model.init_from={start}"], threads=2,
-                             kept=KEPT,
-                             report_only=(only is not None and f"dpo-{mode}" not in only)
-                             or not (start / "summary.json").is_file()) for mode in MODES}
+    runs = {mode: (f"dpo-{mode}", [f"mode={mode}"]) for mode in MODES} | DPO_VARIANTS
+    return {label: run_cached(WORK, name, DPO, [*overrides, f"model.init_from={start}"], threads=2, kept=KEPT,
+                              report_only=(only is not None and name not in only)
+                              or not (start / "summary.json").is_file())
+            for label, (name, overrides) in runs.items()}
 
 
-def _table(results: dict[str, dict], metrics: list[tuple[str, str]], zero_shot: bool) -> list[str]:
+def held_out_overlap() -> str:
+    """How many of the DPO run's held-out stories the SFT run trained on: the two configs draw their stories from
+    AG News independently, so a held-out pair can hold a story whose real headline the SFT model learned."""
+    from ffm.config import load_job
+    from ffm.data.partition import split_federated
+    from ffm.data.sources import load_source
+
+    def prompts(config: Path, field: str) -> tuple[set[str], set[str]]:
+        job = load_job(str(config), [])
+        data = split_federated(load_source(job.data), job.data, job.federation.num_clients, job.seed)
+        trained = {m[0]["content"] for c in data.clients for part in (c.train, c.val) for m in part[field]}
+        return trained, {m[0]["content"] for m in data.test[field]}
+
+    sft_trained, _ = prompts(SFT, "messages")
+    _, dpo_held_out = prompts(DPO, "prompt")
+    return (f"{len(dpo_held_out & sft_trained)} of the {len(dpo_held_out)} held-out pairs' stories are among the "
+            "SFT run's training stories (the two configs draw from AG News independently)")
+
+
+def _table(results: dict[str, dict], metrics: list[tuple[str, str]], start: str) -> list[str]:
+    """One row per mode, after a first row of round 0 (every run's initial model), labelled ``start``."""
     head = "| run | " + " | ".join(label for _, label in metrics) + \
         " | rounds | MB up / round | MB up total | wall s |"
     lines = [head, "| --- |" + " ---: |" * (len(metrics) + 4)]
     first = next((r for r in results.values() if "error" not in r), None)
-    if zero_shot and first is not None:
+    if first is not None:
         cells = [f"{_line(first, key, 0):.4f}" if _line(first, key, 0) is not None else "" for key, _ in metrics]
-        lines.append("| zero-shot (round 0) | " + " | ".join(cells) + " | 0 | 0 | 0 | |")
+        lines.append(f"| {start} (round 0) | " + " | ".join(cells) + " | 0 | 0 | 0 | |")
     for mode, result in results.items():
         if "error" in result:
             lines.append(f"| {mode} | {result['error'][:60]} |" + " |" * (len(metrics) + 3))
@@ -103,20 +129,33 @@ def _goals_sft(results: dict[str, dict]) -> list[str]:
     return out
 
 
-def _goals_dpo(results: dict[str, dict], sft: dict) -> list[str]:
-    fed = results["federated"]
-    if "error" in fed or "error" in sft:
-        return ["- not run"]
-    accuracy = _line(fed, "test_preference_accuracy")
-    drop = 100 * (_line(sft, "test_rougeL") - _line(fed, "test_rougeL"))
-    return ["- federated preference accuracy at least 0.90 on held-out pairs: "
-            f"**{'met' if accuracy >= 0.9 else 'not met'}** ({accuracy:.3f}).",
-            "- ROUGE-L no more than 1 point below the SFT model it started from: "
-            f"**{'met' if drop <= 1 else 'not met'}** ({-drop:+.1f} points)."]
+def _goals_dpo(results: dict[str, dict]) -> list[str]:
+    out = []
+    for label in ("federated", *DPO_VARIANTS):
+        run = results[label]
+        if "error" in run:
+            out.append(f"- {label}: not run")
+            continue
+        accuracy = _line(run, "test_preference_accuracy")
+        # round 0 is the SFT model (model.init_from) on the DPO run's own held-out stories; the SFT run's final
+        # ROUGE-L is over other stories (its own test set) and not comparable
+        drop = 100 * (_line(run, "test_rougeL", 0) - _line(run, "test_rougeL"))
+        out += [f"- {label}: preference accuracy at least 0.90 on held-out pairs: "
+                f"**{'met' if accuracy >= 0.9 else 'not met'}** ({accuracy:.3f}); ROUGE-L no more than 1 point below "
+                f"the SFT model it started from (round 0, same stories): **{'met' if drop <= 1 else 'not met'}** "
+                f"({-drop:+.1f} points)."]
+    return out
 
 
 SFT_READING = [
     "Reading (runs of 2026-11-30; the curves in the plot below):",
+    "- On 2026-12-01 the federated run was made again on a fresh checkout (its `runs/` had gone) and gave the same "
+    "figures to four places (perplexity 20.9122 against 20.9121) in 1,136 s against 767 s (the machine ran about "
+    "1.5x slower that day). The centralized and local-only SFT runs were not made again, so their rows read "
+    "'not run' here; on 2026-11-30 they gave ROUGE-L 0.2265 and 0.2080, perplexity 17.55 and 29.02 (944 s and "
+    "2,040 s), the figures the points below use, and the goals against them were not met (federated 1.9 points "
+    "below centralized; local-only level with federated, not below). Every run from now on is kept in "
+    "`bench/results/instruct-runs.json`.",
     "- Every tuned model writes better headlines than the zero-shot one (ROUGE-L 0.172, perplexity 51.3 on the "
     "held-out headlines): federated 0.208 (0.230 at round 4), centralized 0.227 (0.261 at round 6), each party "
     "alone 0.208 on average (0.173 to 0.239 over the 8 parties). None writes a headline exactly as the paper "
@@ -216,6 +255,28 @@ def speed(args: argparse.Namespace) -> dict[str, list]:
     return {"lines": lines, "ratios": ratios}
 
 
+DPO_READING = [
+    "Reading (runs of 2026-12-01, federated only; the curves in the plot below):",
+    "- At the shipped learning rate (5e-5) federated DPO separates the held-out pairs by round 2 (accuracy 0.988, "
+    "margin 0.39) and its headlines do not get worse: ROUGE-L 0.219, 0.202, 0.198 at rounds 2, 4, 6 against the SFT "
+    "model's 0.190 (round 0, the same 48 stories), the margin growing slowly (0.39, 0.80, 1.29). Both DPO goals are "
+    "met at round 6 (accuracy 0.988, ROUGE-L +0.8 points; 3,192 s), but ROUGE-L has fallen since round 2: at this "
+    "rate a few more rounds would likely cross the 1-point line, so round 6 is about where to stop.",
+    "- At 10x that rate (5e-4, the config's first setting) the pairs separate as fast (1.000 at round 2) and the "
+    "margin keeps growing (5.7, 11.6, 18.0 at rounds 2, 4, 6) while generation collapses: ROUGE-L 0.126, 0.061, "
+    "0.012; the replies shrink to fragments (\"Olympics test heavylights\" at round 2, \"lies\" and \")|\" at "
+    "round 6). Preference accuracy alone cannot see it; the ROUGE-L beside it does, and the config now ships the "
+    "lower rate.",
+    "- Why the pairs are easy: the rejected replies are the zero-shot model's own greedy headlines (long, in its "
+    "style: \"A New Kid on the Block Promises to Give Offshore Outsourcing a Run\"), the chosen ones the paper's. "
+    "A run that pushes every reply away from that style wins on the pairs whatever it writes.",
+    "- Caveats: one seed; ROUGE-L over 48 headlines moves a few points between evaluations (see SFT); the held-out "
+    "pairs share some stories with the SFT run's training data (the count is above). Centralized and local-only "
+    "DPO have not run (each takes about as long as a federated run, 46 to 53 minutes on 2 cores: every step runs "
+    "the policy and the reference over both replies, 12 s a step).",
+]
+
+
 def _goals_speed(ratios: list[tuple[str, float, float]]) -> list[str]:
     """The speed goals marked from each row's ffm time / bare time."""
     out = [f"- {what}: at most {limit}x the bare loop's time: **{'met' if ratio <= limit else 'not met'}** "
@@ -229,10 +290,11 @@ def plot(sft: dict[str, dict], dpo: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.5))
     for ax, results, key, title in ((axes[0], sft, "test_rougeL", "SFT: ROUGE-L of generated headlines"),
                                     (axes[1], sft, "test_perplexity", "SFT: held-out response perplexity"),
-                                    (axes[2], dpo, "test_preference_accuracy", "DPO: held-out preference accuracy")):
+                                    (axes[2], dpo, "test_preference_accuracy", "DPO: held-out preference accuracy"),
+                                    (axes[3], dpo, "test_rougeL", "DPO: ROUGE-L of generated headlines")):
         for mode, result in results.items():
             if "error" in result:
                 continue
@@ -252,7 +314,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="sft,dpo,speed")
     parser.add_argument("--only", help="comma-separated run names to run now (the others: reported if done)")
-    parser.add_argument("--steps", type=int, default=12, help="speed: timed training steps")
+    parser.add_argument("--steps", type=int, default=40, help="speed: timed training steps")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     parts = set(args.part.split(","))
@@ -278,16 +340,16 @@ def main() -> None:
         *_kept_note(sft, dpo),
         "## Supervised fine-tuning (configs/instruct_agnews.yaml)", "",
         *_table(sft, [("test_rougeL", "ROUGE-L"), ("test_exact_match", "exact match"),
-                      ("test_perplexity", "response perplexity")], zero_shot=True), "",
+                      ("test_perplexity", "response perplexity")], start="zero-shot"), "",
         "Goals:", *_goals_sft(sft), "", *(SFT_READING if "error" not in sft["federated"] else []), "",
         "## DPO from the federated SFT adapter (configs/dpo_agnews.yaml)", "",
         "Rejected replies are SmolLM2's own greedy headlines (generated once, cached); the reference is the SFT "
-        "model (the run's initial adapter).", "",
+        f"model (the run's initial adapter). {held_out_overlap()}.", "",
         *_table(dpo, [("test_preference_accuracy", "preference accuracy"), ("test_reward_margin", "reward margin"),
-                      ("test_rougeL", "ROUGE-L")], zero_shot=True), "",
-        "Goals:", *_goals_dpo(dpo, sft["federated"]), "",
+                      ("test_rougeL", "ROUGE-L")], start="the SFT model"), "",
+        "Goals:", *_goals_dpo(dpo), "", *(DPO_READING if "error" not in dpo["federated"] else []), "",
         *speed_lines, "", *_goals_speed(ratios),
-        "![ROUGE-L, response perplexity and preference accuracy per round](instruct.png)", ""]
+        "![SFT's ROUGE-L and response perplexity, DPO's preference accuracy and ROUGE-L, per round](instruct.png)", ""]
     (RESULTS / "instruct.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

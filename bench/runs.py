@@ -26,8 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from ffm.observers import OBSERVERS, Observer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,18 +41,16 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, rep
     nothing runs: a run without a summary is reported as not run. ``threads``: the child's torch threads.
 
     ``kept``: a committed JSON file of finished runs (summary and metrics lines, keyed by name, stamped with the
-    config's text and the overrides). ``runs/`` is not committed, so a fresh checkout has none of the runs a
+    resolved job). ``runs/`` is not committed, so a fresh checkout has none of the runs a
     report was made from; a finished run is recorded there and a report-only run without its directory is
-    reported from it, as long as its config and overrides are unchanged. A run is never skipped because of it."""
+    reported from it, as long as the job it resolves to is unchanged. A run is never skipped because of it."""
     run_dir = work / name
-    # the config's content (not its comments) and the overrides with this checkout's path taken out
-    stamp = {"config": yaml.safe_load(config.read_text()),
-             "overrides": [o.replace(f"{REPO}/", "") for o in overrides if not o.startswith("run_dir=")]}
+    stamp = _resolved(config, overrides)
     if report_only and not (run_dir / "summary.json").is_file():
         record = _kept(kept).get(name)
         if record is not None and record["stamp"] == stamp:
             return {"name": name, "summary": record["summary"], "lines": record["lines"], "kept": True}
-        return {"name": name, "error": "not run" if record is None else "not run (its config changed)"}
+        return {"name": name, "error": "not run" if record is None else "not run (its job changed since)"}
     if not (run_dir / "summary.json").is_file():
         cmd = [FFM, "run", str(config), *overrides, f"run_dir={run_dir}"]
         cmd += ["resume=true"] if run_dir.exists() else []
@@ -73,6 +69,17 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, rep
         records[name] = {"stamp": stamp, "summary": summary, "lines": result["lines"]}
         kept.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
     return result
+
+
+def _resolved(config: Path, overrides: list[str]) -> dict[str, Any]:
+    """The job a run of ``config`` with ``overrides`` does, as ffm resolves it (every default filled in), without
+    where it writes and with this checkout's path taken out: two ways of asking for the same job stamp alike."""
+    from ffm.config import job_to_dict, load_job
+
+    job = job_to_dict(load_job(str(config), [o for o in overrides if not o.startswith("run_dir=")]))
+    for key in ("run_dir", "resume", "progress"):
+        job.pop(key, None)
+    return json.loads(json.dumps(job, default=str).replace(f"{REPO}/", ""))
 
 
 def _kept(path: Path | None) -> dict[str, dict]:
