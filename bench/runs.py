@@ -45,7 +45,7 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, rep
     report was made from; a finished run is recorded there and a report-only run without its directory is
     reported from it, as long as the job it resolves to is unchanged. A run is never skipped because of it."""
     run_dir = work / name
-    stamp = _resolved(config, overrides)
+    stamp = _resolved(config, overrides) if kept is not None else None  # only a kept record needs it
     if report_only and not (run_dir / "summary.json").is_file():
         record = _kept(kept).get(name)
         if record is not None and record["stamp"] == stamp:

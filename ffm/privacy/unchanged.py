@@ -22,14 +22,15 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 __all__ = ["UnchangedUpdates", "nudged_if_unchanged", "takes_unchanged"]
 
 
-def nudged_if_unchanged(reply: Message, start: list[np.ndarray]) -> Message:
+def nudged_if_unchanged(reply: Message, start: ArrayRecord) -> Message:
     """``reply`` itself, or, when its model is exactly ``start``, that model with one coordinate moved by one ulp."""
     if reply.has_error():
         return reply
     for name, record in list(reply.content.array_records.items()):
-        # array by array, so that a changed model (every reply but the rare one) is read only up to its first change
-        if len(record) != len(start) or not all(np.array_equal(a.numpy(), b)
-                                                for a, b in zip(record.values(), start, strict=True)):
+        # array by array, both sides read lazily, so that a changed model (every reply but the rare one) is read only
+        # up to its first change
+        if len(record) != len(start) or not all(np.array_equal(a.numpy(), b.numpy())
+                                                for a, b in zip(record.values(), start.values(), strict=True)):
             continue
         arrays = record.to_numpy_ndarrays()
         first = next((i for i, a in enumerate(arrays) if a.dtype.kind == "f" and a.size), None)
@@ -49,8 +50,7 @@ class UnchangedUpdates:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        start = self.current_arrays.to_numpy_ndarrays()
-        return super().aggregate_train(server_round, [nudged_if_unchanged(r, start) for r in replies])
+        return super().aggregate_train(server_round, [nudged_if_unchanged(r, self.current_arrays) for r in replies])
 
 
 def takes_unchanged(clipping_mod: Mod) -> Mod:
@@ -61,7 +61,7 @@ def takes_unchanged(clipping_mod: Mod) -> Mod:
         records = list(msg.content.array_records.values()) if msg.metadata.message_type == MessageType.TRAIN else []
         if len(records) != 1:  # not a train message, or one Flower's mod refuses with its own error
             return clipping_mod(msg, context, call_next)
-        start = records[0].to_numpy_ndarrays()  # before the app runs: it may change the message's arrays
+        start = records[0]  # the record the message carried (Flower's mod keeps the same one to clip against)
 
         def trained(inner: Message, ctx: Context) -> Any:
             return nudged_if_unchanged(call_next(inner, ctx), start)
