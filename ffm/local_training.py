@@ -83,15 +83,17 @@ GradHook = Callable[[nn.Module], None]
 
 
 class TokenCount:
-    """Counts the tokens (attention-mask ones; examples for inputs without a mask) of the batches it passes on."""
+    """Counts the tokens (attention-mask ones; examples for inputs without a mask) of the batches it passes on.
+    A batch of pairs carries a mask per side (``chosen_attention_mask``, ``rejected_attention_mask``): both count,
+    since the model reads both."""
 
     def __init__(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
         self.batches, self.tokens = batches, 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for batch in self.batches:
-            mask = batch.get("attention_mask")
-            self.tokens += int(mask.sum()) if mask is not None else len(next(iter(batch.values())))
+            masks = [v for k, v in batch.items() if k == "attention_mask" or k.endswith("_attention_mask")]
+            self.tokens += sum(int(m.sum()) for m in masks) if masks else len(next(iter(batch.values())))
             yield batch
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
-from ffm.local_training import lr_factor, make_optimizer, run_scheduler, train_steps
+from ffm.local_training import TokenCount, lr_factor, make_optimizer, run_scheduler, train_steps
 
 
 @pytest.mark.parametrize(("kind", "hf_name"), [("linear", "linear"), ("cosine", "cosine"),
@@ -107,3 +107,17 @@ def test_bf16_precision_runs_the_forward_under_autocast_and_keeps_fp32_weights()
     train_steps(model, batches, objective=objective, optimizer=make_optimizer(model, 0.1, 0.0))
     assert seen == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
     assert model.weight.dtype == torch.float32
+
+
+def test_tokens_seen_counts_mask_ones_and_both_sides_of_a_preference_pair():
+    """The reported tokens are what the model read: a pair's chosen and rejected replies both, not the pairs."""
+    single = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0],
+                                                                                                [1, 1, 0, 0]])}
+    pairs = {"chosen_input_ids": torch.zeros(2, 3, dtype=torch.long),
+             "chosen_attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]]),
+             "rejected_input_ids": torch.zeros(2, 5, dtype=torch.long),
+             "rejected_attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])}
+    images = {"pixel_values": torch.zeros(3, 1, 8, 8), "labels": torch.zeros(3, dtype=torch.long)}
+    counted = TokenCount([single, pairs, images])
+    assert len(list(counted)) == 3
+    assert counted.tokens == 5 + (4 + 7) + 3
