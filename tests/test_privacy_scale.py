@@ -179,6 +179,22 @@ def test_without_noise_the_canary_audit_finds_a_clearly_positive_lower_bound(job
     assert found["score_present_mean"] > 10 * abs(found["score_absent_mean"])
 
 
+def test_without_dp_a_canary_claiming_more_examples_weighs_more_in_the_mean(job_factory):
+    """Without DP the mean is weighted by examples: a canary's weight is what it claims (privacy.canary_examples)."""
+    from ffm.audit import canary_audit_run
+
+    moved = {}
+    for claimed in (1, 4):
+        job = job_factory(f"claims{claimed}", federation__num_clients=6, federation__rounds=2, privacy__canaries=16,
+                          privacy__canary_examples=claimed, federation__fraction_evaluate=0.0,
+                          checkpoint__keep_last=0)
+        run_local(job)
+        found = canary_audit_run(job.run_dir)
+        moved[claimed] = found["score_present_mean"] - found["score_absent_mean"]
+
+    assert moved[4] > 2 * moved[1] > 0
+
+
 def test_with_noise_the_canary_audit_stays_below_the_accountants_epsilon(job_factory):
     from ffm.audit import canary_audit_run
 

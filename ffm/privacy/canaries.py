@@ -4,7 +4,9 @@ The accountant gives an upper bound on epsilon; an audit gives a lower bound, me
 bug in the mechanism or the accounting shows as a lower bound above the upper one. With ``privacy.canaries=m``
 a simulation inserts m canary clients, each present with probability 1/2 by a seeded coin flip. A present canary
 is a client like the others (sampled, clipped, noised), except that its update is always its own fixed random
-direction u_i at the full clipping norm C: the strongest update a client-level guarantee must hide. After the
+direction u_i at the full clipping norm C: the strongest update a client-level guarantee must hide. It claims
+``privacy.canary_examples`` examples (1 by default): a run without DP weighs the mean by examples, and a canary
+lighter than the real clients is easier to hide than any of them. After the
 run, ``ffm audit RUN_DIR --canaries`` scores each canary by how far the released global states moved along its
 direction, s_i = sum over rounds of <theta_t - theta_(t-1), u_i> (every round's model is a release), guesses the
 top quarter present and the bottom quarter absent, and turns the number of correct guesses into the largest
@@ -42,9 +44,13 @@ class CanaryConfig:
     canaries: int = option(0, "one-run audit of client-level DP: insert this many canary clients, each present with "
                            "probability 1/2; a present canary's update is its own random direction at the clipping "
                            "norm (ffm audit RUN_DIR --canaries measures a lower bound on epsilon)")
+    canary_examples: int = option(1, "the examples a canary claims, its weight in a mean weighted by examples (a run "
+                                  "without DP; DP-FedAvg weighs every client alike): a canary as heavy as a real "
+                                  "client claims as many as a client holds")
 
     def __post_init__(self) -> None:
         require(self.canaries >= 0, "privacy.canaries must be >= 0")
+        require(self.canary_examples >= 1, "privacy.canary_examples must be >= 1")
 
 
 def present_canaries(job: Job) -> list[int]:
@@ -82,7 +88,8 @@ def canary_reply(msg: Message, job: Job, index: int, party: int) -> Message:
     sent = {k: (v.double() + job.privacy.clipping_norm * direction[k]).to(v.dtype) if k in direction else v
             for k, v in received.items()}
     return Message(RecordDict({ARRAYS_KEY: ArrayRecord(sent),
-                               METRICS_KEY: MetricRecord({"num-examples": 1, DP_WEIGHT_KEY: 1, "canary": 1}),
+                               METRICS_KEY: MetricRecord({"num-examples": job.privacy.canary_examples, DP_WEIGHT_KEY: 1,
+                                                           "canary": 1}),
                                CLIENT_KEY: ConfigRecord({PARTITION_ID: party})}), reply_to=msg)
 
 
