@@ -149,13 +149,14 @@ def _goals_dpo(results: dict[str, dict]) -> list[str]:
 
 SFT_READING = [
     "Reading (runs of 2026-11-30; the curves in the plot below):",
-    "- On 2026-12-01 the federated run was made again on a fresh checkout (its `runs/` had gone) and gave the same "
-    "figures to four places (perplexity 20.9122 against 20.9121) in 1,136 s against 767 s (the machine ran about "
-    "1.5x slower that day). The centralized and local-only SFT runs were not made again, so their rows read "
-    "'not run' here; on 2026-11-30 they gave ROUGE-L 0.2265 and 0.2080, perplexity 17.55 and 29.02 (944 s and "
-    "2,040 s), the figures the points below use, and the goals against them were not met (federated 1.9 points "
-    "below centralized; local-only level with federated, not below). Every run from now on is kept in "
-    "`bench/results/instruct-runs.json`.",
+    "- On 2026-12-01 the federated and centralized runs were made again on a fresh checkout (its `runs/` had "
+    "gone) and gave the same figures to four places (federated perplexity 20.9122 against 20.9121; centralized "
+    "ROUGE-L 0.2265 and perplexity 17.5536, as before) in 1,136 s and 2,328 s against 767 s and 944 s (the machine "
+    "ran about 1.5x slower that day, and the centralized run shared its 2 cores with another job for about a "
+    "quarter of its time: its wall time is not comparable). The local-only SFT run was not made again, so its row "
+    "reads 'not run' here; on 2026-11-30 it gave ROUGE-L 0.2080, perplexity 29.02 (2,040 s), the figures the points "
+    "below use, and the goals against it were not met (local-only level with federated, not below). Every run "
+    "from now on is kept in `bench/results/instruct-runs.json`.",
     "- Every tuned model writes better headlines than the zero-shot one (ROUGE-L 0.172, perplexity 51.3 on the "
     "held-out headlines): federated 0.208 (0.230 at round 4), centralized 0.227 (0.261 at round 6), each party "
     "alone 0.208 on average (0.173 to 0.239 over the 8 parties). None writes a headline exactly as the paper "
