@@ -75,8 +75,8 @@ MODELS = {"u": Model("ViT width 64, 2 layers", 105_098, CONFIG, VIT),
 SERVER_LRS = (0.1,)  # FedAvgM's server learning rate under DP, besides the shared 1.0
 # The pretrained model at epsilon 8 learns for 10 rounds (0.651), then its clients' loss climbs again: FedAvgM's
 # momentum 0.9 carries every round's noise ten rounds on, and LoRA's B A multiplies the noise on B by the noise on
-# A. Two smaller server steps: FedAvg (no momentum: a tenth of the effective step) and FedAvgM at server lr 0.3.
-P_VARIANTS = {"fedavg": ("FedAvg, no server momentum", ["strategy.name=fedavg"]),
+# A. Two smaller server steps: no momentum (FedAvg: a tenth of the effective step) and FedAvgM at server lr 0.3.
+P_VARIANTS = {"m0": ("FedAvgM without momentum (FedAvg)", ["strategy.server_momentum=0.0"]),
               "slr0.3": ("FedAvgM, server lr 0.3", ["strategy.server_learning_rate=0.3"])}
 
 
