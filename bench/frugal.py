@@ -64,7 +64,8 @@ def table(results: dict[str, dict], labels: dict[str, str]) -> list[str]:
              "peak PSS MiB | wall s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, result in results.items():
         if "summary" not in result:
-            lines.append(f"| {labels[name]} | failed (exit {result.get('exit')}) | | | | |")
+            state = "not run" if result.get("exit") == "not run" else f"failed (exit {result.get('exit')})"
+            lines.append(f"| {labels[name]} | {state} | | | | |")
             continue
         up, down = _per_client_round(result), _per_client_round(result, "bytes_down")
         lines.append(f"| {labels[name]} | {_final(result):.4f} | {up / 1e3:,.1f} | {down / 1e6:,.2f} | "
