@@ -60,7 +60,7 @@ def _per_client_round(result: dict, key: str = "bytes_up") -> float | None:
 
 
 READING = [
-    "Reading (runs of 2026-12-01, one seed; two of the nine runs made so far, the others read 'not run'):",
+    "Reading (runs of 2026-12-01, one seed; the runs not made read 'not run'):",
     "- LoRA r=8 reaches 0.860 after 8 rounds (0.827 at round 4), sending 304 KB per client per round.",
     "- FedKSeed (K=1024, 24 zeroth-order steps a round at lr 2e-5 on all 22.7M parameters) sends 0.45 KB per client "
     "per round, 680 times less than LoRA (the bytes goal met), but does not learn in its 192 steps: accuracy 0.203 "
@@ -69,6 +69,17 @@ READING = [
     "Its rounds took 4.5x LoRA's (190 s against 40 s) though a step needs only forward passes; not profiled here "
     "(each step draws a 22.7M-element direction, and every party replays every client's pairs from the round's "
     "start, so a round's work grows with clients x steps x model size). The goal at equal wall time is not met.",
+    "- Offsite-tuning (the client trains the bottom and top layers on an emulator that keeps every 2nd middle "
+    "layer): the full model with the tuned adapters plugged in reaches 0.833 after 8 rounds (emulator alone "
+    "0.823, untrained 0.203; the plugged-in goal met), 2.7 points below LoRA, still rising (0.790, 0.820, 0.833 "
+    "at rounds 6 to 8); its adapter layers travel whole: 14.8 MB up per client per round, 49x LoRA's. Its "
+    "memory goal is not measurable in a simulation: the one process also holds the "
+    "server's full model (1.01x LoRA's peak); a SuperNode's peak is what the goal means, and is not measured.",
+    "- Mixed LoRA ranks 2/4/8 with FlexLoRA (the mean of the clients' B A, each client given its rank's truncated "
+    "SVD) reach 0.867 against equal-rank LoRA r=8's 0.860 (+0.7 points: the goal, within 2, met) at 172 KB up per "
+    "client per round (each client sends its own rank). The zero-padded mean and stacking on this job: not run "
+    "yet, so FlexLoRA's gain over the old rule is not measured here (bench/results/strategies.md's 0.787 against "
+    "0.877 was another job).",
 ]
 
 
