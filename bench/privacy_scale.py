@@ -11,7 +11,7 @@
    z C sqrt(d) / (qN) for d trainable parameters: it falls as more clients join a round and grows with the model.
    Three models (``--models``): t, a ViT of width 16 and 1 layer (4,570 parameters); u, the config's width 64
    and 2 layers (105,098); p, the pretrained MiniLM encoder with LoRA (rank 4, 38,404 parameters) on AG News split
-   the same way over 1,000 clients (configs/ag_news.yaml; 30 rounds, since its rounds cost about 100 times more).
+   the same way over 1,000 clients (configs/ag_news.yaml; 30 rounds, since its rounds cost 5 to 7.5 times a ViT's).
 2. **The audited epsilon**: the width-16 jobs at 100 per round with 200 canary clients (``privacy.canaries``), then
    ``ffm audit --canaries``: the one-run lower bound beside the accountant's epsilon, for no DP and each epsilon;
    without DP also with 1,000 canaries, and with canaries that claim a real client's 3 examples.
@@ -64,8 +64,8 @@ VIT = ("data.partitioner=shards", "data.shards_per_client=2", "train.batch_size=
 # p: the pretrained MiniLM encoder with LoRA (rank 4 on query and value, plus the classifier: 38,404 parameters) on
 # AG News split the same way (two topic-sorted shards per client: about 6 training stories of at most 2 topics). A
 # pretrained model's useful update lies in few directions, which is why DP fine-tuning works where DP training
-# from scratch fails (Li et al., ICLR 2022; Yu et al., ICLR 2022). A MiniLM round costs about 100 times a ViT round
-# on 2 cores (6 stories x 100 clients through 22.7M parameters), so these runs plan 30 rounds, not 100.
+# from scratch fails (Li et al., ICLR 2022; Yu et al., ICLR 2022). A MiniLM round at 100 per round took 21 s on 2
+# cores against a ViT's 2.8 to 4.3 s (the runs' wall times), so these runs plan 30 rounds, not 100.
 MODELS = {"u": Model("ViT width 64, 2 layers", 105_098, CONFIG, VIT),
           "t": Model("ViT width 16, 1 layer", 4_570, CONFIG,
                      (*VIT, "model.hidden_size=16", "model.layers=1", "model.heads=2", "train.lr=0.003")),
@@ -135,7 +135,8 @@ READING = """Reading (runs of 2026-11-30 to 12-01, one seed; the curves in the p
   0.753, 0.766 at rounds 20, 25, 30). The goal (within 5 points of the non-private 0.8375) is not met: 7.2 points below.
   At epsilon 2 (z 1.63) it learns nothing (0.251).
 - What would close it: the noise falls with the clients per round; all 1,000 every round gives 0.68 C at epsilon
-  8 (the table's last column) at about 200 s a round on 2 cores here (100 minutes a run: not made). Also a
+  8 (the table's last column), at an estimated 200 s a round (ten times the 21 s of a 100-client round: about
+  100 minutes a run; not made). Also a
   smaller adapter (rank 1: 10,756 parameters, about half the noise norm), and more than one seed; the
   non-private run itself was still rising (0.806, 0.829, 0.838 at rounds 20, 25, 30).
 - The one-run audit behaves as it must under DP (lower bound 0 against the accountant's 7.99 and 2.00). Without
@@ -350,7 +351,8 @@ def main() -> None:
              "of the trainable parameters. And a pretrained model: MiniLM (22.7M parameters, frozen) with LoRA "
              "(rank 4 on query and value, and the classifier: 38,404 trainable) on AG News over the same 1,000 "
              "clients (two topic-sorted shards each: about 6 training stories, at most 2 topics; 1,520 test "
-             "stories), 1 local epoch of batch 4, 30 rounds (a MiniLM round costs about 100 ViT rounds). "
+             "stories), 1 local epoch of batch 4, 30 rounds (a MiniLM round took 21 s at 100 per round, a ViT "
+             "round 2.8 to 4.3 s). "
              "One seed.", "",
              "## Accuracy against epsilon and clients per round", "",
              "Final test accuracy (accountant's epsilon). The last column is the norm of the noise added to the mean "
