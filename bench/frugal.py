@@ -27,10 +27,23 @@ import os
 import time
 from pathlib import Path
 
-from runs import REPO, budget, measured, metrics_lines, publish, report_head, without_method
+from runs import (
+    REPO,
+    budget,
+    measured,
+    metrics_lines,
+    publish,
+    recall,
+    remember,
+    report_head,
+    resolved_job,
+    without_method,
+)
 
 LORA = ["method.name=lora", "method.targets=[query,value]", "method.r=8", "method.alpha=16", "train.lr=2e-3"]
 MIXED = [*LORA, "method.client_ranks=[2,4,8]"]
+# every finished run's record, committed: runs/ is not, and a fresh checkout reports from here what it did not run
+KEPT = REPO / "bench" / "results" / "frugal-runs.json"
 
 
 def runs(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
@@ -94,6 +107,20 @@ def table(results: dict[str, dict], labels: dict[str, str]) -> list[str]:
         lines.append(f"| {labels[name]} | {_final(result):.4f} | {up / 1e3:,.1f} | {down / 1e6:,.2f} | "
                      f"{result['peak_pss_mib']:,} | {result['seconds']:.0f} |")
     return lines
+
+
+def kept_note(results: dict[str, dict]) -> list[str]:
+    """Which rows come from the committed records, not this checkout's runs (and which only from an old report)."""
+    kept = [n for n, r in results.items() if r.get("kept") and not r.get("recorded_from")]
+    bare = [n for n, r in results.items() if r.get("recorded_from")]
+    out = []
+    if kept:
+        out.append(f"Reported from `bench/results/{KEPT.name}` (every finished run's figures, kept because `runs/` is "
+                   f"not committed), not rerun here: {', '.join(kept)}.")
+    if bare:
+        out.append(f"Recorded in `bench/results/{KEPT.name}` from this report as of commit 21a7602, after their run "
+                   f"directories were lost (its rounded figures only): {', '.join(bare)}.")
+    return [line for text in out for line in (text, "")]
 
 
 def goals(results: dict[str, dict]) -> list[str]:
@@ -178,19 +205,21 @@ def main() -> None:
     results = {}
     for name, (_, overrides) in planned.items():
         record = args.work / f"{name}.measured.json"
+        stamp = resolved_job(config, [*shared, *overrides])
         if only is not None and name not in only and not record.is_file():
-            results[name] = {"exit": "not run"}
+            results[name] = recall(KEPT, name, stamp) or {"exit": "not run"}
             continue
         results[name] = measured(args.work, name, [*shared, *overrides], config=config)
         if "summary" in results[name]:
             results[name]["lines"] = metrics_lines(args.work / name)
+            remember(KEPT, name, stamp, {k: v for k, v in results[name].items() if k != "name"})
     labels = {name: label for name, (label, _) in planned.items()}
     plot(results, labels, args.out.with_suffix(".png"))
     text = "\n".join([
         *report_head("Frugal federated tuning: accuracy against bytes and memory (AG News, MiniLM)", load,
                      time.perf_counter() - started,
                      [f"- the job: {json.dumps(shared)}"]),
-        *table(results, labels), "", *goals(results), "", *READING, "",
+        *table(results, labels), "", *kept_note(results), *goals(results), "", *READING, "",
         f"![accuracy against bytes and memory]({args.out.stem}.png)",
     ])
     publish(text, args.out)

@@ -34,15 +34,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from runs import FFM, REPO, measured, metrics_lines, run_cached
+from runs import FFM, REPO, measured, metrics_lines, recall, remember, resolved_job, run_cached
 
 RESULTS = REPO / "bench" / "results"
 WORK = REPO / "runs" / "bench-privacy-scale"
 CONFIG = REPO / "configs" / "vit_mnist.yaml"
 CLIENTS, DELTA = 1000, 1e-5
 AG_NEWS = REPO / "configs" / "ag_news.yaml"
+# every finished run's record (figures, per-round lines, audit), committed: runs/ is not, and a fresh checkout
+# reports from here what it did not run itself (bench/runs.py: remember, recall)
+KEPT = RESULTS / "privacy_scale-runs.json"
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,12 @@ SERVER_LRS = (0.1,)  # FedAvgM's server learning rate under DP, besides the shar
 # The pretrained model at epsilon 8 learns for 10 rounds (0.651), then its clients' loss climbs again: FedAvgM's
 # momentum 0.9 carries every round's noise ten rounds on, and LoRA's B A multiplies the noise on B by the noise on
 # A. Two smaller server steps: no momentum (FedAvg: a tenth of the effective step) and FedAvgM at server lr 0.3.
-P_VARIANTS = {"m0": ("FedAvgM without momentum (FedAvg)", ["strategy.server_momentum=0.0"]),
-              "slr0.3": ("FedAvgM, server lr 0.3", ["strategy.server_learning_rate=0.3"])}
+# Then rank 1 (10,756 parameters: the noise norm falls with sqrt(d), to 0.53x rank 4's) with FedAvg, and its own
+# non-private reference. name suffix -> (label, keys, epsilon); the run is p100-{nodp|eps8}-{suffix}.
+P_VARIANTS = {"m0": ("FedAvgM without momentum (FedAvg)", ["strategy.server_momentum=0.0"], 8.0),
+              "slr0.3": ("FedAvgM, server lr 0.3", ["strategy.server_learning_rate=0.3"], 8.0),
+              "r1m0": ("LoRA rank 1 (10,756 parameters), FedAvg", ["method.r=1", "strategy.server_momentum=0.0"], 8.0),
+              "r1": ("LoRA rank 1, FedAvgM, no DP", ["method.r=1"], None)}
 
 
 def base(rounds: int) -> list[str]:
@@ -161,20 +166,27 @@ READING = """Reading (runs of 2026-11-30 to 12-01, one seed; the curves in the p
 
 
 def _measured_run(name: str, overrides: list[str], report_only: bool, config: Path = CONFIG) -> dict:
-    """A cached run with its wall seconds and the peak PSS of its process tree (the memory goal)."""
+    """A cached run with its wall seconds, the peak PSS of its process tree (the memory goal), its per-round lines
+    and noise multiplier; kept in KEPT once finished (a run that diverged is a result too)."""
+    stamp = resolved_job(config, overrides)
     if report_only and not (WORK / f"{name}.measured.json").is_file():
-        return {"name": name, "error": "not run"}
+        return recall(KEPT, name, stamp) or {"name": name, "error": "not run"}
     result = measured(WORK, name, overrides, config=config, env={"OMP_NUM_THREADS": "2"})
     log = (WORK / f"{name}.log").read_text()
+    noise = next((float(o.split("=", 1)[1]) for o in overrides if o.startswith("privacy.noise_multiplier=")), None)
     if result["exit"] != 0 and "no client returned a usable update" in log:  # the model diverged: a result too
         lines = metrics_lines(WORK / name)
         evaluated = [ln for ln in lines if "test_accuracy" in ln]
-        return {**result, "error": "diverged", "lines": lines,
-                "diverged": {"round": lines[-1]["round"] + 1, "eval_round": evaluated[-1]["round"],
-                             "accuracy": evaluated[-1]["test_accuracy"], "epsilon": lines[-1].get("epsilon")}}
-    if result["exit"] != 0:
+        result = {**result, "error": "diverged", "lines": lines,
+                  "diverged": {"round": lines[-1]["round"] + 1, "eval_round": evaluated[-1]["round"],
+                               "accuracy": evaluated[-1]["test_accuracy"], "epsilon": lines[-1].get("epsilon")}}
+    elif result["exit"] != 0:
         return {"name": name, "error": log[-400:]}
-    return {**result, "lines": metrics_lines(WORK / name)}
+    else:
+        result = {**result, "lines": metrics_lines(WORK / name)}
+    result["noise"] = noise
+    remember(KEPT, name, stamp, {k: v for k, v in result.items() if k != "name"})
+    return result
 
 
 def _accuracy(result: dict) -> float | None:
@@ -187,6 +199,8 @@ def _accuracy(result: dict) -> float | None:
 def utility(args: argparse.Namespace) -> dict[str, dict]:
     """Every model and cohort's runs: those asked for (--models, --cohorts) run, the others are reported if done."""
     runs = {}
+    if args.only is not None:  # --only names the runs to make; every other is reported if done
+        args.models, args.cohorts = [m for m in MODELS if any(n.startswith(m) for n in args.only)], [10, 100, 1000]
     order = [*(m for m in args.models), *(m for m in MODELS if m not in args.models)]
     cohorts = [*args.cohorts, *(c for c in (10, 100, 1000) if c not in args.cohorts)]
     for prefix in order:
@@ -198,18 +212,39 @@ def utility(args: argparse.Namespace) -> dict[str, dict]:
                 name = f"{prefix}{per_round}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
                 runs[name] = _measured_run(name, [*base(rounds), *model.keys, *dp(per_round, epsilon, rounds,
                                                                                   model.config)],
-                                           args.report_only or not asked, model.config)
+                                           not _asked(args, name, asked), model.config)
     if "t" in args.models and 100 in args.cohorts:  # a smaller server step under DP: does it keep the noise down?
         for lr in SERVER_LRS:
-            runs[f"t100-eps8-slr{lr:g}"] = _measured_run(
-                f"t100-eps8-slr{lr:g}", [*base(args.rounds), *MODELS["t"].keys, *dp(100, 8.0, args.rounds),
-                                         f"strategy.server_learning_rate={lr}"], args.report_only)
+            name = f"t100-eps8-slr{lr:g}"
+            runs[name] = _measured_run(name, [*base(args.rounds), *MODELS["t"].keys, *dp(100, 8.0, args.rounds),
+                                              f"strategy.server_learning_rate={lr}"], not _asked(args, name, True))
     model = MODELS["p"]
-    for suffix, (_, keys) in P_VARIANTS.items():  # the pretrained model's server step under DP
-        runs[f"p100-eps8-{suffix}"] = _measured_run(
-            f"p100-eps8-{suffix}", [*base(model.rounds), *model.keys, *dp(100, 8.0, model.rounds, model.config), *keys],
-            args.report_only or "p" not in args.models or 100 not in args.cohorts, model.config)
+    for suffix, (_, keys, epsilon) in P_VARIANTS.items():  # the pretrained model's server step under DP
+        name = _variant(suffix)
+        runs[name] = _measured_run(
+            name, [*base(model.rounds), *model.keys, *dp(100, epsilon, model.rounds, model.config), *keys],
+            not _asked(args, name, "p" in args.models and 100 in args.cohorts), model.config)
     return runs
+
+
+def _asked(args: argparse.Namespace, name: str, chosen: bool) -> bool:
+    """Whether run ``name`` is to be made now: --only names it, or (without --only) --models/--cohorts chose it."""
+    if args.report_only:
+        return False
+    return name in args.only if args.only is not None else chosen
+
+
+def _cached_audit(args: argparse.Namespace, name: str, overrides: list[str], *audit: str) -> dict:
+    """Run ``name`` (a ViT job) and ``ffm audit AUDIT`` on it unless done; kept in KEPT. {"run": ..., "audit": ...}"""
+    stamp = resolved_job(CONFIG, overrides)
+    done = (WORK / name / "summary.json").is_file()
+    if not done and not _asked(args, name, True):
+        return recall(KEPT, name, stamp) or {"run": {"name": name, "error": "not run"}, "audit": None}
+    result = run_cached(WORK, name, CONFIG, overrides, threads=2)
+    found = {"run": result, "audit": None if "error" in result else _audit(WORK / name, *audit)}
+    if found["audit"] is not None:
+        remember(KEPT, name, stamp, {"run": {"name": name, "summary": result["summary"]}, "audit": found["audit"]})
+    return found
 
 
 def _audit(run_dir: Path, *extra: str) -> dict | None:
@@ -232,11 +267,10 @@ def audited(args: argparse.Namespace) -> dict[str, dict]:
     for epsilon, canaries, claims in ((None, 200, 1), (8.0, 200, 1), (2.0, 200, 1), (None, 1000, 1), (None, 200, 3)):
         name = (f"a100-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
                 + ("" if canaries == 200 else f"-m{canaries}") + ("" if claims == 1 else f"-claims{claims}"))
-        result = run_cached(WORK, name, CONFIG, [*base(args.rounds), *MODELS["t"].keys, *dp(100, epsilon, args.rounds),
-                                                 f"privacy.canaries={canaries}", "checkpoint.keep_last=0",
-                                                 *([f"privacy.canary_examples={claims}"] if claims != 1 else [])],
-                            threads=2, report_only=args.report_only)
-        out[name] = {"run": result, "audit": None if "error" in result else _audit(WORK / name, "--canaries")}
+        out[name] = _cached_audit(args, name, [*base(args.rounds), *MODELS["t"].keys, *dp(100, epsilon, args.rounds),
+                                               f"privacy.canaries={canaries}", "checkpoint.keep_last=0",
+                                               *([f"privacy.canary_examples={claims}"] if claims != 1 else [])],
+                                  "--canaries")
     return out
 
 
@@ -247,9 +281,7 @@ def memorization(args: argparse.Namespace) -> dict[str, dict]:
     out = {}
     for name, extra in (("mia-nodp", []), ("mia-eps8", ["privacy.clipping=fixed", "privacy.target_epsilon=8",
                                                         "privacy.clipping_norm=1.0"])):
-        result = run_cached(WORK, name, CONFIG, [*keys, *extra], threads=2, report_only=args.report_only)
-        out[name] = {"run": result,
-                     "audit": None if "error" in result else _audit(WORK / name, "--examples", "200", "--shadows", "4")}
+        out[name] = _cached_audit(args, name, [*keys, *extra], "--examples", "200", "--shadows", "4")
     return out
 
 
@@ -260,9 +292,32 @@ def _acc(result: dict) -> str:
     return "not run" if "error" in result else f"{result['summary']['final_test_accuracy']:.4f}"
 
 
+def _recorded_note(found: dict[str, dict]) -> list[str]:
+    """Which rows come from the committed records rather than this checkout's runs/, and which of those have no
+    per-round lines (recorded from an earlier report after their run directories were lost)."""
+    kept = [n for n, r in found.items() if r.get("kept") and not r.get("recorded_from")]
+    bare = [n for n, r in found.items() if r.get("recorded_from")]
+    out = []
+    if kept:
+        out.append(f"Reported from `bench/results/{KEPT.name}` (every finished run's figures and per-round lines, "
+                   f"kept because `runs/` is not committed), not rerun here: {', '.join(kept)}.")
+    if bare:
+        out.append(f"Recorded in `bench/results/{KEPT.name}` from this report as of commit 21a7602, after their run "
+                   "directories were lost (final figures only: their per-round curves are missing from the plot's "
+                   f"right panel): {', '.join(bare)}.")
+    return [line for text in out for line in (text, "")]
+
+
+def _variant(suffix: str) -> str:
+    """The run name of the pretrained model's variant ``suffix`` (P_VARIANTS)."""
+    epsilon = P_VARIANTS[suffix][2]
+    return f"p100-{'nodp' if epsilon is None else f'eps{epsilon:g}'}-{suffix}"
+
+
 def _best(result: dict) -> str:
-    """' (best 0.xxxx at round r)' from a run's evaluated rounds, or nothing."""
-    evaluated = [ln for ln in result.get("lines", []) if "test_accuracy" in ln]
+    """' (best 0.xxxx at round r)' from a run's evaluated rounds (or a record's ``best``), or nothing."""
+    evaluated = [ln for ln in result.get("lines", []) if "test_accuracy" in ln] or [result.get("best", {})]
+    evaluated = [ln for ln in evaluated if "test_accuracy" in ln]
     if not evaluated:
         return ""
     top = max(evaluated, key=lambda ln: ln["test_accuracy"])
@@ -328,6 +383,8 @@ def main() -> None:
     parser.add_argument("--cohorts", default="100,10,1000", type=lambda text: [int(c) for c in text.split(",")],
                         help="expected clients per round for the utility part, in the order run (the goal's first)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")),
+                        help="comma-separated run names to make now (every part); the others are reported if done")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -353,7 +410,7 @@ def main() -> None:
              "clients (two topic-sorted shards each: about 6 training stories, at most 2 topics; 1,520 test "
              "stories), 1 local epoch of batch 4, 30 rounds (a MiniLM round took 21 s at 100 per round, a ViT "
              "round 2.8 to 4.3 s). "
-             "One seed.", "",
+             "One seed.", "", *_recorded_note({**runs, **audits, **mia}),
              "## Accuracy against epsilon and clients per round", "",
              "Final test accuracy (accountant's epsilon). The last column is the norm of the noise added to the mean "
              "at epsilon 8, z C sqrt(d) / (qN), in units of the clipping norm C (which bounds the norm of the mean "
@@ -384,26 +441,34 @@ def main() -> None:
         lines += ["", "FedAvgM's server learning rate under DP (width 16, 100 per round, epsilon 8): "
                   + "; ".join([f"1.0: {_acc(runs.get('t100-eps8', {'error': 1}))}"]
                               + [f"{lr:g}: {_acc(r)}" for lr, r in slr]) + "."]
-    variants = {label: runs.get(f"p100-eps8-{suffix}", {"error": 1}) for suffix, (label, _) in P_VARIANTS.items()}
-    if any(_accuracy(r) is not None for r in variants.values()):
-        nodp = _accuracy(runs.get("p100-nodp", {"error": 1}))
-        lines += ["", "The pretrained model's server step under DP (100 per round, epsilon 8; best round in brackets): "
-                  + "; ".join(f"{label}: {_acc(r)}{_best(r)}" for label, r in
-                              {"FedAvgM, server lr 1.0": runs.get("p100-eps8", {"error": 1}), **variants}.items())
-                  + "."]
-        done = {label: _accuracy(r) for label, r in variants.items() if _accuracy(r) is not None}
-        if nodp is not None and done:
-            label, best = max(done.items(), key=lambda item: item[1])
-            gap = 100 * (nodp - best)
-            lines += ["", f"Goal with the best server step ({label}) against the non-private FedAvgM run: "
-                      f"**{'met' if gap <= 5 else 'not met'}** ({gap:.1f} points below)."]
+    private = {suffix: runs.get(_variant(suffix), {"error": 1}) for suffix, (_, _, eps) in P_VARIANTS.items() if eps}
+    if any(_accuracy(r) is not None for r in private.values()):
+        lines += ["", "The pretrained model's server step and adapter rank under DP (100 per round, epsilon 8; best "
+                  "round in brackets): " + "; ".join(
+                      f"{label}: {_acc(r)}{_best(r)}" for label, r in
+                      {"FedAvgM, server lr 1.0": runs.get("p100-eps8", {"error": 1}),
+                       **{P_VARIANTS[suffix][0]: r for suffix, r in private.items()}}.items()) + "."]
+        # each DP variant against the non-private run of its own model (rank 1 has its own), and the best of them
+        references = {"": runs.get("p100-nodp", {"error": 1}), "r1": runs.get(_variant("r1"), {"error": 1})}
+        if _accuracy(references["r1"]) is not None:
+            lines += ["", f"Without DP, LoRA rank 1 (FedAvgM, as rank 4's reference): {_acc(references['r1'])}"
+                      f"{_best(references['r1'])}; rank 4: {_acc(references[''])}."]
+        done = {s: _accuracy(r) for s, r in private.items() if _accuracy(r) is not None}
+        if done:
+            suffix, best = max(done.items(), key=lambda item: item[1])
+            own = _accuracy(references["r1" if suffix.startswith("r1") else ""])
+            top = max(a for a in map(_accuracy, references.values()) if a is not None)
+            if own is not None:
+                gap = 100 * (own - best)
+                lines += ["", f"Goal with the best of them ({P_VARIANTS[suffix][0]}: {best:.4f}) against the "
+                          f"non-private run of the same model ({own:.4f}): **{'met' if gap <= 5 else 'not met'}** "
+                          f"({gap:.1f} points below; {100 * (top - best):.1f} below the best non-private run)."]
     lines += ["", "## Wall time and peak memory (PSS of the whole process tree, sampled every 0.2 s)", "",
               "| run | wall s | peak MiB | noise multiplier |", "| --- | ---: | ---: | ---: |"]
     for name, result in runs.items():
         if "seconds" not in result:
             continue
-        config = yaml.safe_load((WORK / name / "config.yaml").read_text())
-        noise = config["privacy"]["noise_multiplier"] if config["privacy"]["clipping"] != "none" else None
+        noise = result.get("noise")
         lines.append(f"| {name} | {result['seconds']:.0f} | {result['peak_pss_mib']} | "
                      f"{'-' if noise is None else f'{noise:.3f}'} |")
     peaks = [r["peak_pss_mib"] for r in runs.values() if "peak_pss_mib" in r]

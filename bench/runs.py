@@ -45,12 +45,10 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, rep
     report was made from; a finished run is recorded there and a report-only run without its directory is
     reported from it, as long as the job it resolves to is unchanged. A run is never skipped because of it."""
     run_dir = work / name
-    stamp = _resolved(config, overrides) if kept is not None else None  # only a kept record needs it
+    stamp = resolved_job(config, overrides) if kept is not None else None  # only a kept record needs it
     if report_only and not (run_dir / "summary.json").is_file():
-        record = _kept(kept).get(name)
-        if record is not None and record["stamp"] == stamp:
-            return {"name": name, "summary": record["summary"], "lines": record["lines"], "kept": True}
-        return {"name": name, "error": "not run" if record is None else "not run (its job changed since)"}
+        return recall(kept, name, stamp) or {"name": name, "error": "not run" if name not in _kept(kept)
+                                             else "not run (its job changed since)"}
     if not (run_dir / "summary.json").is_file():
         cmd = [FFM, "run", str(config), *overrides, f"run_dir={run_dir}"]
         cmd += ["resume=true"] if run_dir.exists() else []
@@ -65,13 +63,26 @@ def run_cached(work: Path, name: str, config: Path, overrides: list[str], *, rep
     summary = json.loads((run_dir / "summary.json").read_text())
     result = {"name": name, "summary": summary, "lines": metrics_lines(run_dir)}
     if kept is not None:
-        records = _kept(kept)
-        records[name] = {"stamp": stamp, "summary": summary, "lines": result["lines"]}
-        kept.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+        remember(kept, name, stamp, {"summary": summary, "lines": result["lines"]})
     return result
 
 
-def _resolved(config: Path, overrides: list[str]) -> dict[str, Any]:
+def remember(kept: Path, name: str, stamp: dict[str, Any], record: dict[str, Any]) -> None:
+    """Record a finished run in the committed JSON file ``kept`` (see :func:`run_cached`), stamped with its job."""
+    records = _kept(kept)
+    records[name] = {**record, "stamp": stamp}
+    kept.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+
+def recall(kept: Path | None, name: str, stamp: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of run ``name`` in ``kept`` (marked ``kept``), or None when there is none or its job changed."""
+    record = _kept(kept).get(name)
+    if record is None or record["stamp"] != stamp:
+        return None
+    return {"name": name, **{k: v for k, v in record.items() if k != "stamp"}, "kept": True}
+
+
+def resolved_job(config: Path, overrides: list[str]) -> dict[str, Any]:
     """The job a run of ``config`` with ``overrides`` does, as ffm resolves it (every default filled in), without
     where it writes and with this checkout's path taken out: two ways of asking for the same job stamp alike."""
     from ffm.config import job_to_dict, load_job
