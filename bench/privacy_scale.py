@@ -165,9 +165,9 @@ READING = """Reading (runs of 2026-11-30 to 12-02, one seed; the curves in the p
   kept rising was not established (a candidate, not tested: with one component, the noise on A's one row and
   B's one column turns the adapter's only direction every round).
 - What would close it: more rounds for the DP run, which was still rising at round 30 (see the 60-round pair
-  when made); the noise falls with the clients per round: all 1,000 every round gives 0.68 C at epsilon 8 (the table's last column), at an
-  estimated 200 s a round (ten times the 21 s of a 100-client round: about 100 minutes a run; not made); and
-  more than one seed, since the gap is within one seed's spread of the goal.
+  when made); the noise falls with the clients per round: all 1,000 every round gives 0.68 C at epsilon 8 (the
+  table's last column), at an estimated 200 s a round (ten times the 21 s of a 100-client round: about 100
+  minutes a run; not made); and more than one seed, since the gap is within one seed's spread of the goal.
 - The one-run audit behaves as it must under DP (lower bound 0 against the accountant's 7.99 and 2.00). Without
   DP 200 canaries give 77 right guesses of 100, a lower bound of 0.80: real leakage, but not above 1. More
   canaries did not help: with 1,000 (510 present, about 50 in each round beside 100 real clients) 332 of 500
