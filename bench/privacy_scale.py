@@ -152,9 +152,10 @@ READING = """Reading (runs of 2026-11-30 to 12-02, one seed; the curves in the p
   on B by the noise on A. A smaller server step keeps it learning: server lr 0.3 ends at 0.726 (best 0.753 at
   round 25); without momentum (FedAvg) it ends at 0.766, its best and still rising (0.724,
   0.753, 0.766 at rounds 20, 25, 30). The same FedAvg without DP (the goal's reference: same model, sampling,
-  strategy and rounds) ends at 0.819 (0.795, 0.822, 0.819 at rounds 20, 25, 30: flattening), so DP costs 5.3
+  strategy and rounds) ends at 0.819 (0.795, 0.822, 0.819 at rounds 20, 25, 30), so DP costs 5.3
   points: the goal (within 5) is missed by 0.3 points, less than one seed's spread (an accuracy on 1,520 test
-  stories has a standard error of about 1 point). FedAvgM without DP reaches 0.8375, 7.2 points above the DP run.
+  stories has a standard error of about 1 point); at 60 rounds the gap grows (below). FedAvgM without DP
+  reaches 0.8375, 7.2 points above the DP run.
   At epsilon 2 (z 1.63) it learns nothing (0.251).
 - A smaller adapter does not help under this noise. LoRA rank 1 (10,756 parameters: a noise norm 0.53x rank 4's)
   with FedAvg at epsilon 8 learns, then collapses: at the config's alpha 16 (which scales B A by 16, four times
@@ -164,10 +165,14 @@ READING = """Reading (runs of 2026-11-30 to 12-02, one seed; the curves in the p
   reaches 0.8375, as rank 4 does: the capacity is there. Why rank 1 diverges where rank 4 under the same FedAvg
   kept rising was not established (a candidate, not tested: with one component, the noise on A's one row and
   B's one column turns the adapter's only direction every round).
-- What would close it: more rounds for the DP run, which was still rising at round 30 (see the 60-round pair
-  when made); the noise falls with the clients per round: all 1,000 every round gives 0.68 C at epsilon 8 (the
-  table's last column), at an estimated 200 s a round (ten times the 21 s of a 100-client round: about 100
-  minutes a run; not made); and more than one seed, since the gap is within one seed's spread of the goal.
+- More rounds do not close it. With 60 rounds (z 0.89, calibrated to epsilon 8 over 60: noise on the mean
+  1.74 C) DP FedAvg climbs to 0.772 by round 35 and stays there (0.770, 0.770, 0.774, 0.774, 0.774 at rounds 40
+  to 60; its clients' median training loss flat at 1.16 to 1.18 from round 40), while the same FedAvg without
+  DP goes on to 0.857 (0.839, 0.845, 0.834, 0.838, 0.857 at rounds 40 to 60): 8.4 points below, a wider gap
+  than at 30 rounds. The DP run has reached the level its noise allows.
+- What would close it: less noise on the mean, which falls with the clients per round: all 1,000 every round
+  gives 0.68 C at epsilon 8 (the table's last column), at an estimated 200 s a round (ten times the 21 s of a
+  100-client round: about 100 minutes a run; not made); and more than one seed.
 - The one-run audit behaves as it must under DP (lower bound 0 against the accountant's 7.99 and 2.00). Without
   DP 200 canaries give 77 right guesses of 100, a lower bound of 0.80: real leakage, but not above 1. More
   canaries did not help: with 1,000 (510 present, about 50 in each round beside 100 real clients) 332 of 500
@@ -528,17 +533,18 @@ def main() -> None:
                 lines += ["", f"Without DP, {P_VARIANTS[ref][0].replace(', no DP', '')} (the reference of its DP "
                           f"run): {_acc(references[ref])}{_best(references[ref])}; FedAvgM, rank 4: "
                           f"{_acc(references[''])}."]
-        done = {s: _accuracy(r) for s, r in private.items() if _accuracy(r) is not None}
-        if done:
-            suffix, best = max(done.items(), key=lambda item: item[1])
-            own = _accuracy(references[REFERENCE.get(suffix, "")])
-            top = max(a for a in map(_accuracy, references.values()) if a is not None)
-            if own is not None:
-                gap = 100 * (own - best)
-                lines += ["", f"Goal with the best of them ({P_VARIANTS[suffix][0]}: {best:.4f}) against the "
-                          f"non-private run of the same model and strategy ({own:.4f}): "
-                          f"**{'met' if gap <= 5 else 'not met'}** "
-                          f"({gap:.1f} points below; {100 * (top - best):.1f} below the best non-private run)."]
+        # every DP variant against the non-private run of its own model, strategy and rounds: the goal is met when
+        # one pair is within 5 points
+        gaps = {s: 100 * (_accuracy(references[REFERENCE.get(s, "")]) - _accuracy(r)) for s, r in private.items()
+                if _accuracy(r) is not None and _accuracy(references[REFERENCE.get(s, "")]) is not None}
+        if gaps:
+            closest = min(gaps.values())
+            lines += ["", "Goal (DP at epsilon 8 within 5 points of the non-private run of the same model, strategy "
+                      "and rounds, or p100-nodp where a variant has none of its own): "
+                      f"**{'met' if closest <= 5 else 'not met'}** (closest {closest:.1f} points below; "
+                      + "; ".join(f"{P_VARIANTS[s][0]}: {_accuracy(private[s]):.4f} against "
+                                  f"{_accuracy(references[REFERENCE.get(s, '')]):.4f}, {gap:.1f} below"
+                                  for s, gap in sorted(gaps.items(), key=lambda item: item[1])) + ")."]
     lines += ["", "## Wall time and peak memory (PSS of the whole process tree, sampled every 0.2 s)", "",
               "| run | wall s | peak MiB | noise multiplier |", "| --- | ---: | ---: | ---: |"]
     for name, result in runs.items():
