@@ -415,7 +415,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_eps, by_round) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (by_eps, by_round) = plt.subplots(1, 2, figsize=(15, 4.8))
     styles = {"t": "-o", "u": "--s", "p": ":^"}
     for prefix, model in MODELS.items():
         for per_round in (10, 100, 1000):
@@ -434,16 +434,16 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     by_eps.set_ylabel("test accuracy")
     by_eps.legend(fontsize=7)
     by_eps.grid(alpha=0.3)
-    colors = plt.get_cmap("tab20").colors
-    for i, (name, result) in enumerate(runs.items()):
-        if "lines" not in result:
-            continue
-        lines = [ln for ln in result["lines"] if "test_accuracy" in ln]
+    colors = plt.get_cmap("tab10").colors
+    curves = {name: [ln for ln in result.get("lines", []) if "test_accuracy" in ln] for name, result in runs.items()}
+    curves = {name: lines for name, lines in curves.items() if len(lines) > 1}  # records without a curve: none
+    for i, (name, lines) in enumerate(curves.items()):
         by_round.plot([ln["round"] for ln in lines], [ln["test_accuracy"] for ln in lines], label=name,
-                      color=colors[i % len(colors)], linestyle="-" if name.endswith("nodp") else "--")
+                      color=colors[i % len(colors)], linestyle="-" if "nodp" in name else "--")
     by_round.set_xlabel("round")
     by_round.set_ylabel("test accuracy")
-    by_round.legend(fontsize=7)
+    by_round.set_title("per round (solid: no DP; runs recorded without a curve left out)", fontsize=9)
+    by_round.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     by_round.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
