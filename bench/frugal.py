@@ -100,7 +100,7 @@ READING = [
     "reaches the same 0.860 (and the same 0.827 at round 4) at 44.4 KB up per client per round, 6.9x less than "
     "fp32 LoRA; the download stays fp32 (304 KB).",
     "- Wall times were measured on different days (LoRA, FedKSeed, offsite and the mean/FlexLoRA rules on "
-    "2026-11-30/12-01 with other work on the cores; full, int4 and stack later on 12-01: int4, the same "
+    "2026-11-30/12-01; full, int4 and stack later on 12-01: int4, the same "
     "LoRA work, took 164 s against fp32 LoRA's 323 s): compare them within a day only.",
 ]
 

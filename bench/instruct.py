@@ -41,20 +41,16 @@ def _line(result: dict, key: str, at: int = -1) -> float | None:
     return values[at] if values else None
 
 
-def sft_runs(only: set[str] | None) -> dict[str, dict]:
-    return {mode: run_cached(WORK, f"sft-{mode}", SFT, [f"mode={mode}"], threads=2, kept=KEPT,
-                             report_only=only is not None and f"sft-{mode}" not in only) for mode in MODES}
-
-
 # twice the rounds (federated was still improving at round 8), scored on all 120 held-out stories (48 headlines
 # were too coarse for the 1-point goal); local-only is not repeated (every party's model generates: hours)
 LONG = ["federation.rounds=16", "federation.evaluate_every=4", "task.eval_generate=120"]
 
 
-def sft_long_runs(only: set[str] | None) -> dict[str, dict]:
-    return {mode: run_cached(WORK, f"sft-{mode}-r16", SFT, [f"mode={mode}", *LONG], threads=2, kept=KEPT,
-                             report_only=only is not None and f"sft-{mode}-r16" not in only)
-            for mode in ("federated", "centralized")}
+def sft_runs(only: set[str] | None, modes: tuple[str, ...] = MODES, suffix: str = "",
+             keys: list[str] | tuple = ()) -> dict[str, dict]:
+    """The SFT job in each of ``modes``, runs named sft-{mode}{suffix}, with ``keys`` on top of the config."""
+    return {mode: run_cached(WORK, f"sft-{mode}{suffix}", SFT, [f"mode={mode}", *keys], threads=2, kept=KEPT,
+                             report_only=only is not None and f"sft-{mode}{suffix}" not in only) for mode in modes}
 
 
 # the shipped DPO config's learning rate (5e-5) against 10x higher, which separated the pairs by round 2 and then
@@ -350,7 +346,7 @@ def main() -> None:
     parts = set(args.part.split(","))
     only = set(args.only.split(",")) if args.only else None
     sft = sft_runs(only if "sft" in parts else set())  # a part not asked for: its finished runs are reported
-    sft_long = sft_long_runs(only if "sft" in parts else set())
+    sft_long = sft_runs(only if "sft" in parts else set(), ("federated", "centralized"), "-r16", LONG)
     dpo = dpo_runs(only if "dpo" in parts else set())
     plot(sft | {f"{mode}, 16 rounds": r for mode, r in sft_long.items()}, dpo, RESULTS / "instruct.png")
     cached = SPEED  # the speed part's last measurement, reported when it does not run

@@ -346,8 +346,7 @@ def memorization(args: argparse.Namespace) -> dict[str, dict]:
         for name, extra in ((f"{prefix}-nodp", []), (f"{prefix}-eps8", ["privacy.clipping=fixed",
                                                                        "privacy.target_epsilon=8",
                                                                        "privacy.clipping_norm=1.0"])):
-            out[name] = _cached_audit(args, name, [*keys[:4], *data, *keys[4:], *extra], "--examples", str(examples),
-                                      "--shadows", "4")
+            out[name] = _cached_audit(args, name, [*keys, *data, *extra], "--examples", str(examples), "--shadows", "4")
     return out
 
 
