@@ -15,6 +15,7 @@ from ffm.keys import BASE_DELTA_PREFIX
 from ffm.methods.lora_aggregation import LoraAggregation
 from ffm.methods.lora_federation import RANK_KEY, lora_pairs
 from ffm.runtime import run_local, set_message_id, set_task_identity
+from ffm.workspace import build_workspace
 
 
 @pytest.fixture(autouse=True)
@@ -204,3 +205,63 @@ def test_the_base_deltas_travel_down_and_never_come_back(job_factory, carried):
 def test_exact_aggregation_with_a_rule_that_is_not_a_mean_is_a_config_error():
     with pytest.raises(ConfigError, match=r"use strategy.name=fedavg or fedprox, not .fedmedian."):
         load_job(None, ["method.aggregation=exact", "strategy.name=fedmedian"])
+
+
+def _frozen_a(job) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in build_workspace(job).model.named_parameters() if ".lora_A." in n}
+
+
+def test_freeze_a_trains_and_sends_only_b_and_the_head(job_factory, carried):
+    job = job_factory(method__freeze_a=True, federation__rounds=2, train__lr=0.05)
+    initial = build_workspace(job).initial_state
+
+    summary, _ = run_local(job)
+
+    train = [(m, r) for m, r in carried if m.metadata.message_type == MessageType.TRAIN]
+    assert train
+    for message, reply in train:  # A travels neither way
+        for content in (message.content, reply.content):
+            names = list(content["arrays"].keys())
+            assert names and not any(".lora_A." in n for n in names)
+            assert any(".lora_B." in n for n in names)
+    final = _final(job)
+    assert set(final) == set(initial)
+    assert summary["trainable_params"] == sum(v.numel() for v in final.values())
+    assert any(not torch.equal(final[n], initial[n]) for n in final if ".lora_B." in n)  # B learned
+
+
+def test_every_party_builds_the_same_frozen_a_whatever_its_random_state(job_factory):
+    job = job_factory(method__freeze_a=True)
+    first = _frozen_a(job)
+    torch.rand(1000)  # a party whose process drew other numbers first (a SuperNode that loaded its data)
+    second = _frozen_a(job)
+
+    assert first and first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0)
+        assert first[name].abs().sum() > 0  # a random init, not zeros: B A can learn through it
+    trainable = {n for n, p in build_workspace(job).model.named_parameters() if p.requires_grad}
+    assert not any(".lora_A." in n for n in trainable) and any(".lora_B." in n for n in trainable)
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["method.client_ranks=[2,4]"], "method.client_ranks cannot trim"),
+    (["method.aggregation=exact"], "set method.aggregation=naive"),
+])
+def test_freeze_a_with_a_rule_that_needs_a_is_a_config_error(keys, message):
+    with pytest.raises(ConfigError, match=message):
+        load_job(None, ["method.freeze_a=true", *keys])
+
+
+@pytest.mark.parametrize("privacy", [{"privacy__dp_sgd": True, "privacy__sgd_noise_multiplier": 1.0},
+                                     {"privacy__secure_aggregation": True}], ids=["dp_sgd", "secure_aggregation"])
+def test_freeze_a_federates_under_dp_sgd_and_secure_aggregation(job_factory, privacy):
+    job = job_factory(method__freeze_a=True, **privacy)
+    initial = build_workspace(job).initial_state
+
+    summary, _ = run_local(job)
+
+    final = _final(job)
+    assert summary["rejected_updates"] == 0 and set(final) == set(initial)
+    assert not any(".lora_A." in n for n in final)
+    assert any(not torch.equal(final[n], initial[n]) for n in final if ".lora_B." in n)

@@ -45,8 +45,17 @@ class LoraMethodConfig(MethodConfig):
         "(FLoRA: the exact mean of B A into the frozen base, which then travels down; adapters restart each round)",
         choices=("mean", "flexlora", "stack"))
 
+    freeze_a: bool = option(
+        False, "FFA-LoRA (Sun et al., ICLR 2024): A stays at its random init, which every party builds alike from "
+        "the job's seed; only B (and the head) trains and travels, so the mean of the Bs is exactly the mean of "
+        "the B A, and under DP half the adapter's parameters carry the noise")
+
     def __post_init__(self) -> None:
         require(self.r >= 1, "method.r (LoRA rank) must be at least 1")
+        require(not (self.freeze_a and self.client_ranks), "method.freeze_a trains B alone, which "
+                "method.client_ranks cannot trim by rank yet: leave one of them unset")
+        require(not (self.freeze_a and self.aggregation == "exact"), "method.freeze_a already makes the mean "
+                "of B exact (A is shared and fixed): set method.aggregation=naive")
         require(all(1 <= k <= self.r for k in self.client_ranks),
                 f"method.client_ranks {self.client_ranks}: each must be in 1..method.r={self.r}")
         require(0.0 <= self.dropout < 1.0, "method.dropout must be in [0, 1)")
@@ -61,8 +70,13 @@ class Lora(Method):
 
     def apply(self, model: nn.Module, task: Task) -> nn.Module:
         cfg = self.cfg
-        return with_peft_adapters(model, task, LoraConfig, marker="lora_", train_head=cfg.train_head, r=cfg.r,
-                                  lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
+        model = with_peft_adapters(model, task, LoraConfig, marker="lora_", train_head=cfg.train_head, r=cfg.r,
+                                   lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets))
+        if cfg.freeze_a:  # peft has no switch for it: A off the trainable state, so it neither trains nor travels
+            for name, param in model.named_parameters():
+                if ".lora_A." in name:
+                    param.requires_grad_(False)
+        return model
 
     @property
     def needs_each_update(self) -> bool:
