@@ -77,9 +77,35 @@ def remember(kept: Path, name: str, stamp: dict[str, Any], record: dict[str, Any
 def recall(kept: Path | None, name: str, stamp: dict[str, Any]) -> dict[str, Any] | None:
     """The record of run ``name`` in ``kept`` (marked ``kept``), or None when there is none or its job changed."""
     record = _kept(kept).get(name)
-    if record is None or record["stamp"] != stamp:
+    if record is None or not _same_job(record["stamp"], stamp):
         return None
     return {"name": name, **{k: v for k, v in record.items() if k != "stamp"}, "kept": True}
+
+
+def _same_job(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> bool:
+    """Whether a recorded stamp is the job ``current`` resolves to. A key the record lacks is an option added
+    since, which by ffm's rule keeps the old behaviour at its default: the job is the same while the current one
+    leaves it there. A key the record has and the current job lacks (an option removed) is a different job."""
+    if set(recorded) - set(current):
+        return False
+    for key, value in current.items():
+        dotted = f"{prefix}{key}"
+        if key not in recorded:
+            if _defaults().get(dotted) != repr(value):
+                return False
+        elif isinstance(value, dict) and isinstance(recorded[key], dict):
+            if not _same_job(recorded[key], value, f"{dotted}."):
+                return False
+        elif recorded[key] != value:
+            return False
+    return True
+
+
+def _defaults() -> dict[str, str]:
+    """Every config key's default as ffm documents it (the repr of its value)."""
+    from ffm.config import describe_keys
+
+    return {key: default for key, _, default, _ in describe_keys()}
 
 
 def resolved_job(config: Path, overrides: list[str]) -> dict[str, Any]:
