@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -101,6 +102,7 @@ def _same_job(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "
     return True
 
 
+@functools.cache
 def _defaults() -> dict[str, str]:
     """Every config key's default as ffm documents it (the repr of its value)."""
     from ffm.config import describe_keys
