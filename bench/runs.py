@@ -92,7 +92,7 @@ def _same_job(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "
     for key, value in current.items():
         dotted = f"{prefix}{key}"
         if key not in recorded:
-            if _defaults().get(dotted) != repr(value):
+            if _defaults().get(dotted) != {repr(value)}:
                 return False
         elif isinstance(value, dict) and isinstance(recorded[key], dict):
             if not _same_job(recorded[key], value, f"{dotted}."):
@@ -103,11 +103,15 @@ def _same_job(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "
 
 
 @functools.cache
-def _defaults() -> dict[str, str]:
-    """Every config key's default as ffm documents it (the repr of its value)."""
+def _defaults() -> dict[str, set[str]]:
+    """Every config key's defaults as ffm documents them (the repr of each value): a key that variants share
+    may default differently in each (method.targets), and then no single value is its default."""
     from ffm.config import describe_keys
 
-    return {key: default for key, _, default, _ in describe_keys()}
+    defaults: dict[str, set[str]] = {}
+    for key, _, default, _ in describe_keys():
+        defaults.setdefault(key, set()).add(default)
+    return defaults
 
 
 def resolved_job(config: Path, overrides: list[str]) -> dict[str, Any]:
