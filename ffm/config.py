@@ -149,6 +149,8 @@ def _core_checks(job: Job) -> None:
             "train.eval_parties=false (or hold out a share)")
     require(not job.budget.patience or (job.federation.fraction_evaluate > 0 and job.mode.trains),
             "budget.patience reads the validation metric of each round: it needs federation.fraction_evaluate > 0")
+    require(not job.federation.ema or (job.mode.trains and not job.mode.keeps_party_models),
+            f"federation.ema averages the rounds' global model, and mode={job.mode} makes none: set federation.ema=0")
     require(not method.needs_each_update or strategy_spec(job).plain_mean,
             f"method.name={job.method.name} with these keys (method.aggregation=exact or method.client_ranks) "
             f"aggregates from each update around a plain mean: use strategy.name="

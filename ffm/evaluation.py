@@ -35,6 +35,10 @@ class Evaluator:
         ws.load(state)
         return ws.task.evaluate(ws.model, ws.examples("test", stage=stage), ws.job.train.eval_batch_size)
 
+    def named(self, state: dict[str, torch.Tensor], name: str, stage: int | None = None) -> dict[str, float]:
+        """The ``test_<name>_*`` figures of another form of the global model (``federation.ema``'s average)."""
+        return {k.replace("test_", f"test_{name}_", 1): v for k, v in _named(self.state(state, stage)).items()}
+
     def sample(self) -> str | None:
         """The task's sample from the model as last evaluated (generative tasks only)."""
         return self.workspace.task.sample(self.workspace.model, self.workspace.tokenizer)

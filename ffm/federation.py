@@ -39,6 +39,10 @@ class FederationConfig:
     streaming: bool = option(True, "aggregate from a running sum as replies arrive, for rules whose aggregate "
                              "depends on the replies only through their weighted mean (FedAvg, FedProx, FedOpt, "
                              "FedAvgM): memory does not grow with the clients per round")
+    ema: float = option(0.0, "decay of an exponential moving average of the global models, in [0, 1) (0 = none): "
+                        "the server evaluates it too (test_ema_*) and saves it (final/ema); the clients go on "
+                        "from each round's own model. Post-processing of the released models, so free under DP: "
+                        "it averages away part of each round's noise")
 
     def __post_init__(self) -> None:
         require(self.num_clients >= 1, "federation.num_clients must be at least 1")
@@ -50,6 +54,7 @@ class FederationConfig:
         require(self.max_failed_rounds >= 1, "federation.max_failed_rounds must be at least 1")
         require(self.round_timeout > 0, "federation.round_timeout must be > 0 seconds")
         require(self.evaluate_every >= 1, "federation.evaluate_every must be at least 1")
+        require(0.0 <= self.ema < 1.0, f"federation.ema must be in [0, 1) (0 = no average), got {self.ema}")
         require(self.workers >= 0 and self.worker_threads >= 0, "federation.workers must be >= 0 (0 = as many as "
                 "pay off) and federation.worker_threads >= 0 (0 = cores / workers)")
 

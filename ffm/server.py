@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from ffm import privacy
+from ffm.averaging import ModelAverage
 from ffm.budget import StopTraining, should_stop, time_to_target
 from ffm.carrier import Carrier, carrier_for
 from ffm.checkpointer import Checkpointer
@@ -106,6 +107,7 @@ class RoundEnd:
         self.reporters = reporters
         self.offset = offset
         self.stages: Any = None  # a stream of stages: each line's stage, and what is measured after a stage
+        self.average: ModelAverage | None = checkpointer.average  # federation.ema's, or None
         self.last_state: dict[str, torch.Tensor] | None = None  # the global state the last call saw
         self._tick = time.perf_counter()
         self._left = self._tick  # when the previous call returned
@@ -128,6 +130,10 @@ class RoundEnd:
         sample = None if party_states or not evaluates else self.evaluator.sample()  # of the model just evaluated
         if sample is not None:
             self.run.append_sample(true_round, sample)
+        if self.average is not None and true_round > 0:
+            self.average.update(arrays.to_torch_state_dict())
+            if evaluates:
+                line.update(self.evaluator.named(self.average.state(), "ema", stage))
         if log is not None:
             now = time.perf_counter()
             line.update(_round_record(log, now - self._tick))
@@ -194,7 +200,8 @@ def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, A
                         decoder=None if codec == "none" else partial(decode_reply, codec=codec),
                         streaming=streaming, evaluates=partial(_evaluates, job))
     carrier.stream_replies(streaming)
-    checkpointer = Checkpointer(run, guard, carrier, keep_last=job.checkpoint.keep_last)
+    average = ModelAverage(job.federation.ema) if job.federation.ema else None
+    checkpointer = Checkpointer(run, guard, carrier, keep_last=job.checkpoint.keep_last, average=average)
     offset, initial = checkpointer.restore(workspace.initial_state) if job.resume else (0, workspace.initial_state)
     evaluator = Evaluator(workspace)
     round_end = RoundEnd(job, evaluator, run, guard, checkpointer, reporters, offset=offset)
@@ -232,6 +239,9 @@ def run_job(grid: Grid, job: Job, carrier: Carrier | None = None) -> dict[str, A
             final_state = result.arrays.to_torch_state_dict()
     round_end.bar.close()
     summary = _finish(job, workspace, run, guard, final_state, time.perf_counter() - start, carrier.personal_states())
+    if average is not None and average.count:
+        _save_final(workspace, average.state(), run.path / "final" / "ema")
+        summary["ema"] = _ema_summary(job, run, workspace)
     summary["stopped_early"] = stopped
     if job.budget.target:
         task = workspace.task
@@ -257,6 +267,18 @@ def _save_final(workspace: Workspace, state: dict[str, torch.Tensor], target: Pa
             "of base_deltas.pt (keyed by the PEFT model's parameter name) to that base weight.\n")
     if workspace.tokenizer is not None:
         workspace.tokenizer.save_pretrained(target)
+
+
+def _ema_summary(job: Job, run: RunDirectory, workspace: Workspace) -> dict[str, Any]:
+    """federation.ema's average: its last and best primary metric, where the run's own are reported."""
+    task = workspace.task
+    key = f"test_ema_{task.primary_metric}"
+    values = [m[key] for m in run.read_metrics() if key in m]
+    best = None
+    for value in values:
+        best = value if best is None or task.better(value, best) else best
+    return {"decay": job.federation.ema, f"final_{key}": values[-1] if values else None, f"best_{key}": best,
+            "saved": "final/ema"}
 
 
 def _dp_sgd_summary(job: Job, metrics: list[dict[str, Any]]) -> dict[str, Any]:
