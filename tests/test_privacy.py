@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import checkpoint_state, run_interrupted
@@ -55,6 +56,47 @@ def test_a_target_epsilon_picks_the_noise_multiplier_that_reaches_it():
     z = noise_multiplier(job)
 
     assert 1 < z < 10 and 3.9 < epsilon(job, 20) <= 4.0
+
+
+def _gaussian_epsilon(mu: float, delta: float) -> float:
+    """The exact epsilon of a mu-GDP mechanism at ``delta`` (Dong, Roth and Su 2019), by bisection on
+    delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+    from scipy.stats import norm
+
+    def delta_at(eps: float) -> float:
+        return norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+
+    low, high = 0.0, 100.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if delta_at(middle) > delta else (low, middle)
+    return high
+
+
+def test_pld_accounts_unsampled_rounds_exactly_where_rdp_overstates_epsilon():
+    keys = ("privacy.clipping=fixed", "privacy.noise_multiplier=3.0")  # every client every round: no sampling
+    exact = _gaussian_epsilon(mu=20 ** 0.5 / 3.0, delta=1e-5)  # 20 Gaussian releases compose to sqrt(20)/z-GDP
+
+    pld, rdp = epsilon(_job(*keys, "privacy.accountant=pld"), 20), epsilon(_job(*keys), 20)
+
+    assert exact <= pld <= 1.01 * exact  # pessimistic discretization: an upper bound, and a tight one
+    assert rdp > 1.05 * exact  # RDP's conversion to (epsilon, delta) is loose: 7.5 where the truth is 7.0
+
+
+def test_pld_needs_less_noise_than_rdp_for_the_same_poisson_sampled_epsilon():
+    keys = ("privacy.clipping=fixed", "privacy.target_epsilon=8", "federation.fraction_train=0.3",
+            "federation.sampling=poisson")
+    by_rdp, by_pld = _job(*keys), _job(*keys, "privacy.accountant=pld")
+
+    assert noise_multiplier(by_pld) < 0.95 * noise_multiplier(by_rdp)
+    assert 7.9 < epsilon(by_pld, 20) <= 8.0
+    assert 8.0 < epsilon(_job(*keys, f"privacy.noise_multiplier={noise_multiplier(by_pld)}",
+                              "privacy.target_epsilon=0"), 20)  # the same z, accounted by RDP: over the target
+
+
+def test_pld_refuses_flowers_fixed_size_sampling_naming_the_fix():
+    with pytest.raises(ConfigError, match=r"set federation\.sampling=poisson, or privacy\.accountant=rdp"):
+        _job("privacy.clipping=fixed", "privacy.accountant=pld", "federation.fraction_train=0.3")
 
 
 def test_target_epsilon_with_adaptive_clipping_and_dp_with_a_robust_rule_are_config_errors():
