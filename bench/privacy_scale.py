@@ -152,6 +152,13 @@ for _dp, _label in SEED_PAIRS.items():
             SEEDED.add(f"{_suffix}s{_seed}")
         REFERENCE[f"{_dp}s{_seed}"] = f"{REFERENCE[_dp]}s{_seed}"
 
+# Clipping alone (z 0) at seeds 1 and 2 too: how much of each seed's gap is the clipping and how much the noise
+for _seed in SEEDS:
+    P_VARIANTS[f"clips{_seed}"] = (f"{P_VARIANTS['clip'][0]}, seed {_seed}", [*P_VARIANTS["clip"][1], f"seed={_seed}"],
+                                   None)
+    SEEDED.add(f"clips{_seed}")
+
+
 def base(rounds: int) -> list[str]:
     """The keys every utility run shares: the clients, Poisson sampling, FedAvgM, the evaluation."""
     return [f"federation.num_clients={CLIENTS}", f"federation.rounds={rounds}", "federation.sampling=poisson",
@@ -658,6 +665,16 @@ def main() -> None:
             lines += ["", f"{P_VARIANTS['clip'][0]}, 100 per round: {_acc(clip)}{_best(clip)}; the same FedAvg "
                       f"without clipping {_acc(references['fedavg'])}, with clipping and the noise of epsilon 8 "
                       f"{_acc(private['m0'])}."]
+            # each seed's gap split into what the clipping costs and what the noise adds on top of it
+            split = {seed: [_accuracy(runs.get(_variant(s + (f"s{seed}" if seed else "")), {"error": 1}))
+                            for s in ("fedavg", "clip", "m0")] for seed in (0, *SEEDS)}
+            split = {seed: row for seed, row in split.items() if None not in row}
+            if len(split) > 1:
+                lines += ["", "The FedAvg pair's gap split, seed by seed (no DP / clipping alone / clipping and the "
+                          "noise of epsilon 8): " + "; ".join(
+                              f"seed {seed}: {free:.4f} / {clipped:.4f} / {noised:.4f}, clipping "
+                              f"{100 * (free - clipped):.1f} points, noise {100 * (clipped - noised):.1f} more"
+                              for seed, (free, clipped, noised) in split.items()) + "."]
         every = {s: 100 * (_judged(references[REFERENCE.get(s, "")], False) - _judged(r, True))
                  for s, r in private.items()
                  if _accuracy(r) is not None and _accuracy(references[REFERENCE.get(s, "")]) is not None}
