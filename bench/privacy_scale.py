@@ -152,6 +152,14 @@ for _dp, _label in SEED_PAIRS.items():
             SEEDED.add(f"{_suffix}s{_seed}")
         REFERENCE[f"{_dp}s{_seed}"] = f"{REFERENCE[_dp]}s{_seed}"
 
+# What a larger population would buy: at the same epsilon and sampling rate, N clients of which qN a round put
+# z C / (qN) of noise on each coordinate of the mean, so doubling the population (200 a round from 2,000) halves it.
+# The same noise on this population's 100 a round is epsilon 8's z halved (and quartered for 400 from 4,000); these
+# runs' own epsilon, on 1,000 clients, is far above 8 and is not the point: suffix -> z as a fraction of epsilon 8's.
+NOISE_SCALES = {"m0half": (0.5, "2,000"), "m0quarter": (0.25, "4,000")}
+for _suffix, (_scale, _population) in NOISE_SCALES.items():
+    P_VARIANTS[_suffix] = (f"FedAvg, {_scale:g} x epsilon 8's noise (as {int(100 / _scale)} a round from "
+                           f"{_population} clients at epsilon 8)", ["strategy.server_momentum=0.0"], 8.0)
 # Clipping alone (z 0) at seeds 1 and 2 too: how much of each seed's gap is the clipping and how much the noise
 for _seed in SEEDS:
     P_VARIANTS[f"clips{_seed}"] = (f"{P_VARIANTS['clip'][0]}, seed {_seed}", [*P_VARIANTS["clip"][1], f"seed={_seed}"],
@@ -177,12 +185,13 @@ def noise_for(per_round: int, epsilon: float, rounds: int, config: Path = CONFIG
     return noise_for_epsilon(job, epsilon, rounds)
 
 
-def dp(per_round: int, epsilon: float | None, rounds: int, config: Path = CONFIG, accountant: str = "rdp"
-       ) -> list[str]:
+def dp(per_round: int, epsilon: float | None, rounds: int, config: Path = CONFIG, accountant: str = "rdp",
+       scale: float = 1.0) -> list[str]:
+    """DP's keys for ``epsilon`` over ``rounds`` (none for None); ``scale`` x the noise multiplier that reaches it."""
     keys = [f"federation.fraction_train={per_round / CLIENTS}"]
     if epsilon is None:
         return keys
-    noise = noise_for(per_round, epsilon, rounds, config, accountant)
+    noise = noise_for(per_round, epsilon, rounds, config, accountant) * scale
     return [*keys, "privacy.clipping=adaptive", f"privacy.noise_multiplier={noise:.4f}",
             "privacy.clipping_norm=1.0", "privacy.target_quantile=0.5"]
 
@@ -392,7 +401,7 @@ def utility(args: argparse.Namespace) -> dict[str, dict]:
         accountant = next((k.split("=")[1] for k in keys if k.startswith("privacy.accountant=")), "rdp")
         runs[name] = _measured_run(
             name, [*base(rounds), *model.keys, *dp(P_COHORT.get(suffix, 100), epsilon, rounds, model.config,
-                                                   accountant), *keys],
+                                                   accountant, NOISE_SCALES.get(suffix, (1.0,))[0]), *keys],
             not _asked(args, name, "p" in args.models and P_COHORT.get(suffix, 100) in args.cohorts), model.config)
     # the report lists the runs in one order whatever ran first (--only or --models reorder the making)
     fixed = [f"{prefix}{per_round}-{kind}" for prefix in MODELS for per_round in (100, 10, 1000)
@@ -507,6 +516,8 @@ def _null_spread(audit: dict, auc: float) -> str:
 def _variant(suffix: str) -> str:
     """The run name of the pretrained model's variant ``suffix`` (P_VARIANTS)."""
     epsilon = P_VARIANTS[suffix][2]
+    if suffix in NOISE_SCALES:  # epsilon 8's noise scaled: its own epsilon is not 8
+        return f"p{P_COHORT.get(suffix, 100)}-z{NOISE_SCALES[suffix][0]:g}-{suffix}"
     return f"p{P_COHORT.get(suffix, 100)}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}-{suffix}"
 
 
@@ -643,7 +654,7 @@ def main() -> None:
                   + "; ".join([f"1.0: {_acc(runs.get('t100-eps8', {'error': 1}))}"]
                               + [f"{lr:g}: {_acc(r)}" for lr, r in slr]) + "."]
     private = {suffix: runs.get(_variant(suffix), {"error": 1}) for suffix, (_, _, eps) in P_VARIANTS.items()
-               if eps and suffix not in SEEDED}
+               if eps and suffix not in SEEDED and suffix not in NOISE_SCALES}
     if any(_accuracy(r) is not None for r in private.values()):
         lines += ["", "The pretrained model's server step and adapter rank under DP (100 per round unless named, "
                   "epsilon 8; best round in brackets): " + "; ".join(
@@ -675,6 +686,18 @@ def main() -> None:
                               f"seed {seed}: {free:.4f} / {clipped:.4f} / {noised:.4f}, clipping "
                               f"{100 * (free - clipped):.1f} points, noise {100 * (clipped - noised):.1f} more"
                               for seed, (free, clipped, noised) in split.items()) + "."]
+        scaled = {suffix: runs.get(_variant(suffix), {"error": 1}) for suffix in NOISE_SCALES}
+        if any(_accuracy(r) is not None for r in scaled.values()) and _accuracy(clip) is not None:
+            free = _accuracy(references["fedavg"])
+            points = [("epsilon 8's (z 0.78, 100 a round of 1,000)", private["m0"]),
+                      *((f"{NOISE_SCALES[s][0]:g} x that (as {int(100 / NOISE_SCALES[s][0])} a round of "
+                         f"{NOISE_SCALES[s][1]} at epsilon 8; epsilon {_eps(r)} here)", r) for s, r in scaled.items()),
+                      ("none (clipping alone)", clip)]
+            lines += ["", "What a larger population buys (seed 0, FedAvg, 100 a round; noise on the mean: accuracy, "
+                      f"points below no DP's {free:.4f}): " + "; ".join(
+                          f"{label}: {_acc(r)}" + ("" if _accuracy(r) is None else
+                                                   f", {100 * (free - _accuracy(r)):.1f} below")
+                          for label, r in points) + "."]
         every = {s: 100 * (_judged(references[REFERENCE.get(s, "")], False) - _judged(r, True))
                  for s, r in private.items()
                  if _accuracy(r) is not None and _accuracy(references[REFERENCE.get(s, "")]) is not None}
