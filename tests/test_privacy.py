@@ -99,9 +99,26 @@ def test_pld_refuses_flowers_fixed_size_sampling_naming_the_fix():
         _job("privacy.clipping=fixed", "privacy.accountant=pld", "federation.fraction_train=0.3")
 
 
-def test_target_epsilon_with_adaptive_clipping_and_dp_with_a_robust_rule_are_config_errors():
-    with pytest.raises(ConfigError, match="calibrates fixed clipping only"):
-        load_job(None, ["privacy.clipping=adaptive", "privacy.target_epsilon=3"])
+def test_a_target_epsilon_calibrates_adaptive_clipping_too_and_the_wrapper_gets_that_noise():
+    from ffm.server import build_strategy
+
+    job = _job("privacy.clipping=adaptive", "privacy.target_epsilon=4", "federation.sampling=poisson",
+               "federation.fraction_train=0.5", "privacy.clipped_count_stddev=10")
+    z = noise_multiplier(job)
+
+    assert 3.9 < epsilon(job, 20) <= 4.0
+    # Flower gives the update the part of z the clipped count (std 10) leaves: z_update^-2 = z^-2 - (2 x 10)^-2
+    assert build_strategy(job).noise_multiplier == pytest.approx((z ** -2 - 20.0 ** -2) ** -0.5)
+
+
+def test_adaptive_clipping_whose_count_noise_leaves_the_update_nothing_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"set privacy\.clipped_count_stddev above 0\.52"):
+        _job("privacy.clipping=adaptive", "privacy.noise_multiplier=1.04")  # 10 clients a round: count std 0.5
+
+
+def test_target_epsilon_without_clipping_and_dp_with_a_robust_rule_are_config_errors():
+    with pytest.raises(ConfigError, match=r"set privacy\.clipping=fixed or adaptive"):
+        load_job(None, ["privacy.target_epsilon=3"])
     with pytest.raises(ConfigError, match=r"use strategy.name=diloco or fedavg or fedavgm or fedprox, not 'krum'"):
         load_job(None, ["privacy.clipping=fixed", "strategy.name=krum"])
 

@@ -77,8 +77,10 @@ class ClientDPConfig:
                 "and privacy.clipping_norm > 0")
         require(0.0 < self.delta < 1.0, f"privacy.delta must be in (0, 1), got {self.delta}")
         require(self.target_epsilon >= 0.0, "privacy.target_epsilon must be >= 0 (0 = use privacy.noise_multiplier)")
-        require(self.target_epsilon == 0.0 or self.clipping == "fixed", "privacy.target_epsilon calibrates fixed "
-                "clipping only: set privacy.clipping=fixed, or give privacy.noise_multiplier for adaptive clipping")
+        # adaptive clipping too: Flower splits z between the update and the clipped count, so z stays the whole
+        # round's noise multiplier and the same calibration holds
+        require(self.target_epsilon == 0.0 or self.clipping != "none", "privacy.target_epsilon calibrates the "
+                "noise of client-level DP: set privacy.clipping=fixed or adaptive")
 
 
 def sampled_clients(job: Job) -> int:
@@ -200,5 +202,20 @@ def check_pld_sampling(job: Job) -> None:
             "federation.sampling=poisson, or privacy.accountant=rdp")
 
 
+def check_adaptive_noise_split(job: Job) -> None:
+    """Adaptive clipping spends part of z on the clipped count (std sigma_b): z must stay below 2 sigma_b, or
+    nothing is left for the update (Flower would refuse it only when the strategy is built)."""
+    dp = job.privacy
+    if dp.clipping != "adaptive":
+        return
+    count_std = dp.clipped_count_stddev or sampled_clients(job) / 20  # Flower's default
+    z = noise_multiplier(job)
+    require(z < 2 * count_std,
+            f"privacy.clipping=adaptive splits z = {z:.3g} between the update and the count of clipped updates, "
+            f"whose noise std ({count_std:g}{'' if dp.clipped_count_stddev else ': clients per round / 20'}) must "
+            f"be above z / 2: set privacy.clipped_count_stddev above {z / 2:.3g}, or sample more clients per round")
+
+
 CHECKS.register("client_dp_needs_a_mean", check_mean_for_noise)
+CHECKS.register("adaptive_clipping_leaves_noise_for_the_update", check_adaptive_noise_split)
 CHECKS.register("pld_accounts_poisson_sampling", check_pld_sampling)
