@@ -181,7 +181,7 @@ def noise_for(per_round: int, epsilon: float, rounds: int, config: Path = CONFIG
     from ffm.privacy.accounting import noise_for_epsilon
 
     job = load_job(config, [*base(rounds), f"federation.fraction_train={per_round / CLIENTS}",
-                            "privacy.clipping=adaptive", f"privacy.accountant={accountant}"])
+                            "privacy.clipping=fixed", f"privacy.accountant={accountant}"])  # the accounting alone
     return noise_for_epsilon(job, epsilon, rounds)
 
 
