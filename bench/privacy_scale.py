@@ -174,9 +174,9 @@ for _suffix, _seed in CLIP_Q8.items():
     SEEDED.add(_suffix)
 # Clipping at the median holds the clients' fit back (their median loss stays at 1.18 where unclipped FedAvg's falls
 # to 0.45): the mean of the clipped updates is shorter than the unclipped mean. A server step of 2 lengthens it,
-# and the noise with it: without noise at seed 2, and at epsilon 8 at seeds 0 and 2. suffix -> seed.
+# and the noise with it: without noise at seed 2, and at epsilon 8 at seeds 0 and 2. suffix -> what it is.
 SLR2 = ["strategy.server_momentum=0.0", "strategy.server_learning_rate=2.0"]
-SLR2_RUNS = {"clipslr2s2": 2, "m0slr2": 0, "m0slr2s2": 2}
+SLR2_RUNS = {"clipslr2s2": "seed 2, clipping alone", "m0slr2": "seed 0, epsilon 8", "m0slr2s2": "seed 2, epsilon 8"}
 P_VARIANTS["clipslr2s2"] = ("FedAvg, server lr 2, adaptive clipping without noise (z 0), seed 2",
                             [*P_VARIANTS["clip"][1], *SLR2, "seed=2"], None)
 P_VARIANTS["m0slr2"] = ("FedAvg, server lr 2", SLR2, 8.0)
@@ -698,9 +698,7 @@ def main() -> None:
             longer = {suffix: _accuracy(runs.get(_variant(suffix), {"error": 1})) for suffix in SLR2_RUNS}
             if any(v is not None for v in longer.values()):
                 lines += ["", "A server step of 2 on the clipped mean (FedAvg, median quantile): " + "; ".join(
-                    f"{P_VARIANTS[suffix][0].removeprefix('FedAvg, server lr 2').strip(', ') or 'seed 0'}"
-                    f"{'' if suffix.startswith('clip') else ', epsilon 8'}: {acc:.4f}"
-                    for suffix, acc in longer.items() if acc is not None)
+                    f"{SLR2_RUNS[suffix]}: {acc:.4f}" for suffix, acc in longer.items() if acc is not None)
                           + " (at server lr 1: " + "; ".join(
                               f"seed {seed}: clipping alone {row[1]:.4f}, epsilon 8 {row[2]:.4f}"
                               for seed, row in split.items() if seed in (0, 2)) + ")."]
