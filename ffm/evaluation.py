@@ -17,8 +17,10 @@ from ffm.workspace import Workspace
 __all__ = ["Evaluator"]
 
 
-def _named(result: dict[str, float]) -> dict[str, float]:
-    return {f"test_{k.replace('-', '_')}": v for k, v in result.items() if k != "num-examples"}
+def _named(result: dict[str, float], form: str = "") -> dict[str, float]:
+    """``test_<metric>``, or ``test_<form>_<metric>`` for another form of the global model."""
+    prefix = f"test_{form}_" if form else "test_"
+    return {f"{prefix}{k.replace('-', '_')}": v for k, v in result.items() if k != "num-examples"}
 
 
 class Evaluator:
@@ -37,7 +39,7 @@ class Evaluator:
 
     def named(self, state: dict[str, torch.Tensor], name: str, stage: int | None = None) -> dict[str, float]:
         """The ``test_<name>_*`` figures of another form of the global model (``federation.ema``'s average)."""
-        return {k.replace("test_", f"test_{name}_", 1): v for k, v in _named(self.state(state, stage)).items()}
+        return _named(self.state(state, stage), name)
 
     def sample(self) -> str | None:
         """The task's sample from the model as last evaluated (generative tasks only)."""
@@ -53,7 +55,7 @@ class Evaluator:
             for name, view in build_method(ws.job.method).views().items():  # e.g. offsite-tuning's emulator
                 with view(ws.model):
                     result = ws.task.evaluate(ws.model, ws.examples("test", stage=stage), ws.job.train.eval_batch_size)
-                line.update({k.replace("test_", f"test_{name}_", 1): v for k, v in _named(result).items()})
+                line.update(_named(result, name))
             return line
         per_party = {pid: _named(self.state(a.to_torch_state_dict(), stage))
                      for pid, a in sorted(party_states.items())}

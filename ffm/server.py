@@ -274,11 +274,16 @@ def _ema_summary(job: Job, run: RunDirectory, workspace: Workspace) -> dict[str,
     task = workspace.task
     key = f"test_ema_{task.primary_metric}"
     values = [m[key] for m in run.read_metrics() if key in m]
+    return {"decay": job.federation.ema, f"final_{key}": values[-1] if values else None,
+            f"best_{key}": _best(task, values), "saved": "final/ema"}
+
+
+def _best(task: Any, values: list[float]) -> float | None:
+    """The best of a metric's values by the task's direction (None without any)."""
     best = None
     for value in values:
         best = value if best is None or task.better(value, best) else best
-    return {"decay": job.federation.ema, f"final_{key}": values[-1] if values else None, f"best_{key}": best,
-            "saved": "final/ema"}
+    return best
 
 
 def _dp_sgd_summary(job: Job, metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -309,11 +314,8 @@ def _finish(
         _save_final(workspace, state, run.path / "final")
     last = metrics[-1] if metrics else {}
     primary = f"test_{task.primary_metric}"
-    values = [m[primary] for m in metrics if primary in m]  # federation.evaluate_every skips rounds
-    last = next((m for m in reversed(metrics) if primary in m), last)
-    best = None
-    for value in values:
-        best = value if best is None or task.better(value, best) else best
+    last = next((m for m in reversed(metrics) if primary in m), last)  # federation.evaluate_every skips rounds
+    best = _best(task, [m[primary] for m in metrics if primary in m])
     parties = None
     if job.train.eval_parties:
         own = {pid: a.to_torch_state_dict() for pid, a in party_states.items()} if party_states else None

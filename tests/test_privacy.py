@@ -114,6 +114,9 @@ def test_a_target_epsilon_calibrates_adaptive_clipping_too_and_the_wrapper_gets_
 def test_adaptive_clipping_whose_count_noise_leaves_the_update_nothing_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"set privacy\.clipped_count_stddev above 0\.52"):
         _job("privacy.clipping=adaptive", "privacy.noise_multiplier=1.04")  # 10 clients a round: count std 0.5
+    z = noise_multiplier(_job("privacy.clipping=fixed", "privacy.target_epsilon=4"))  # what epsilon 4 calibrates to
+    with pytest.raises(ConfigError, match=rf"splits z = {z:.3g} .* above {z / 2:.3g}"):
+        _job("privacy.clipping=adaptive", "privacy.target_epsilon=4")  # the calibrated z is judged the same way
 
 
 def test_target_epsilon_without_clipping_and_dp_with_a_robust_rule_are_config_errors():
